@@ -1,0 +1,1 @@
+"""Bookbag Gateway: an OpenAI-compatible proxy that meters credits at the edge."""

@@ -1,0 +1,5 @@
+"""`python -m gateway` is `bookbag-gateway`."""
+
+from gateway.cli import main
+
+main()

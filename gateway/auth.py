@@ -1,0 +1,85 @@
+"""Authentication: Bearer `bk_` keys -> Caller, cached for a few seconds; the admin token.
+
+A cache entry lives `key_cache_ttl` seconds, so a revocation made by the CLI
+or another process stops the key on every server within that time. Unknown
+keys are cached too (briefly), so guessing keys cannot hammer the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Callable
+
+from gateway.clock import Clock
+from gateway.errors import Forbidden, InvalidApiKey, ServiceUnavailable
+from gateway.types import Caller
+from gateway.workspaces import KEY_PREFIX, hash_key
+
+_MAX_KEY_LEN = 256
+_CACHE_LIMIT = 100_000
+
+
+def bearer(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    token = token.strip()
+    return token or None
+
+
+class KeyCache:
+    def __init__(self, lookup: Callable[[str], Caller | None], clock: Clock, ttl: float) -> None:
+        self._lookup = lookup
+        self._clock = clock
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, Caller | None]] = {}
+
+    async def authenticate(self, header: str | None) -> Caller:
+        token = bearer(header)
+        if token is None:
+            raise InvalidApiKey(
+                "Missing API key: send your Bookbag key as `Authorization: Bearer bk_...`."
+            )
+        if not token.startswith(KEY_PREFIX) or len(token) > _MAX_KEY_LEN:
+            raise InvalidApiKey("Incorrect API key provided. Bookbag keys start with `bk_`.")
+        digest = hash_key(token)
+        now = self._clock.now()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[0] > now:
+            caller = hit[1]
+        else:
+            try:
+                caller = await asyncio.to_thread(self._lookup, digest)
+            except Exception as exc:
+                raise ServiceUnavailable("The key store is unavailable; retry shortly.") from exc
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[digest] = (now + (self._ttl if caller else min(self._ttl, 1.0)), caller)
+        if caller is None:
+            raise InvalidApiKey("Incorrect API key provided, or the key was revoked.")
+        if caller.suspended:
+            raise Forbidden("This workspace is suspended.", code="workspace_suspended")
+        return caller
+
+
+def require_scope(caller: Caller, scope: str) -> None:
+    if scope not in caller.scopes:
+        raise Forbidden(f"This key lacks the `{scope}` scope needed for this route.",
+                        code="insufficient_scope")
+
+
+def check_admin(header: str | None, admin_token: str | None) -> None:
+    token = bearer(header)
+    if admin_token is None:
+        raise Forbidden("The admin API is disabled: set BOOKBAG_ADMIN_TOKEN.",
+                        code="insufficient_scope")
+    if token is None or not hmac.compare_digest(token.encode(), admin_token.encode()):
+        raise InvalidApiKey("Incorrect admin token.")
+
+
+def is_admin_token(header: str | None, admin_token: str | None) -> bool:
+    token = bearer(header)
+    return bool(admin_token and token and hmac.compare_digest(token.encode(), admin_token.encode()))

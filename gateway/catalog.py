@@ -1,0 +1,188 @@
+"""The catalog: `pricing.toml` -> models, aliases and plans, validated at load.
+
+A bad file stops startup with a `CatalogError` naming the entry and the field.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ModelNotFound
+from gateway.types import ModelEntry, Plan
+
+_MODEL_KEYS = {
+    "provider", "credits", "upstream", "aliases", "metered", "byo", "api_base",
+    "api_key_env", "kind",
+}
+_PLAN_KEYS = {"credits", "rate_limit"}
+_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*s\s*$")
+LOCAL_PROVIDER = "local"
+
+
+class CatalogError(ValueError):
+    """`pricing.toml` is invalid; the message names the entry and the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    requests: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    models: dict[str, ModelEntry]
+    plans: dict[str, Plan]
+    rate_limits: dict[str, RateLimit]
+    _lookup: dict[str, ModelEntry]
+
+    def resolve(self, name: object) -> ModelEntry:
+        """The entry for a canonical id or alias (case-insensitive), or ModelNotFound."""
+        if isinstance(name, str):
+            entry = self._lookup.get(name) or self._lookup.get(name.lower())
+            if entry is not None:
+                return entry
+        shown = name if isinstance(name, str) else type(name).__name__
+        raise ModelNotFound(
+            f"The model `{str(shown)[:200]}` does not exist or is not served by this gateway; "
+            "GET /v1/models lists the models available.",
+            param="model",
+        )
+
+    def plan(self, name: str) -> Plan:
+        return self.plans[name]
+
+    def plan_rate_limit(self, name: str) -> RateLimit | None:
+        return self.rate_limits.get(name)
+
+
+def parse_rate_limit(where: str, raw: object) -> RateLimit:
+    match = _RATE_RE.match(raw) if isinstance(raw, str) else None
+    if not match or int(match.group(1)) < 1 or float(match.group(2)) <= 0:
+        raise CatalogError(f"{where}: rate_limit must look like \"100/10s\", got {raw!r}")
+    return RateLimit(int(match.group(1)), float(match.group(2)))
+
+
+def _model(model_id: str, raw: Any) -> ModelEntry:
+    where = f'[models."{model_id}"]'
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{where} must be a table")
+    unknown = set(raw) - _MODEL_KEYS
+    if unknown:
+        raise CatalogError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+
+    provider = raw.get("provider")
+    if not isinstance(provider, str) or not provider:
+        raise CatalogError(f"{where}: field 'provider' is required (local, openai, anthropic, ...)")
+    kind = raw.get("kind", "chat")
+    if kind not in ("chat", "embedding"):
+        raise CatalogError(f"{where}: field 'kind' must be 'chat' or 'embedding', got {kind!r}")
+    credits = raw.get("credits")
+    if isinstance(credits, bool) or not isinstance(credits, int) or credits < 0:
+        raise CatalogError(f"{where}: field 'credits' must be a whole number >= 0, got {credits!r}")
+    if kind == "embedding" and credits != 0:
+        raise CatalogError(f"{where}: field 'credits' must be 0 for embedding models")
+    if kind == "chat" and credits == 0 and raw.get("metered", True) and provider != LOCAL_PROVIDER:
+        raise CatalogError(f"{where}: field 'credits' must be >= 1 for a metered chat model")
+
+    def string(name: str) -> str | None:
+        value = raw.get(name)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise CatalogError(f"{where}: field {name!r} must be a non-empty string")
+        return value
+
+    api_base = string("api_base")
+    if api_base is not None and not re.match(r"^https?://", api_base):
+        raise CatalogError(f"{where}: field 'api_base' must be an http(s) URL, got {api_base!r}")
+    aliases = raw.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
+        raise CatalogError(f"{where}: field 'aliases' must be a list of non-empty strings")
+    for flag in ("metered", "byo"):
+        if flag in raw and not isinstance(raw[flag], bool):
+            raise CatalogError(f"{where}: field {flag!r} must be true or false")
+
+    local = provider == LOCAL_PROVIDER
+    return ModelEntry(
+        id=model_id,
+        provider=provider,
+        upstream_model=string("upstream") or model_id,
+        credits=credits,
+        metered=False if local or kind == "embedding" else bool(raw.get("metered", True)),
+        byo=False if local else bool(raw.get("byo", api_base is None)),
+        kind=kind,
+        api_base=api_base.rstrip("/") if api_base else None,
+        api_key_env=string("api_key_env"),
+        aliases=tuple(aliases),
+    )
+
+
+def _plan(name: str, raw: Any) -> tuple[Plan, RateLimit | None]:
+    where = f"[plans.{name}]"
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{where} must be a table")
+    unknown = set(raw) - _PLAN_KEYS
+    if unknown:
+        raise CatalogError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+    credits = raw.get("credits")
+    if credits == "custom":
+        plan = Plan(name, None)
+    elif isinstance(credits, int) and not isinstance(credits, bool) and credits >= 0:
+        plan = Plan(name, credits)
+    else:
+        raise CatalogError(f"{where}: field 'credits' must be a whole number >= 0 or \"custom\"")
+    limit = parse_rate_limit(where, raw["rate_limit"]) if "rate_limit" in raw else None
+    return plan, limit
+
+
+def parse(data: dict[str, Any]) -> Catalog:
+    unknown = set(data) - {"models", "plans"}
+    if unknown:
+        raise CatalogError(f"unknown top-level table {sorted(unknown)[0]!r} (expected models, plans)")
+    raw_models = data.get("models")
+    if not isinstance(raw_models, dict) or not raw_models:
+        raise CatalogError("[models]: at least one model is required")
+    models = {model_id: _model(model_id, raw) for model_id, raw in raw_models.items()}
+
+    lookup: dict[str, ModelEntry] = {}
+    for entry in models.values():
+        for name in (entry.id, *entry.aliases):
+            for key in {name, name.lower()}:
+                other = lookup.get(key)
+                if other is not None and other.id != entry.id:
+                    raise CatalogError(
+                        f'[models."{entry.id}"]: alias {name!r} is already used by "{other.id}"'
+                    )
+                lookup[key] = entry
+
+    raw_plans = data.get("plans")
+    if not isinstance(raw_plans, dict) or not raw_plans:
+        raise CatalogError("[plans]: at least one plan is required")
+    plans: dict[str, Plan] = {}
+    limits: dict[str, RateLimit] = {}
+    for name, raw in raw_plans.items():
+        plan, limit = _plan(name, raw)
+        plans[name] = plan
+        if limit:
+            limits[name] = limit
+    return Catalog(models=models, plans=plans, rate_limits=limits, _lookup=lookup)
+
+
+def load(path: Path) -> Catalog:
+    """Load a catalog file; the packaged default when `path` is the default name and absent."""
+    try:
+        if path.exists():
+            text = path.read_text(encoding="utf-8")
+        elif path == Path("pricing.toml"):
+            text = resources.files("gateway").joinpath("default_pricing.toml").read_text("utf-8")
+        else:
+            raise CatalogError(f"{path}: no such file (BOOKBAG_PRICING)")
+        return parse(tomllib.loads(text))
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogError(f"{path}: not valid TOML: {exc}") from exc
+    except CatalogError as exc:
+        raise CatalogError(f"{path}: {exc}") from None

@@ -1,0 +1,241 @@
+"""The `bookbag-gateway` command: serve, and the operator commands on the same database.
+
+Every command reads the same settings as the server (environment, then
+flags) and prints a readable table, or JSON with `--json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gateway.catalog import CatalogError, load
+from gateway.clock import SystemClock
+from gateway.database import create_schema, make_engine
+from gateway.settings import Settings, SettingsError, export_env
+from gateway.types import EntryKind
+from gateway.workspaces import AccountError, Accounts
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Bookbag Gateway: an OpenAI-compatible proxy that meters credits.")
+workspace_app = typer.Typer(no_args_is_help=True, help="Create and inspect workspaces.")
+key_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
+app.add_typer(workspace_app, name="workspace")
+app.add_typer(key_app, name="key")
+
+console = Console()
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+DbFlag = Annotated[str | None, typer.Option("--database-url", help="Overrides BOOKBAG_DATABASE_URL.")]
+PricingFlag = Annotated[str | None, typer.Option("--pricing", help="Overrides BOOKBAG_PRICING.")]
+
+
+def fail(message: str) -> None:
+    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+def _settings(database_url: str | None = None, pricing: str | None = None,
+              **overrides: Any) -> Settings:
+    try:
+        return Settings.from_env(database_url=database_url, pricing_path=pricing, **overrides)
+    except SettingsError as exc:
+        fail(str(exc))
+        raise  # unreachable: fail exits
+
+
+def _accounts(database_url: str | None, pricing: str | None = None) -> Accounts:
+    settings = _settings(database_url, pricing)
+    try:
+        catalog = load(settings.pricing_path)
+    except CatalogError as exc:
+        fail(str(exc))
+    engine = make_engine(settings.database_url)
+    create_schema(engine)
+    return Accounts(engine, catalog, SystemClock())
+
+
+def emit(data: Any, as_json: bool, title: str | None = None) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+        return
+    rows = data if isinstance(data, list) else [data]
+    if not rows:
+        console.print("(none)")
+        return
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(str(column))
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    console.print(table)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Overrides BOOKBAG_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Overrides BOOKBAG_PORT.")] = None,
+    workers: Annotated[int, typer.Option(help="Gateway processes.")] = 1,
+    database_url: DbFlag = None,
+    pricing: PricingFlag = None,
+    redis_url: Annotated[str | None, typer.Option(help="Overrides BOOKBAG_REDIS_URL.")] = None,
+    metering: Annotated[str | None, typer.Option(help="on | off (BOOKBAG_METERING).")] = None,
+) -> None:
+    """Run the gateway (creates the schema of an empty database)."""
+    import uvicorn
+
+    flags = {"BOOKBAG_HOST": host, "BOOKBAG_PORT": port, "BOOKBAG_DATABASE_URL": database_url,
+             "BOOKBAG_PRICING": pricing, "BOOKBAG_REDIS_URL": redis_url,
+             "BOOKBAG_METERING": metering}
+    export_env(flags)
+    settings = _settings()
+    if workers > 1 and not settings.redis_url and settings.meter in ("auto", "memory"):
+        # One process owns balances in the embedded meter; several share SQL rows instead.
+        export_env({"BOOKBAG_METER": "sql"})
+        settings = _settings()
+    try:
+        load(settings.pricing_path)
+    except CatalogError as exc:
+        fail(str(exc))
+    create_schema(make_engine(settings.database_url))
+    uvicorn.run(
+        "gateway.cli:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers if workers > 1 else None,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_grace),
+    )
+
+
+def app_from_env() -> Any:
+    """The ASGI app as uvicorn builds it in each worker process."""
+    from gateway.app import create_app
+
+    return create_app(Settings.from_env())
+
+
+@workspace_app.command("create")
+def workspace_create(
+    name: Annotated[str, typer.Argument(help="A display name.")],
+    plan: Annotated[str, typer.Option(help="free, hobby, standard, pro or enterprise.")] = "free",
+    credits: Annotated[int | None, typer.Option(help="Monthly credits (custom plans).")] = None,
+    anchor: Annotated[str | None, typer.Option(help="Billing anchor date YYYY-MM-DD.")] = None,
+    agent: Annotated[str | None, typer.Option(help="Bind the first key to an agent.")] = None,
+    as_json: JsonFlag = False,
+    database_url: DbFlag = None,
+    pricing: PricingFlag = None,
+) -> None:
+    """Create a workspace on a plan and print its first key (shown once)."""
+    accounts = _accounts(database_url, pricing)
+    try:
+        ws = accounts.create_workspace(name, plan, custom_allotment=credits, anchor_date=anchor)
+        key = accounts.create_key(ws.id, agent_id=agent)
+    except AccountError as exc:
+        fail(str(exc))
+    data = {"workspace_id": ws.id, "name": ws.name, "plan": ws.plan,
+            "anchor_date": ws.anchor_date, "key_id": key.id, "key": key.key}
+    emit(data, as_json, "workspace created: the key is shown once")
+
+
+@workspace_app.command("list")
+def workspace_list(as_json: JsonFlag = False, database_url: DbFlag = None) -> None:
+    """List workspaces."""
+    rows = [ws.model_dump() for ws in _accounts(database_url).workspaces()]
+    emit(rows, as_json, "workspaces")
+
+
+@workspace_app.command("show")
+def workspace_show(workspace: str, as_json: JsonFlag = False, database_url: DbFlag = None) -> None:
+    """Show one workspace."""
+    try:
+        emit(_accounts(database_url).workspace(workspace).model_dump(), as_json, "workspace")
+    except AccountError as exc:
+        fail(str(exc))
+
+
+@key_app.command("create")
+def key_create(
+    workspace: Annotated[str, typer.Option(help="The workspace id.")],
+    agent: Annotated[str | None, typer.Option(help="Bind the key to this agent.")] = None,
+    scope: Annotated[list[str] | None, typer.Option(help="inference and/or read.")] = None,
+    as_json: JsonFlag = False,
+    database_url: DbFlag = None,
+) -> None:
+    """Create a key (printed once; stored as a SHA-256 hash)."""
+    try:
+        key = _accounts(database_url).create_key(
+            workspace, agent_id=agent, scopes=tuple(scope or ("inference", "read")))
+    except AccountError as exc:
+        fail(str(exc))
+    emit(dataclasses.asdict(key), as_json, "key created: shown once")
+
+
+@key_app.command("list")
+def key_list(workspace: Annotated[str, typer.Option()], as_json: JsonFlag = False,
+             database_url: DbFlag = None) -> None:
+    """List a workspace's keys (never the keys themselves)."""
+    rows = [k.model_dump(exclude={"key_hash"}) for k in _accounts(database_url).keys(workspace)]
+    emit(rows, as_json, "keys")
+
+
+@key_app.command("revoke")
+def key_revoke(key_id: str, as_json: JsonFlag = False, database_url: DbFlag = None) -> None:
+    """Revoke a key; running gateways refuse it within seconds."""
+    try:
+        row = _accounts(database_url).revoke_key(key_id)
+    except AccountError as exc:
+        fail(str(exc))
+    emit({"key_id": row.id, "revoked_ms": row.revoked_ms}, as_json, "key revoked")
+
+
+@app.command()
+def balance(
+    workspace: Annotated[str, typer.Option(help="The workspace id.")],
+    as_json: JsonFlag = False,
+    database_url: DbFlag = None,
+    pricing: PricingFlag = None,
+) -> None:
+    """Show a workspace's balance (settled; holds in flight live in the server)."""
+    try:
+        data = _accounts(database_url, pricing).balance(workspace)
+    except AccountError as exc:
+        fail(str(exc))
+    emit(data, as_json, "balance")
+
+
+@app.command()
+def topup(
+    workspace: Annotated[str, typer.Option(help="The workspace id.")],
+    credits: Annotated[int, typer.Argument(help="Credits to add to the top-up bucket.")],
+    ref: Annotated[str | None, typer.Option(help="Your reference (makes the grant idempotent).")] = None,
+    adjustment: Annotated[bool, typer.Option(help="Record as an adjustment (may be negative).")] = False,
+    as_json: JsonFlag = False,
+    database_url: DbFlag = None,
+) -> None:
+    """Grant purchased credits (carried over between periods, spent after the allotment)."""
+    accounts = _accounts(database_url)
+    kind = EntryKind.ADJUSTMENT if adjustment else EntryKind.TOPUP
+    try:
+        entry = accounts.topup_entry(workspace, credits, kind=kind, ref=ref, actor="cli")
+    except AccountError as exc:
+        fail(str(exc))
+    inserted = accounts.apply(entry)
+    emit({"workspace_id": workspace, "kind": str(kind), "credits": credits, "ref": entry.ref,
+          "applied": inserted}, as_json, "granted" if inserted else "already granted")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""HTTP endpoints: the route table (`routes.py`) and one module per resource."""

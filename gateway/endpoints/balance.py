@@ -1,0 +1,32 @@
+"""GET /v1/balance: the two buckets, holds in flight, the period, credits used in 30 days."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.endpoints.http import authenticate, endpoint, gateway, json_response
+
+
+@endpoint
+async def show(request: Request, headers: dict[str, str]) -> Response:
+    caller = await authenticate(request, "read")
+    gw = gateway(request)
+    balance = await gw.pipeline.meter.balance(caller.workspace_id)
+    used = await gw.usage.credits_used_30d(caller.workspace_id)
+    return json_response(
+        {
+            "object": "balance",
+            "workspace_id": caller.workspace_id,
+            "plan": balance.plan,
+            "allotment": balance.allotment,
+            "allotment_remaining": balance.allotment_remaining,
+            "topups_remaining": balance.topups_remaining,
+            "balance": balance.available,
+            "reserved": balance.reserved,
+            "period_start": balance.period_start,
+            "period_end": balance.period_end,
+            "credits_used_30d": used,
+        },
+        headers=headers,
+    )

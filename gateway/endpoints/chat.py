@@ -1,0 +1,26 @@
+"""POST /v1/chat/completions and its preview."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.endpoints.http import authenticate, endpoint, gateway, json_response, read_body
+from gateway.validation import chat_request, parse_json
+
+
+@endpoint
+async def completions(request: Request, headers: dict[str, str]) -> Response:
+    raw = await read_body(request)
+    caller = await authenticate(request, "inference")
+    req = chat_request(parse_json(raw), request.headers, caller)
+    return await gateway(request).pipeline.chat(caller, req, request.headers, headers)
+
+
+@endpoint
+async def preview(request: Request, headers: dict[str, str]) -> Response:
+    raw = await read_body(request)
+    caller = await authenticate(request, "inference")
+    req = chat_request(parse_json(raw), request.headers, caller)
+    return json_response(await gateway(request).pipeline.preview(caller, req, request.headers),
+                         headers=headers)

@@ -1,0 +1,17 @@
+"""POST /v1/embeddings: passed to the provider, never charged."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.endpoints.http import authenticate, endpoint, gateway, read_body
+from gateway.validation import parse_json
+
+
+@endpoint
+async def create(request: Request, headers: dict[str, str]) -> Response:
+    raw = await read_body(request)
+    caller = await authenticate(request, "inference")
+    body = await gateway(request).pipeline.embeddings(caller, parse_json(raw), request.headers)
+    return Response(body, 200, headers=headers, media_type="application/json")

@@ -1,0 +1,43 @@
+"""GET /v1/models and /v1/models/{id}: the catalog with credits, metering and aliases."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.endpoints.http import authenticate, endpoint, gateway, json_response
+from gateway.types import ModelEntry
+
+OWNED_BY = {"local": "bookbag", "openai": "openai", "anthropic": "anthropic"}
+
+
+def describe(model: ModelEntry, created: int) -> dict[str, Any]:
+    return {
+        "id": model.id,
+        "object": "model",
+        "created": created,
+        "owned_by": OWNED_BY.get(model.provider, model.provider),
+        "kind": model.kind,
+        "credits_per_reply": model.credits,
+        "metered": model.metered,
+        "byo": model.byo,
+        "aliases": list(model.aliases),
+    }
+
+
+@endpoint
+async def list_models(request: Request, headers: dict[str, str]) -> Response:
+    await authenticate(request, "inference")
+    gw = gateway(request)
+    data = [describe(m, gw.started) for m in gw.catalog.models.values()]
+    return json_response({"object": "list", "data": data}, headers=headers)
+
+
+@endpoint
+async def get_model(request: Request, headers: dict[str, str]) -> Response:
+    await authenticate(request, "inference")
+    gw = gateway(request)
+    model = gw.catalog.resolve(request.path_params["model_id"])
+    return json_response(describe(model, gw.started), headers=headers)

@@ -1,0 +1,1 @@
+"""The usage ledger: group-committed writes, the spool, and queries."""

@@ -1,0 +1,1 @@
+"""Balance stores behind the `Meter` interface: memory (embedded), sql, redis."""

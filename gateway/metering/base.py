@@ -1,0 +1,73 @@
+"""The Meter interface and what every backend shares.
+
+reserve -> Hold (atomic: enough credits or InsufficientCredits, allotment
+first, then top-ups); then exactly one of settle (the reply succeeded: the
+charge and its ledger entry, atomically) or void (it failed: credits go
+back to the buckets they came from; an allotment refund after its period
+ended lapses). A second settle or void of the same hold is a no-op.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gateway.errors import InsufficientCredits
+from gateway.types import Balance, EntryKind, Hold, LedgerEntry
+
+
+class Meter(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def reserve(self, workspace_id: str, credits: int, request_id: str) -> Hold:
+        """Take `credits` from the balance for one request, or raise InsufficientCredits."""
+        ...
+
+    async def settle(self, hold: Hold, entry: LedgerEntry) -> None:
+        """Charge the hold and write its ledger entry; durable when this returns."""
+        ...
+
+    async def void(self, hold: Hold) -> None:
+        """Give the hold's credits back."""
+        ...
+
+    async def balance(self, workspace_id: str) -> Balance:
+        ...
+
+    async def grant(self, entry: LedgerEntry) -> bool:
+        """Apply an allotment, top-up or adjustment entry once; False if it existed."""
+        ...
+
+
+def insufficient(balance: int, cost: int, renews_on: str) -> InsufficientCredits:
+    return InsufficientCredits(
+        f"Insufficient credits: this request costs {cost} credit{'s' if cost != 1 else ''} "
+        f"and the workspace balance is {balance}. The allotment renews on {renews_on}; "
+        "top up to continue before then."
+    )
+
+
+def renewal_entry(workspace_id: str, period_start: str, allotment: int, at_ms: int) -> LedgerEntry:
+    """The allotment grant opening a period; its request_id makes it happen once."""
+    return LedgerEntry(
+        request_id=f"allotment:{workspace_id}:{period_start}",
+        workspace_id=workspace_id,
+        kind=EntryKind.ALLOTMENT,
+        billing_mode=None,
+        credits=allotment,
+        allotment_delta=allotment,
+        period_start=period_start,
+        ref=f"period:{period_start}",
+        actor="gateway:renewal",
+        created_ms=at_ms,
+    )
+
+
+def charge(entry: LedgerEntry, hold: Hold) -> LedgerEntry:
+    """Fill a reply entry with what its hold took from each bucket."""
+    entry.credits = hold.credits
+    entry.allotment_delta = -hold.from_allotment
+    entry.topup_delta = -hold.from_topups
+    entry.period_start = hold.period_start
+    return entry

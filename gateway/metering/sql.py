@@ -1,0 +1,198 @@
+"""The SQL meter: balances and holds as rows, shared by any number of processes.
+
+Reserve is one transaction holding the workspace's row lock (`BEGIN
+IMMEDIATE` on SQLite, `SELECT ... FOR UPDATE` on PostgreSQL): renew the
+period if due, check, take from the buckets, insert the hold. Settle deletes
+the hold and inserts the ledger entry in one transaction (the balance moved
+at reserve); void deletes the hold and gives the credits back. Whichever
+deletes the hold row first wins, so a hold resolves exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from sqlalchemy import Engine
+
+from gateway.clock import Clock, now_ms
+from gateway.database import Cursor, Sql, apply_entry, transaction
+from gateway.errors import GatewayError, ServiceUnavailable
+from gateway.metering.base import charge, insufficient, renewal_entry
+from gateway.metering.memory import AllotmentOf
+from gateway.periods import period_of
+from gateway.types import Balance, Hold, LedgerEntry
+
+log = logging.getLogger("bookbag.meter")
+
+
+class SqlMeter:
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Clock,
+        allotment_of: AllotmentOf,
+        *,
+        hold_ttl: float,
+        sweep_interval: float = 5.0,
+    ) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._allotment_of = allotment_of
+        self._hold_ttl = hold_ttl
+        self._sweep_interval = sweep_interval
+        self._for_update = "" if engine.dialect.name == "sqlite" else " FOR UPDATE"
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._sweeper(), name="meter-sweep")
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except GatewayError:
+            raise
+        except Exception as exc:
+            raise ServiceUnavailable("The balance store is unavailable; retry shortly.") from exc
+
+    # --- in one transaction each ---------------------------------------
+
+    def _row(self, cur: Cursor, sql: Sql, workspace_id: str) -> tuple[Any, ...]:
+        cur.execute(
+            sql(
+                "SELECT w.plan, w.custom_allotment, w.anchor_date, b.period_start, b.allotment, "
+                "b.allotment_remaining, b.topups_remaining FROM balances b "
+                "JOIN workspaces w ON w.id = b.workspace_id WHERE b.workspace_id = ?"
+                + self._for_update
+            ),
+            (workspace_id,),
+        )
+        row = cur.fetchone()
+        if row is None:
+            raise ServiceUnavailable(f"workspace {workspace_id} has no balance row")
+        plan, custom, anchor, period_start, allotment, allot_rem, top_rem = row
+        start, end = period_of(anchor, self._clock.now())
+        if start > period_start:
+            allotment = self._allotment_of(plan, custom)
+            apply_entry(cur, sql, renewal_entry(workspace_id, start, allotment, now_ms(self._clock)))
+            return plan, start, end, allotment, allotment, int(top_rem)
+        return plan, period_start, end, int(allotment), int(allot_rem), int(top_rem)
+
+    def _reserve(self, workspace_id: str, credits: int, request_id: str) -> Hold:
+        with transaction(self._engine) as (cur, sql):
+            _, period, end, _, allot_rem, top_rem = self._row(cur, sql, workspace_id)
+            if credits > allot_rem + top_rem:
+                raise insufficient(allot_rem + top_rem, credits, end)
+            from_allotment = min(credits, allot_rem)
+            hold = Hold(request_id, workspace_id, credits, from_allotment,
+                        credits - from_allotment, period, self._clock.now() + self._hold_ttl)
+            cur.execute(
+                sql(
+                    "UPDATE balances SET allotment_remaining = allotment_remaining - ?, "
+                    "topups_remaining = topups_remaining - ? WHERE workspace_id = ?"
+                ),
+                (hold.from_allotment, hold.from_topups, workspace_id),
+            )
+            cur.execute(
+                sql(
+                    "INSERT INTO holds (request_id, workspace_id, credits, from_allotment, "
+                    "from_topups, period_start, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                ),
+                (request_id, workspace_id, credits, hold.from_allotment, hold.from_topups,
+                 period, int(hold.expires_at * 1000)),
+            )
+        return hold
+
+    def _settle(self, hold: Hold, entry: LedgerEntry) -> None:
+        with transaction(self._engine) as (cur, sql):
+            cur.execute(sql("DELETE FROM holds WHERE request_id = ?"), (hold.request_id,))
+            if cur.rowcount != 1:
+                return  # voided or expired already: nothing to charge
+            apply_entry(cur, sql, charge(entry, hold), project=False)
+
+    def _void(self, request_id: str) -> None:
+        with transaction(self._engine) as (cur, sql):
+            cur.execute(
+                sql(
+                    "SELECT workspace_id, from_allotment, from_topups, period_start FROM holds "
+                    "WHERE request_id = ?" + self._for_update
+                ),
+                (request_id,),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return
+            workspace_id, from_allotment, from_topups, period = row
+            cur.execute(sql("DELETE FROM holds WHERE request_id = ?"), (request_id,))
+            cur.execute(
+                sql(
+                    "UPDATE balances SET allotment_remaining = allotment_remaining + "
+                    "CASE WHEN period_start = ? THEN ? ELSE 0 END, "
+                    "topups_remaining = topups_remaining + ? WHERE workspace_id = ?"
+                ),
+                (period, from_allotment, from_topups, workspace_id),
+            )
+
+    def _balance(self, workspace_id: str) -> Balance:
+        with transaction(self._engine) as (cur, sql):
+            plan, period, end, allotment, allot_rem, top_rem = self._row(cur, sql, workspace_id)
+            cur.execute(
+                sql("SELECT COALESCE(SUM(credits), 0) FROM holds WHERE workspace_id = ?"),
+                (workspace_id,),
+            )
+            reserved = int(cur.fetchone()[0])
+        return Balance(workspace_id, plan, allotment, allot_rem, top_rem, reserved, period, end)
+
+    def _grant(self, entry: LedgerEntry) -> bool:
+        with transaction(self._engine) as (cur, sql):
+            self._row(cur, sql, entry.workspace_id)  # lock and renew first
+            return apply_entry(cur, sql, entry)
+
+    def _expired(self) -> list[str]:
+        with transaction(self._engine) as (cur, sql):
+            cur.execute(
+                sql("SELECT request_id FROM holds WHERE expires_ms <= ?"), (now_ms(self._clock),)
+            )
+            return [r[0] for r in cur.fetchall()]
+
+    # --- the Meter interface --------------------------------------------
+
+    async def reserve(self, workspace_id: str, credits: int, request_id: str) -> Hold:
+        hold: Hold = await self._run(self._reserve, workspace_id, credits, request_id)
+        return hold
+
+    async def settle(self, hold: Hold, entry: LedgerEntry) -> None:
+        await self._run(self._settle, hold, entry)
+
+    async def void(self, hold: Hold) -> None:
+        await self._run(self._void, hold.request_id)
+
+    async def balance(self, workspace_id: str) -> Balance:
+        balance: Balance = await self._run(self._balance, workspace_id)
+        return balance
+
+    async def grant(self, entry: LedgerEntry) -> bool:
+        inserted: bool = await self._run(self._grant, entry)
+        return inserted
+
+    async def sweep(self) -> None:
+        """Void every hold past its expiry (its process died before resolving it)."""
+        for request_id in await self._run(self._expired):
+            log.warning("voiding expired hold %s", request_id)
+            await self._run(self._void, request_id)
+
+    async def _sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval)
+            try:
+                await self.sweep()
+            except Exception:
+                log.warning("hold sweep failed", exc_info=True)

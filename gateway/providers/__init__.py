@@ -1,0 +1,1 @@
+"""Model providers behind one interface: relay (OpenAI bytes), litellm, local."""

@@ -1,0 +1,33 @@
+"""The Provider interface: one chat call, JSON or streamed, and embeddings.
+
+A stream yields the JSON payload of each OpenAI `chat.completion.chunk` as
+bytes (what follows `data: ` on an SSE line, without framing), and ends after
+the provider's `[DONE]` (which is not yielded). A stream that ends any other
+way raises: `UpstreamError` for a cut or an in-band error, `UpstreamTimeout`
+when the provider stops sending. Errors are `gateway.errors` types only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from gateway.types import Completion, ProviderCall
+
+
+class Provider(Protocol):
+    async def complete(self, call: ProviderCall) -> Completion:
+        """One non-streamed chat completion in OpenAI shape."""
+        ...
+
+    def stream(self, call: ProviderCall) -> AsyncIterator[bytes]:
+        """Chunk payloads of a streamed chat completion, in OpenAI shape."""
+        ...
+
+    async def embed(self, call: ProviderCall) -> bytes:
+        """An OpenAI-shaped embeddings response body."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,177 @@
+"""The relay: OpenAI-compatible upstreams (OpenAI, Ollama, vLLM, ...) reached as bytes.
+
+The reply body is passed on unchanged; only what metering needs is read
+(the number of choices, usage). Streams are split into SSE events and each
+event's payload handed on as bytes. aiohttp is used because it holds up
+under concurrency (PERF-NOTES.md); its exceptions are translated here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.errors import (
+    GatewayError,
+    ProviderAuthFailed,
+    ProviderRejected,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from gateway.types import Completion, ProviderCall
+
+OPENAI_BASE = "https://api.openai.com/v1"
+_PASS_THROUGH = {400, 404, 409, 413, 415, 422, 429}
+
+
+def _scrub(text: str, key: str | None) -> str:
+    if key:
+        text = text.replace(key, "[redacted]")
+    return text
+
+
+def upstream_status_error(status: int, body: bytes, call: ProviderCall) -> GatewayError:
+    """A provider's non-200 answer as a gateway error (keys never echoed)."""
+    message, code, param, type_ = "", None, None, None
+    try:
+        parsed: Any = orjson.loads(body)
+        err = parsed.get("error") if isinstance(parsed, dict) else None
+        if isinstance(err, dict):
+            message = str(err.get("message") or "")
+            code = err.get("code") if isinstance(err.get("code"), str) else None
+            param = err.get("param") if isinstance(err.get("param"), str) else None
+            type_ = err.get("type") if isinstance(err.get("type"), str) else None
+        elif isinstance(err, str):
+            message = err
+    except orjson.JSONDecodeError:
+        message = body[:300].decode("utf-8", "replace")
+    if status in (401, 403):
+        if call.byo:
+            return ProviderAuthFailed(
+                f"The provider rejected the API key sent with this request (HTTP {status})."
+            )
+        return UpstreamError(
+            f"The provider rejected the gateway's own API key for `{call.model.id}` (HTTP {status})."
+        )
+    message = _scrub(message, call.api_key) or f"The provider answered HTTP {status}."
+    if status in _PASS_THROUGH:
+        return ProviderRejected(status, message, code=code, param=param, type_=type_)
+    return UpstreamError(f"The provider failed (HTTP {status}): {message}"[:1000])
+
+
+class RelayProvider:
+    def __init__(self, *, connections: int = 1024) -> None:
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(
+                connector=connector, json_serialize=lambda o: orjson.dumps(o).decode(),
+                auto_decompress=True, skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @staticmethod
+    def _request(call: ProviderCall, path: str) -> tuple[str, dict[str, str], aiohttp.ClientTimeout]:
+        url = (call.model.api_base or OPENAI_BASE) + path
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+        if call.api_key:
+            headers["Authorization"] = "Bearer " + call.api_key
+        t = call.timeouts
+        timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.idle)
+        return url, headers, timeout
+
+    async def _post(self, call: ProviderCall, path: str) -> bytes:
+        url, headers, timeout = self._request(call, path)
+        try:
+            async with self._client().post(
+                url, data=orjson.dumps(call.body), headers=headers, timeout=timeout
+            ) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise upstream_status_error(resp.status, body, call)
+                return body
+        except GatewayError:
+            raise
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout(f"The provider did not answer in time for `{call.model.id}`.") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(
+                f"Could not reach the provider for `{call.model.id}`: {type(exc).__name__}."
+            ) from exc
+
+    async def complete(self, call: ProviderCall) -> Completion:
+        body = await self._post(call, "/chat/completions")
+        try:
+            parsed = orjson.loads(body)
+            choices = parsed["choices"]
+            if not isinstance(choices, list) or not choices:
+                raise ValueError("no choices")
+            usage = parsed.get("usage") or {}
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UpstreamError("The provider sent a reply that is not a chat completion.") from exc
+        return Completion(body, len(choices), usage.get("prompt_tokens"),
+                          usage.get("completion_tokens"))
+
+    async def embed(self, call: ProviderCall) -> bytes:
+        return await self._post(call, "/embeddings")
+
+    async def stream(self, call: ProviderCall) -> AsyncIterator[bytes]:
+        url, headers, timeout = self._request(call, "/chat/completions")
+        headers["Accept"] = "text/event-stream"
+        try:
+            async with self._client().post(
+                url, data=orjson.dumps(call.body), headers=headers, timeout=timeout
+            ) as resp:
+                if resp.status != 200:
+                    raise upstream_status_error(resp.status, await resp.read(), call)
+                buffer = b""
+                async for data in resp.content.iter_any():
+                    buffer += data
+                    if b"\r" in buffer:
+                        buffer = buffer.replace(b"\r\n", b"\n")
+                    while True:
+                        end = buffer.find(b"\n\n")
+                        if end < 0:
+                            break
+                        event, buffer = buffer[:end], buffer[end + 2 :]
+                        for line in event.split(b"\n"):
+                            if not line.startswith(b"data:"):
+                                continue  # comments (keep-alives), event names, ids
+                            payload = line[5:].strip()
+                            if payload == b"[DONE]":
+                                return
+                            if payload.startswith(b'{"error"'):
+                                raise _inband(payload, call)
+                            yield payload
+                raise UpstreamError("The provider ended the stream before it was complete.")
+        except GatewayError:
+            raise
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout(f"The provider stopped sending for `{call.model.id}`.") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(
+                f"The provider connection failed mid-stream: {type(exc).__name__}."
+            ) from exc
+        except asyncio.CancelledError:
+            raise
+
+
+def _inband(payload: bytes, call: ProviderCall) -> GatewayError:
+    try:
+        err = orjson.loads(payload).get("error") or {}
+        message = str(err.get("message") or "error") if isinstance(err, dict) else str(err)
+    except (orjson.JSONDecodeError, AttributeError):
+        message = "error"
+    return UpstreamError(f"The provider reported an error mid-stream: {_scrub(message, call.api_key)}"[:1000])

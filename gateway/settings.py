@@ -1,0 +1,160 @@
+"""Settings: read once from the environment into one frozen object.
+
+This is the only module that reads `os.environ`. CLI flags override by
+passing keyword overrides to `Settings.from_env`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from gateway.types import Timeouts
+
+DEFAULT_DATABASE_URL = "sqlite:///bookbag.db"
+DEFAULT_PRICING = "pricing.toml"
+MIB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A setting has a value the gateway cannot run with."""
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _timeouts(raw: str | None) -> Timeouts:
+    """`BOOKBAG_PROVIDER_TIMEOUT`: "total" or "connect,idle,total" in seconds."""
+    if not raw:
+        return Timeouts(connect=10.0, idle=60.0, total=600.0)
+    parts = [p.strip() for p in raw.split(",")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise SettingsError(
+            f"BOOKBAG_PROVIDER_TIMEOUT must be 'total' or 'connect,idle,total', got {raw!r}"
+        ) from None
+    if any(v <= 0 for v in values) or len(values) not in (1, 3):
+        raise SettingsError(
+            f"BOOKBAG_PROVIDER_TIMEOUT must be 'total' or 'connect,idle,total', got {raw!r}"
+        )
+    if len(values) == 1:
+        total = values[0]
+        return Timeouts(connect=min(10.0, total), idle=total, total=total)
+    return Timeouts(connect=values[0], idle=values[1], total=values[2])
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str | None = None
+    metering: bool = True
+    pricing_path: Path = Path(DEFAULT_PRICING)
+    admin_token: str | None = None
+    secret_key: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    provider_timeouts: Timeouts = field(default_factory=lambda: _timeouts(None))
+    hold_ttl: float = 900.0
+    max_body_bytes: int = 20 * MIB
+    body_timeout: float = 30.0
+    shutdown_grace: float = 30.0
+    key_cache_ttl: float = 2.0
+    sync_interval: float = 1.0
+    sweep_interval: float = 5.0
+    idempotency_retention: float = 24 * 3600.0
+    meter: str = "auto"  # auto | memory | sql | redis
+    log_level: str = "info"
+    log_json: bool = False
+    provider_keys: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.hold_ttl <= self.provider_timeouts.total:
+            raise SettingsError(
+                f"BOOKBAG_HOLD_TTL ({self.hold_ttl:g}s) must exceed the total provider timeout "
+                f"({self.provider_timeouts.total:g}s), or holds could expire while a reply "
+                "is still being produced"
+            )
+        if self.meter not in ("auto", "memory", "sql", "redis"):
+            raise SettingsError(f"BOOKBAG_METER must be auto, memory, sql or redis, got {self.meter!r}")
+        if self.meter == "redis" and not self.redis_url:
+            raise SettingsError("BOOKBAG_METER=redis needs BOOKBAG_REDIS_URL")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if env is None else env
+        metering_raw = env.get("BOOKBAG_METERING", "on").strip().lower()
+        if metering_raw not in ("on", "off", "true", "false", "1", "0"):
+            raise SettingsError(f"BOOKBAG_METERING must be 'on' or 'off', got {metering_raw!r}")
+        timeouts = _timeouts(env.get("BOOKBAG_PROVIDER_TIMEOUT"))
+        provider_keys = {
+            name: env[var]
+            for name, var in (("openai", "OPENAI_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY"))
+            if env.get(var)
+        }
+        # Any other `*_API_KEY` a catalog entry names through `api_key_env`.
+        extra_keys = {k: v for k, v in env.items() if k.endswith("_API_KEY") and v}
+        values: dict[str, Any] = {
+            "database_url": env.get("BOOKBAG_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            "redis_url": env.get("BOOKBAG_REDIS_URL") or None,
+            "metering": metering_raw in ("on", "true", "1"),
+            "pricing_path": Path(env.get("BOOKBAG_PRICING") or DEFAULT_PRICING),
+            "admin_token": env.get("BOOKBAG_ADMIN_TOKEN") or None,
+            "secret_key": env.get("BOOKBAG_SECRET_KEY") or None,
+            "host": env.get("BOOKBAG_HOST") or "127.0.0.1",
+            "port": _int(env, "BOOKBAG_PORT", 8080),
+            "provider_timeouts": timeouts,
+            "hold_ttl": _float(env, "BOOKBAG_HOLD_TTL", max(900.0, timeouts.total + 60.0)),
+            "max_body_bytes": _int(env, "BOOKBAG_MAX_BODY_BYTES", 20 * MIB),
+            "body_timeout": _float(env, "BOOKBAG_BODY_TIMEOUT", 30.0),
+            "shutdown_grace": _float(env, "BOOKBAG_SHUTDOWN_GRACE", 30.0),
+            "key_cache_ttl": _float(env, "BOOKBAG_KEY_CACHE_TTL", 2.0),
+            "sync_interval": _float(env, "BOOKBAG_SYNC_INTERVAL", 1.0),
+            "sweep_interval": _float(env, "BOOKBAG_SWEEP_INTERVAL", 5.0),
+            "idempotency_retention": _float(env, "BOOKBAG_IDEMPOTENCY_RETENTION", 24 * 3600.0),
+            "meter": (env.get("BOOKBAG_METER") or "auto").strip().lower(),
+            "log_level": (env.get("BOOKBAG_LOG_LEVEL") or "info").lower(),
+            "log_json": (env.get("BOOKBAG_LOG_JSON") or "").lower() in ("1", "true", "on"),
+            "provider_keys": {**extra_keys, **provider_keys},
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def provider_key(self, provider: str, env_name: str | None = None) -> str | None:
+        """The gateway's own key for a provider (or the variable a catalog entry names)."""
+        if env_name:
+            return self.provider_keys.get(env_name)
+        return self.provider_keys.get(provider)
+
+
+def export_env(values: Mapping[str, object]) -> None:
+    """Put CLI flags into the environment, so worker processes read the same settings."""
+    for name, value in values.items():
+        if value is not None:
+            os.environ[name] = str(value)

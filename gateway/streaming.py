@@ -1,0 +1,171 @@
+"""SSE relay with settlement: the stream's hold resolves in `finally`, shielded from cancellation.
+
+1. Headers go out once the provider sent its first chunk (an error before
+   that is an ordinary HTTP error, handled by the pipeline).
+2. Each chunk is written as `data: ...\\n\\n`. The reply counts as delivered
+   once a chunk with content, tool calls or a refusal has been written.
+3. The usage chunk (the gateway always asks for it) is passed on only when
+   the client asked, with `credits` added.
+4. When the provider finishes: settle (durable), then `data: [DONE]`.
+   A provider error: an in-band `data: {"error": ...}`, no [DONE], void.
+   The client leaving: settle if delivered (the provider bills it), else
+   void; the upstream is cancelled either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from gateway.errors import GatewayError, UpstreamError, sse_error
+
+log = logging.getLogger("bookbag.stream")
+
+DONE = b"data: [DONE]\n\n"
+Finish = Callable[[bool, dict[str, Any] | None], Awaitable[None]]
+
+
+def inspect(payload: bytes) -> tuple[bool, dict[str, Any] | None]:
+    """(carries content, usage if this is the usage-only chunk) of one chunk payload."""
+    try:
+        chunk = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return False, None
+    if not isinstance(chunk, dict):
+        return False, None
+    choices = chunk.get("choices")
+    if not choices:
+        usage = chunk.get("usage")
+        return False, usage if isinstance(usage, dict) else None
+    for choice in choices:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if isinstance(delta, dict) and (
+            delta.get("content") or delta.get("tool_calls") or delta.get("refusal")
+            or delta.get("function_call")
+        ):
+            return True, None
+    return False, None
+
+
+def _may_carry_usage(payload: bytes) -> bool:
+    return b'"usage"' in payload and b'"usage":null' not in payload and b'"usage": null' not in payload
+
+
+class MeteredStream(Response):
+    """An SSE response relaying provider chunks, whose `finish` settles or voids the hold.
+
+    `finish(charge, usage)` is called exactly once, shielded: `charge=True`
+    when the reply was delivered (completed, or the client left after
+    content reached it), `False` otherwise. It must be durable when it
+    returns; the `[DONE]` line is written only after it.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        first: bytes,
+        rest: AsyncIterator[bytes],
+        *,
+        finish: Finish,
+        include_usage: bool,
+        credits: int,
+        headers: dict[str, str],
+    ) -> None:
+        # Not Response.__init__: with no body it would announce `content-length: 0`.
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
+        self._first = first
+        self._rest = rest
+        self._finish = finish
+        self._include_usage = include_usage
+        self._credits = credits
+        self.delivered = False
+        self.completed = False
+        self.client_gone = False
+        self.error: GatewayError | None = None
+        self.usage: dict[str, Any] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+        relay = asyncio.ensure_future(self._relay(send))
+        watcher = asyncio.ensure_future(self._watch(receive))
+        try:
+            await asyncio.wait({relay, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if watcher.done() and not relay.done():
+                self.client_gone = True
+                relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
+        finally:
+            watcher.cancel()
+            if not relay.done():
+                relay.cancel()
+            await asyncio.shield(self._end(send))
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    async def _relay(self, send: Send) -> None:
+        usage: dict[str, Any] | None = None
+        try:
+            payload: bytes | None = self._first
+            while payload is not None:
+                if not self.delivered or _may_carry_usage(payload):
+                    content, chunk_usage = inspect(payload)
+                else:  # after the first content only the usage chunk matters: skip parsing
+                    content, chunk_usage = False, None
+                if chunk_usage is not None:
+                    usage = chunk_usage
+                    if self._include_usage:
+                        chunk = orjson.loads(payload)
+                        chunk["usage"]["credits"] = self._credits
+                        await send({"type": "http.response.body",
+                                    "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
+                                    "more_body": True})
+                else:
+                    await send({"type": "http.response.body",
+                                "body": b"data: " + payload + b"\n\n", "more_body": True})
+                    if content:
+                        self.delivered = True
+                payload = await anext(self._rest, None)
+            self.completed = True
+            self.usage = usage
+        except GatewayError as exc:
+            self.error = exc
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in a provider: never leave the hold unresolved
+            log.exception("stream relay failed")
+            self.error = UpstreamError(f"The stream failed: {type(exc).__name__}.")
+        finally:
+            with contextlib.suppress(Exception):
+                await self._rest.aclose()  # type: ignore[attr-defined]  # async generators have aclose
+
+    async def _end(self, send: Send) -> None:
+        charge = self.completed or (self.client_gone and self.delivered)
+        try:
+            await self._finish(charge, self.usage)
+        except GatewayError as exc:
+            self.completed, self.error = False, exc
+        except Exception:
+            log.exception("settling a stream failed")
+            self.completed = False
+            self.error = UpstreamError("The reply could not be recorded; it was not charged.")
+        if self.client_gone:
+            return
+        tail = DONE if self.completed else sse_error(self.error or UpstreamError("stream failed"))
+        with contextlib.suppress(Exception):
+            await send({"type": "http.response.body", "body": tail, "more_body": False})

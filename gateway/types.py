@@ -1,0 +1,159 @@
+"""Shared value types passed between the pipeline's steps."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+
+class BillingMode(enum.StrEnum):
+    METERED = "metered"
+    LOCAL = "local"
+    BYO = "byo"
+    UNMETERED = "unmetered"
+
+
+class EntryKind(enum.StrEnum):
+    REPLY = "reply"
+    ALLOTMENT = "allotment"
+    TOPUP = "topup"
+    ADJUSTMENT = "adjustment"
+
+
+SCOPES = frozenset({"inference", "read"})
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: resolved from a workspace API key."""
+
+    workspace_id: str
+    key_id: str
+    agent_id: str | None
+    scopes: frozenset[str]
+    plan: str
+    suspended: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    """One model of the catalog: how to reach it and what a reply costs."""
+
+    id: str
+    provider: str  # "local", "openai" (relayed as bytes), or a litellm provider ("anthropic", ...)
+    upstream_model: str
+    credits: int
+    metered: bool
+    byo: bool
+    kind: str = "chat"  # "chat" | "embedding"
+    api_base: str | None = None
+    api_key_env: str | None = None
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def relayed(self) -> bool:
+        return self.provider == "openai"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    name: str
+    credits: int | None  # None: custom (Enterprise), set per workspace
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float
+    idle: float
+    total: float
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """A validated chat completion request, Bookbag metadata already removed."""
+
+    model: str
+    body: dict[str, Any]
+    stream: bool
+    n: int
+    include_usage: bool
+    agent_id: str | None = None
+    conversation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderCall:
+    """What a provider needs for one call; `body` already names the upstream model."""
+
+    model: ModelEntry
+    body: dict[str, Any]
+    api_key: str | None
+    byo: bool
+    timeouts: Timeouts
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A non-streamed provider reply in OpenAI shape, as bytes to send unchanged."""
+
+    body: bytes
+    choices: int
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Credits reserved for one request, and the buckets they came from."""
+
+    request_id: str
+    workspace_id: str
+    credits: int
+    from_allotment: int
+    from_topups: int
+    period_start: str  # ISO date of the period the hold was reserved in
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    workspace_id: str
+    plan: str
+    allotment: int
+    allotment_remaining: int
+    topups_remaining: int
+    reserved: int
+    period_start: str
+    period_end: str
+
+    @property
+    def available(self) -> int:
+        return self.allotment_remaining + self.topups_remaining
+
+
+@dataclass(slots=True)
+class LedgerEntry:
+    """One row of the usage ledger. Signed deltas say what it did to each bucket."""
+
+    request_id: str
+    workspace_id: str
+    kind: EntryKind = EntryKind.REPLY
+    billing_mode: BillingMode | None = BillingMode.METERED
+    credits: int = 0
+    allotment_delta: int = 0
+    topup_delta: int = 0
+    period_start: str | None = None
+    key_id: str | None = None
+    agent_id: str | None = None
+    conversation_id: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    replies: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_ms: int | None = None
+    reason: str | None = None
+    ref: str | None = None
+    actor: str | None = None
+    created_ms: int = 0

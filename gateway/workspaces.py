@@ -1,0 +1,212 @@
+"""Workspaces and their API keys: create, list, revoke, look up (the operator side).
+
+Keys are `bk_` + 43 random URL-safe characters, returned once and stored as
+SHA-256 hex. These are synchronous SQL operations: the CLI calls them
+directly, the server from a worker thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from gateway.catalog import Catalog
+from gateway.clock import Clock, now_ms
+from gateway.database import apply_entry, transaction
+from gateway.metering.base import renewal_entry
+from gateway.periods import period_of, today
+from gateway.schema import ApiKey, BalanceRow, Workspace
+from gateway.types import SCOPES, Caller, EntryKind, LedgerEntry
+
+KEY_PREFIX = "bk_"
+ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+class AccountError(ValueError):
+    """An operator request that cannot be carried out (unknown plan, workspace...)."""
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def allotment_of(catalog: Catalog, plan: str, custom: int | None) -> int:
+    """A plan's monthly credits; Enterprise (custom) uses the workspace's own figure."""
+    credits = catalog.plan(plan).credits
+    if credits is None:
+        return custom or 0
+    return credits
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    id: str
+    key: str  # the only time the plaintext exists
+    workspace_id: str
+    agent_id: str | None
+    scopes: tuple[str, ...]
+
+
+class Accounts:
+    def __init__(self, engine: Engine, catalog: Catalog, clock: Clock) -> None:
+        self._engine = engine
+        self._catalog = catalog
+        self._clock = clock
+
+    def create_workspace(
+        self, name: str, plan: str, *, custom_allotment: int | None = None,
+        anchor_date: str | None = None, workspace_id: str | None = None,
+    ) -> Workspace:
+        """A workspace on a plan, holding its plan's allotment at once."""
+        if plan not in self._catalog.plans:
+            raise AccountError(f"unknown plan {plan!r}; plans: {', '.join(self._catalog.plans)}")
+        if self._catalog.plan(plan).credits is None:
+            if custom_allotment is None or custom_allotment < 0:
+                raise AccountError(f"plan {plan!r} needs a custom allotment (--credits N)")
+        elif custom_allotment is not None:
+            raise AccountError(f"plan {plan!r} has a fixed allotment; --credits is for custom plans")
+        now = self._clock.now()
+        anchor = anchor_date or today(now)
+        period_start, _ = period_of(anchor, now)
+        allotment = allotment_of(self._catalog, plan, custom_allotment)
+        ws_id = workspace_id or "ws_" + uuid.uuid4().hex[:16]
+        if not ID_RE.match(ws_id):
+            raise AccountError("workspace id must match ^[A-Za-z0-9._-]{1,128}$")
+        workspace = Workspace(
+            id=ws_id, name=name, plan=plan, custom_allotment=custom_allotment,
+            anchor_date=anchor, created_ms=now_ms(self._clock),
+        )
+        with Session(self._engine, expire_on_commit=False) as session:
+            if session.get(Workspace, ws_id) is not None:
+                raise AccountError(f"workspace {ws_id} already exists")
+            session.add(workspace)
+            session.flush()  # the balance row references it
+            session.add(BalanceRow(workspace_id=ws_id, period_start="0000-00-00", allotment=0,
+                                   allotment_remaining=0, topups_remaining=0))
+            session.commit()
+            session.refresh(workspace)
+        with transaction(self._engine) as (cur, sql):
+            apply_entry(cur, sql, renewal_entry(ws_id, period_start, allotment, now_ms(self._clock)))
+        return workspace
+
+    def workspace(self, workspace_id: str) -> Workspace:
+        with Session(self._engine, expire_on_commit=False) as session:
+            workspace = session.get(Workspace, workspace_id)
+            if workspace is None:
+                raise AccountError(f"no workspace {workspace_id!r}")
+            return workspace
+
+    def workspaces(self) -> list[Workspace]:
+        with Session(self._engine, expire_on_commit=False) as session:
+            return list(session.exec(select(Workspace).order_by(col(Workspace.created_ms))))
+
+    def create_key(
+        self, workspace_id: str, *, agent_id: str | None = None,
+        scopes: tuple[str, ...] = ("inference", "read"),
+    ) -> CreatedKey:
+        self.workspace(workspace_id)
+        bad = set(scopes) - SCOPES
+        if bad or not scopes:
+            raise AccountError(f"scopes must be among {sorted(SCOPES)}, got {sorted(scopes)}")
+        if agent_id is not None and not ID_RE.match(agent_id):
+            raise AccountError("agent id must match ^[A-Za-z0-9._-]{1,128}$")
+        key = new_key()
+        row = ApiKey(
+            id="key_" + uuid.uuid4().hex[:12], workspace_id=workspace_id, key_hash=hash_key(key),
+            prefix=key[:8], agent_id=agent_id, scopes=",".join(sorted(set(scopes))),
+            created_ms=now_ms(self._clock),
+        )
+        with Session(self._engine, expire_on_commit=False) as session:
+            session.add(row)
+            session.commit()
+        return CreatedKey(row.id, key, workspace_id, agent_id, tuple(sorted(set(scopes))))
+
+    def revoke_key(self, key_id: str) -> ApiKey:
+        with Session(self._engine, expire_on_commit=False) as session:
+            row = session.get(ApiKey, key_id)
+            if row is None:
+                raise AccountError(f"no key {key_id!r}")
+            if row.revoked_ms is None:
+                row.revoked_ms = now_ms(self._clock)
+                session.add(row)
+                session.commit()
+                session.refresh(row)
+            return row
+
+    def keys(self, workspace_id: str) -> list[ApiKey]:
+        with Session(self._engine, expire_on_commit=False) as session:
+            stmt = select(ApiKey).where(ApiKey.workspace_id == workspace_id)
+            return list(session.exec(stmt.order_by(col(ApiKey.created_ms))))
+
+    def caller(self, key_hash: str) -> Caller | None:
+        """The live caller for a key hash; None when unknown, revoked or suspended."""
+        with transaction(self._engine) as (cur, sql):
+            cur.execute(
+                sql(
+                    "SELECT k.id, k.workspace_id, k.agent_id, k.scopes, w.plan, w.suspended "
+                    "FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id "
+                    "WHERE k.key_hash = ? AND k.revoked_ms IS NULL"
+                ),
+                (key_hash,),
+            )
+            row = cur.fetchone()
+        if row is None:
+            return None
+        key_id, ws_id, agent, scopes, plan, suspended = row
+        return Caller(ws_id, key_id, agent, frozenset(scopes.split(",")), plan,
+                      suspended=bool(suspended))
+
+    def topup_entry(
+        self, workspace_id: str, credits: int, *, kind: EntryKind = EntryKind.TOPUP,
+        ref: str | None = None, actor: str = "operator",
+    ) -> LedgerEntry:
+        """A top-up (credits > 0) or adjustment (any sign) of the top-up bucket."""
+        self.workspace(workspace_id)
+        if kind == EntryKind.TOPUP and credits <= 0:
+            raise AccountError("a top-up must be a positive number of credits")
+        ref = ref or uuid.uuid4().hex
+        return LedgerEntry(
+            request_id=f"{kind}:{workspace_id}:{ref}", workspace_id=workspace_id, kind=kind,
+            billing_mode=None, credits=credits, topup_delta=credits, ref=ref, actor=actor,
+            created_ms=now_ms(self._clock),
+        )
+
+    def balance(self, workspace_id: str) -> dict[str, object]:
+        """The settled balance as SQL holds it, with a renewal that is due applied in view."""
+        workspace = self.workspace(workspace_id)
+        now = self._clock.now()
+        start, end = period_of(workspace.anchor_date, now)
+        with transaction(self._engine) as (cur, sql):
+            cur.execute(
+                sql("SELECT period_start, allotment, allotment_remaining, topups_remaining "
+                    "FROM balances WHERE workspace_id = ?"),
+                (workspace_id,),
+            )
+            period, allotment, allot_rem, top_rem = cur.fetchone()
+            cur.execute(sql("SELECT COALESCE(SUM(credits), 0) FROM holds WHERE workspace_id = ?"),
+                        (workspace_id,))
+            reserved = int(cur.fetchone()[0])
+        if start > period:  # renewal is lazy: show what the next request will see
+            allotment = allot_rem = allotment_of(
+                self._catalog, workspace.plan, workspace.custom_allotment)
+        return {
+            "workspace_id": workspace_id, "plan": workspace.plan, "allotment": allotment,
+            "allotment_remaining": allot_rem, "topups_remaining": top_rem,
+            "balance": allot_rem + top_rem, "reserved": reserved, "period_start": start,
+            "period_end": end,
+        }
+
+    def apply(self, entry: LedgerEntry) -> bool:
+        """Write a grant directly in SQL (the CLI's path; a running server picks it up)."""
+        with transaction(self._engine) as (cur, sql):
+            return apply_entry(cur, sql, entry)
