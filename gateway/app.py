@@ -62,6 +62,7 @@ class Gateway:
     usage: Usage
     providers: Providers
     started: int = field(default_factory=lambda: int(time.time()))
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     async def readiness(self) -> dict[str, bool]:

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.endpoints.http import authenticate, endpoint, gateway, json_response
+from gateway.errors import ModelNotFound, NotFound
 from gateway.types import ModelEntry
 
 OWNED_BY = {"local": "bookbag", "openai": "openai", "anthropic": "anthropic"}
@@ -39,5 +40,8 @@ async def list_models(request: Request, headers: dict[str, str]) -> Response:
 async def get_model(request: Request, headers: dict[str, str]) -> Response:
     await authenticate(request, "inference")
     gw = gateway(request)
-    model = gw.catalog.resolve(request.path_params["model_id"])
+    try:
+        model = gw.catalog.resolve(request.path_params["model_id"])
+    except ModelNotFound as exc:  # a missing resource here, as in OpenAI's API: 404
+        raise NotFound(exc.message, param="model", code="model_not_found") from None
     return json_response(describe(model, gw.started), headers=headers)

@@ -1,0 +1,70 @@
+"""Fixtures: the fake provider (one per session) and a factory of running gateways."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.clock import Clock
+from tests.fake_provider import FakeProvider
+from tests.harness import RunningGateway, sqlite_settings, test_pricing
+
+REQUIRE_SERVICES = os.environ.get("BOOKBAG_TEST_REQUIRE_SERVICES") == "1"
+
+
+@pytest.fixture(scope="session")
+def fake() -> Iterator[FakeProvider]:
+    provider = FakeProvider().start()
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture
+def provider(fake: FakeProvider) -> FakeProvider:
+    """The session's fake provider, with its counters and failures reset for this test."""
+    fake.reset()
+    return fake
+
+
+@pytest.fixture
+def pricing(tmp_path: Path, provider: FakeProvider) -> Path:
+    path = tmp_path / "pricing.toml"
+    path.write_text(test_pricing(provider))
+    return path
+
+
+GatewayFactory = Callable[..., RunningGateway]
+
+
+@pytest.fixture
+def make_gateway(tmp_path: Path, pricing: Path) -> Iterator[GatewayFactory]:
+    """Start gateways on the embedded default; keyword arguments are BOOKBAG_* overrides."""
+    started: list[RunningGateway] = []
+
+    def factory(clock: Clock | None = None, **overrides: Any) -> RunningGateway:
+        from gateway.clock import SystemClock
+
+        settings = sqlite_settings(tmp_path, pricing, **overrides)
+        gw = RunningGateway(settings, clock or SystemClock()).start()
+        started.append(gw)
+        return gw
+
+    yield factory
+    for gw in reversed(started):
+        gw.stop()
+
+
+@pytest.fixture
+def gateway(make_gateway: GatewayFactory) -> RunningGateway:
+    return make_gateway()
+
+
+def service_missing(what: str) -> None:
+    """Skip locally when a server is missing; fail in CI (BOOKBAG_TEST_REQUIRE_SERVICES=1)."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{what} is required (BOOKBAG_TEST_REQUIRE_SERVICES=1) but not available")
+    pytest.skip(f"{what} not available")
