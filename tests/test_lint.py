@@ -15,7 +15,8 @@ def test_mypy_strict_on_the_package() -> None:
 
 
 def test_ruff_clean() -> None:
-    result = subprocess.run([sys.executable, "-m", "ruff", "check", "gateway", "tests", "bench"],
+    paths = [p for p in ("gateway", "tests", "bench") if (ROOT / p).is_dir()]
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", *paths],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
