@@ -12,35 +12,54 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.auth import KeyCache
+from gateway.byo import ByoKeys
 from gateway.catalog import Catalog, load
 from gateway.clock import Clock, SystemClock
+from gateway.crashpoints import crasher
+from gateway.dashboard.sessions import Sessions
 from gateway.database import create_schema, is_sqlite, make_engine, normalise_url, transaction
 from gateway.endpoints.http import error_response
 from gateway.endpoints.routes import ROUTES
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound
+from gateway.idempotency import Idempotency
+from gateway.idempotency_sql import LedgerCheck, SqlIdempotencyStore
+from gateway.idempotency_store import IdempotencyStore
+from gateway.keyring import Keyring
+from gateway.ledger.export import LedgerExport
 from gateway.ledger.recorder import Recorder
+from gateway.ledger.spool import Spool, keep_replaying, ledger_sink
 from gateway.ledger.usage import Usage
 from gateway.ledger.writer import GroupWriter
+from gateway.logs import RequestLog, RequestObserver, RequestRecord
+from gateway.logs import configure as configure_logs
 from gateway.metering.base import Meter
 from gateway.metering.memory import MemoryMeter
 from gateway.metering.sql import SqlMeter
+from gateway.metrics import Metrics, holds_counter
 from gateway.pipeline import Pipeline
+from gateway.plans import Plans
 from gateway.providers.litellm_provider import LitellmProvider
 from gateway.providers.local import LocalProvider
 from gateway.providers.registry import Providers
 from gateway.providers.relay import RelayProvider
+from gateway.ratelimit import LimitStore, MemoryLimits, RateLimiter
+from gateway.recharge import Recharges
 from gateway.settings import Settings
+from gateway.thresholds import Thresholds
+from gateway.webhook_delivery import Dispatcher
+from gateway.webhooks import Webhooks
 from gateway.workspaces import Accounts, allotment_of
 
 log = logging.getLogger("bookbag")
@@ -61,9 +80,33 @@ class Gateway:
     pipeline: Pipeline
     usage: Usage
     providers: Providers
+    metrics: Metrics
+    request_log: RequestLog
+    sessions: Sessions
+    export: LedgerExport
+    limiter: RateLimiter
+    byo: ByoKeys
+    plans: Plans
+    recharges: Recharges
+    webhooks: Webhooks
+    thresholds: Thresholds
+    dispatcher: Dispatcher
     started: int = field(default_factory=lambda: int(time.time()))
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    idempotency: Idempotency | None = None
+    spool: Spool | None = None
+
+    async def spool_backlog(self) -> int:
+        """Unmetered entries waiting on local disk for the database."""
+        if self.spool is None or not self.spool.has_backlog():
+            return 0
+        return await asyncio.to_thread(self.spool.backlog)
+
+    def observe(self, record: RequestRecord) -> None:
+        """A request has ended: count it and write its log line."""
+        self.metrics.observe(record)
+        self.request_log.emit(record)
 
     async def readiness(self) -> dict[str, bool]:
         def ping() -> None:
@@ -76,6 +119,7 @@ class Gateway:
             checks["database"] = True
         except Exception:
             checks["database"] = False
+        checks["spool"] = await self.spool_backlog() == 0
         return checks
 
 
@@ -101,13 +145,51 @@ def build_meter(settings: Settings, engine: Engine, writer: GroupWriter, clock: 
     if kind == "sql":
         return SqlMeter(engine, clock, allotment, hold_ttl=settings.hold_ttl,
                         sweep_interval=settings.sweep_interval)
+    if kind == "redis" and settings.redis_url:
+        # Imported here: redis costs ~10 MB and ~0.3 s of startup to a gateway without it.
+        from gateway.metering.outbox import OutboxConsumer
+        from gateway.metering.redis import RedisMeter
+        from gateway.metering.redis_client import connect as redis_connect
+
+        # The consumer blocks on its streams for 0.5 s: its reads may take that much longer.
+        outbox = OutboxConsumer(redis_connect(settings.redis_url, timeout=settings.redis_timeout,
+                                              read_timeout=settings.redis_timeout + 0.5),
+                                engine, block=0.5)
+        return RedisMeter(redis_connect(settings.redis_url, timeout=settings.redis_timeout),
+                          engine, clock, allotment, hold_ttl=settings.hold_ttl,
+                          sync_interval=settings.sync_interval,
+                          sweep_interval=settings.sweep_interval,
+                          breaker=settings.redis_timeout, outbox=outbox)
     raise NotImplementedError(f"meter {kind!r} is not available in this build")
+
+
+def build_idempotency(settings: Settings, engine: Engine, writer: GroupWriter,
+                      clock: Clock, meter: Meter | None = None) -> Idempotency:
+    """Idempotency keys live in Redis when there is one (shared by every process), else in
+    the database; crash recovery asks the SQL ledger whether a request was charged."""
+    charged: Callable[[str], Awaitable[bool]] = LedgerCheck(engine)
+    if meter_kind(settings) == "redis":
+        from gateway.metering.redis import RedisMeter
+
+        if isinstance(meter, RedisMeter):
+            # A settled entry reaches SQL through the outbox: ask the meter (outbox, then SQL).
+            charged = meter.charged
+    store: IdempotencyStore
+    if settings.redis_url:
+        from gateway.idempotency_redis import RedisIdempotencyStore
+
+        store = RedisIdempotencyStore(settings.redis_url, timeout=settings.redis_timeout)
+    else:
+        store = SqlIdempotencyStore(writer, postgres=engine.dialect.name == "postgresql")
+    return Idempotency(store, clock, charged, retention=settings.idempotency_retention,
+                       lease=settings.hold_ttl, sweep_interval=settings.sweep_interval)
 
 
 async def build_gateway(settings: Settings, clock: Clock | None = None,
                         catalog: Catalog | None = None) -> Gateway:
     clock = clock or SystemClock()
     catalog = catalog or load(settings.pricing_path)
+    configure_logs(settings.log_level, settings.log_json)
     engine = make_engine(settings.database_url)
     await asyncio.to_thread(create_schema, engine)
     writer = GroupWriter(engine)
@@ -116,13 +198,46 @@ async def build_gateway(settings: Settings, clock: Clock | None = None,
     await meter.start()
     accounts = Accounts(engine, catalog, clock)
     providers = Providers(RelayProvider(), LocalProvider(), LitellmProvider())
+    idempotency = build_idempotency(settings, engine, writer, clock, meter)
+    await idempotency.start()
+    spool = Spool(settings.spool_file())
+    keyring = Keyring(settings.secret_key)
+    byo = ByoKeys(engine, keyring, clock, ttl=settings.key_cache_ttl, providers=frozenset(
+        {"openai", "anthropic"} | {m.provider for m in catalog.models.values() if m.byo}))
+    webhooks = Webhooks(engine, keyring, clock)
+    recharges = Recharges(engine, clock, webhooks)
+    thresholds = Thresholds(engine, clock, meter, recharges, webhooks, ttl=settings.key_cache_ttl)
+    dispatcher = Dispatcher(engine, keyring, clock, interval=settings.webhook_interval,
+                            backoff=settings.webhook_backoff,
+                            max_attempts=settings.webhook_max_attempts,
+                            timeout=settings.webhook_timeout)
+    await dispatcher.start()
+    limits: LimitStore = MemoryLimits()
+    if settings.redis_url:
+        from gateway.ratelimit_redis import RedisLimits
+
+        limits = RedisLimits(settings.redis_url, timeout=settings.redis_timeout)
     pipeline = Pipeline(settings=settings, catalog=catalog, clock=clock, meter=meter,
-                        recorder=Recorder(writer), providers=providers)
+                        recorder=Recorder(writer, spool=spool), providers=providers,
+                        idempotency=idempotency, stored_byo_key=byo.lookup,
+                        after_charge=thresholds.after_charge,
+                        crash=crasher(settings.crash_at))  # test-only; a no-op unless set
+    metrics = Metrics(holds_counter(meter, engine))
+    writer.on_commit = lambda writes, lag: metrics.ledger_write("embedded", lag, writes)
     gw = Gateway(
         settings=settings, catalog=catalog, clock=clock, engine=engine, writer=writer,
         accounts=accounts, keys=KeyCache(accounts.caller, clock, settings.key_cache_ttl),
         meter=meter, pipeline=pipeline, usage=Usage(engine, clock), providers=providers,
+        metrics=metrics, request_log=RequestLog(settings.log_json),
+        sessions=Sessions(engine, clock), export=LedgerExport(engine),
+        idempotency=idempotency, spool=spool, limiter=RateLimiter(catalog, limits, clock),
+        byo=byo, recharges=recharges, webhooks=webhooks,
+        plans=Plans(engine, catalog, clock,
+                    refresh=getattr(meter, "sync", None)),  # meters that cache plans re-read them
+        thresholds=thresholds, dispatcher=dispatcher,
     )
+    gw.tasks.append(asyncio.create_task(
+        keep_replaying(spool, ledger_sink(engine), settings.sweep_interval), name="spool-replay"))
     if any(not m.relayed and m.provider != "local" for m in catalog.models.values()):
         # litellm takes seconds to import: load it after startup, off the relay's path.
         gw.tasks.append(asyncio.create_task(providers.litellm.warm(), name="litellm-warm"))
@@ -134,6 +249,11 @@ async def close_gateway(gw: Gateway) -> None:
         task.cancel()
         with contextlib.suppress(BaseException):
             await task
+    if gw.idempotency is not None:
+        await gw.idempotency.close()
+    await gw.thresholds.close()
+    await gw.dispatcher.close()
+    await gw.limiter.close()
     await gw.meter.close()
     await gw.providers.close()
     await gw.writer.close()
@@ -161,6 +281,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gw = await build_gateway(settings, clock, catalog)
         app.state.gateway = gw
+        app.state.observe_request = gw.observe
         try:
             yield
         finally:
@@ -169,5 +290,6 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     return Starlette(
         routes=ROUTES,
         lifespan=lifespan,
+        middleware=[Middleware(RequestObserver)],
         exception_handlers={404: _not_found, 405: _not_found, Exception: _server_error},
     )

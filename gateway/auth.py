@@ -3,6 +3,8 @@
 A cache entry lives `key_cache_ttl` seconds, so a revocation made by the CLI
 or another process stops the key on every server within that time. Unknown
 keys are cached too (briefly), so guessing keys cannot hammer the database.
+While the database is unreachable, a key seen before is still accepted from
+the expired entry, for as long as the lookup keeps failing.
 """
 
 from __future__ import annotations
@@ -54,12 +56,20 @@ class KeyCache:
             try:
                 caller = await asyncio.to_thread(self._lookup, digest)
             except Exception as exc:
+                if hit is not None and hit[1] is not None:
+                    # The database is down: a key known a moment ago keeps working, so
+                    # replies that need no balance (local, BYO, metering off) still flow.
+                    return self._admit(hit[1])
                 raise ServiceUnavailable("The key store is unavailable; retry shortly.") from exc
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[digest] = (now + (self._ttl if caller else min(self._ttl, 1.0)), caller)
         if caller is None:
             raise InvalidApiKey("Incorrect API key provided, or the key was revoked.")
+        return self._admit(caller)
+
+    @staticmethod
+    def _admit(caller: Caller) -> Caller:
         if caller.suspended:
             raise Forbidden("This workspace is suspended.", code="workspace_suspended")
         return caller

@@ -14,10 +14,16 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import Engine
 
+from gateway import migrate
 from gateway.catalog import CatalogError, load
+from gateway.cli_lifecycle import Helpers
+from gateway.cli_lifecycle import register as register_lifecycle
+from gateway.cli_usage import register as register_usage
 from gateway.clock import SystemClock
 from gateway.database import create_schema, make_engine
+from gateway.reconcile import ReconcileError, SqlBalances, reconcile_all, rows
 from gateway.settings import Settings, SettingsError, export_env
 from gateway.types import EntryKind
 from gateway.workspaces import AccountError, Accounts
@@ -28,6 +34,8 @@ workspace_app = typer.Typer(no_args_is_help=True, help="Create and inspect works
 key_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
 app.add_typer(workspace_app, name="workspace")
 app.add_typer(key_app, name="key")
+db_app = typer.Typer(no_args_is_help=True, help="Schema migrations (SQLite and PostgreSQL).")
+app.add_typer(db_app, name="db")
 
 console = Console()
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -55,9 +63,18 @@ def _accounts(database_url: str | None, pricing: str | None = None) -> Accounts:
         catalog = load(settings.pricing_path)
     except CatalogError as exc:
         fail(str(exc))
-    engine = make_engine(settings.database_url)
-    create_schema(engine)
-    return Accounts(engine, catalog, SystemClock())
+    return Accounts(_engine(settings.database_url), catalog, SystemClock())
+
+
+def _engine(database_url: str) -> Engine:
+    """An engine on a database at the schema's head (an empty one gets the schema)."""
+    engine = make_engine(database_url)
+    try:
+        create_schema(engine)
+    except migrate.SchemaError as exc:
+        engine.dispose()
+        fail(str(exc))
+    return engine
 
 
 def emit(data: Any, as_json: bool, title: str | None = None) -> None:
@@ -89,6 +106,8 @@ def serve(
     """Run the gateway (creates the schema of an empty database)."""
     import uvicorn
 
+    from gateway.http_protocol import GatewayHttpProtocol
+
     flags = {"BOOKBAG_HOST": host, "BOOKBAG_PORT": port, "BOOKBAG_DATABASE_URL": database_url,
              "BOOKBAG_PRICING": pricing, "BOOKBAG_REDIS_URL": redis_url,
              "BOOKBAG_METERING": metering}
@@ -102,7 +121,7 @@ def serve(
         load(settings.pricing_path)
     except CatalogError as exc:
         fail(str(exc))
-    create_schema(make_engine(settings.database_url))
+    _engine(settings.database_url).dispose()  # refuses an outdated schema before forking
     uvicorn.run(
         "gateway.cli:app_from_env",
         factory=True,
@@ -110,7 +129,7 @@ def serve(
         port=settings.port,
         workers=workers if workers > 1 else None,
         loop="uvloop",
-        http="httptools",
+        http=GatewayHttpProtocol,  # httptools; malformed HTTP refused in the OpenAI error shape
         access_log=False,
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.shutdown_grace),
@@ -168,13 +187,15 @@ def key_create(
     workspace: Annotated[str, typer.Option(help="The workspace id.")],
     agent: Annotated[str | None, typer.Option(help="Bind the key to this agent.")] = None,
     scope: Annotated[list[str] | None, typer.Option(help="inference and/or read.")] = None,
+    rate_limit: Annotated[str | None, typer.Option(help='This key\'s own limit, e.g. "100/10s".')] = None,
     as_json: JsonFlag = False,
     database_url: DbFlag = None,
 ) -> None:
     """Create a key (printed once; stored as a SHA-256 hash)."""
     try:
         key = _accounts(database_url).create_key(
-            workspace, agent_id=agent, scopes=tuple(scope or ("inference", "read")))
+            workspace, agent_id=agent, scopes=tuple(scope or ("inference", "read")),
+            rate_limit=rate_limit)
     except AccountError as exc:
         fail(str(exc))
     emit(dataclasses.asdict(key), as_json, "key created: shown once")
@@ -232,6 +253,89 @@ def topup(
     inserted = accounts.apply(entry)
     emit({"workspace_id": workspace, "kind": str(kind), "credits": credits, "ref": entry.ref,
           "applied": inserted}, as_json, "granted" if inserted else "already granted")
+
+
+@db_app.command("upgrade")
+def db_upgrade(as_json: JsonFlag = False, database_url: DbFlag = None) -> None:
+    """Apply the schema migrations (creates the schema of an empty database)."""
+    engine = make_engine(_settings(database_url).database_url)
+    try:
+        before, after = migrate.upgrade(engine)
+    except migrate.SchemaError as exc:
+        fail(str(exc))
+    finally:
+        engine.dispose()
+    emit({"from": before, "to": after, "changed": before != after}, as_json,
+         "schema upgraded" if before != after else "schema already at head")
+
+
+@db_app.command("current")
+def db_current(as_json: JsonFlag = False, database_url: DbFlag = None) -> None:
+    """Show the database's schema revision and the one this gateway needs."""
+    engine = make_engine(_settings(database_url).database_url)
+    try:
+        data = {"revision": migrate.current(engine), "head": migrate.head(),
+                "state": str(migrate.state(engine))}
+    except migrate.SchemaError as exc:
+        fail(str(exc))
+    finally:
+        engine.dispose()
+    emit(data, as_json, "schema")
+
+
+@db_app.command("revision", hidden=True)
+def db_revision(message: Annotated[str, typer.Argument(help="What changed.")]) -> None:
+    """(Developers) write the next migration from the change to gateway/schema.py."""
+    console.print(f"wrote {migrate.revision(message)}: review it, then run the migration tests")
+
+
+@app.command()
+def reconcile(
+    workspace: Annotated[str | None, typer.Option(help="Only this workspace.")] = None,
+    fix: Annotated[bool, typer.Option("--fix", help="Rewrite the balances from the ledger.")] = False,
+    as_json: JsonFlag = False,
+    database_url: DbFlag = None,
+) -> None:
+    """Recompute every balance from the ledger and print the differences (exit 1 if any).
+
+    With --fix, rewrite the differing balances from the ledger.
+    """
+    settings = _settings(database_url)
+    # The `balances` rows of the embedded and sql meters. A Redis deployment's live
+    # balances are reconciled by its meter's own BalanceStore (gateway.reconcile).
+    engine = _engine(settings.database_url)
+    store = SqlBalances(engine, SystemClock())
+    try:
+        if fix and (owner := store.embedded_owner()):
+            fail(f"a running gateway ({owner}) holds these balances in memory (the embedded "
+                 "meter); stop it, run `reconcile --fix`, then start it again")
+        reports = reconcile_all(store, fix=fix, workspace_id=workspace)
+    except ReconcileError as exc:
+        fail(str(exc))
+    finally:
+        engine.dispose()
+    differing = [r for r in reports if r.differences]
+    if settings.redis_url:
+        Console(stderr=True).print("note: these are the database's balances (which seed Redis); "
+                                   "the live Redis balances are not compared (docs/deployment.md)")
+    if as_json:
+        print(json.dumps({"workspaces": len(reports), "differing": len(differing),
+                          "fixed": fix and bool(differing),
+                          "reports": [r.as_dict() for r in differing]}, indent=2))
+    elif differing:
+        emit(rows(differing), False,
+             "balances rewritten from the ledger" if fix else "balances differ from the ledger")
+    else:
+        console.print(f"all {len(reports)} workspace balances match the ledger")
+    if differing and not fix:
+        raise typer.Exit(1)
+
+
+# plan changes, suspension, BYO keys, auto-recharge, webhooks (gateway/cli_lifecycle.py)
+register_lifecycle(app, workspace_app, Helpers(fail=fail, emit=emit, settings=_settings,
+                                               engine=_engine))
+# usage and ledger export (gateway/cli_usage.py)
+register_usage(app, Helpers(fail=fail, emit=emit, settings=_settings, engine=_engine))
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The SQL database: engine, connection settings, schema creation, and `apply_entry`.
+"""The SQL database: engine, connection settings, schema preparation, and `apply_entry`.
 
 `apply_entry` is the one way a ledger entry is written: it inserts the row
 unless its `request_id` exists, and only when it inserted does it move the
@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, create_engine, event, inspect, pool
+from sqlalchemy import Engine, create_engine, event, pool
 from sqlalchemy.engine.interfaces import DBAPIConnection
 
-from gateway.schema import LEDGER_COLUMNS, metadata
+from gateway import migrate
+from gateway.schema import LEDGER_COLUMNS
 from gateway.types import EntryKind, LedgerEntry
 
 
@@ -69,15 +70,19 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_size=8, max_overflow=16, pool_pre_ping=True)
+    # A database host that stops answering must not hold a request for the OS's TCP
+    # timeout (minutes): connecting fails after a few seconds, and callers degrade.
+    return create_engine(url, pool_size=8, max_overflow=16, pool_pre_ping=True,
+                         connect_args={"connect_timeout": 3})
 
 
 def create_schema(engine: Engine) -> bool:
-    """Create every table on an empty database; True when it did."""
-    if inspect(engine).has_table("workspaces"):
-        return False
-    metadata.create_all(engine)
-    return True
+    """Create an empty database's schema through the migrations; True when it did.
+
+    A database that is not at the migrations' head is refused with
+    `gateway.migrate.SchemaOutdated` (run `bookbag-gateway db upgrade`).
+    """
+    return migrate.prepare(engine)
 
 
 def paramstyle(engine: Engine) -> str:
@@ -112,6 +117,50 @@ _OLD_PERIOD = (
 )
 
 
+ROLLUP_BUCKET_MS = 3_600_000  # usage_rollup buckets are UTC hours
+_QUARTERS = (15, 30, 45)
+_ROLLUP_SUMS = ("credits", "replies", "entries",
+                *(f"{m}_{q}" for q in _QUARTERS for m in ("credits", "replies", "entries")))
+_ROLLUP = (
+    "INSERT INTO usage_rollup (workspace_id, bucket_ms, agent_id, model, billing_mode, "
+    f"{', '.join(_ROLLUP_SUMS)}) VALUES (?, ?, ?, ?, ?, {', '.join('?' for _ in _ROLLUP_SUMS)}) "
+    "ON CONFLICT (workspace_id, bucket_ms, agent_id, model, billing_mode) DO UPDATE SET "
+    + ", ".join(f"{c} = usage_rollup.{c} + excluded.{c}" for c in _ROLLUP_SUMS)
+)
+_CONVERSATIONS = (
+    "INSERT INTO usage_conversations (workspace_id, bucket_ms, conversation_id, agent_id, "
+    f"{', '.join(_ROLLUP_SUMS)}) VALUES (?, ?, ?, ?, {', '.join('?' for _ in _ROLLUP_SUMS)}) "
+    "ON CONFLICT (workspace_id, bucket_ms, conversation_id, agent_id) DO UPDATE SET "
+    + ", ".join(f"{c} = usage_conversations.{c} + excluded.{c}" for c in _ROLLUP_SUMS)
+)
+
+
+def _selected(upsert: str, columns: int) -> str:
+    """An upsert taking its row from the `inserted` CTE: nothing when the entry existed."""
+    values = ", ".join("?" for _ in range(columns))
+    return upsert.replace(f"VALUES ({values})", f"SELECT {values} FROM inserted")
+
+
+# PostgreSQL, one round trip: the rollups move only when the entry was inserted, and the
+# statement's rowcount is 1 exactly when the ledger gained the entry.
+_INSERT_REPLY = (
+    f"WITH inserted AS ({_INSERT_LEDGER} RETURNING 1), "
+    f"hourly AS ({_selected(_ROLLUP, 5 + len(_ROLLUP_SUMS))}) "
+    + _selected(_CONVERSATIONS, 4 + len(_ROLLUP_SUMS))
+)
+
+
+def _rollup_params(entry: LedgerEntry) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """The parameters of the hourly and the conversation upserts of a reply entry."""
+    into_hour = entry.created_ms % ROLLUP_BUCKET_MS
+    sums = (entry.credits, entry.replies, 1)
+    early = [v if into_hour < q * 60_000 else 0 for q in _QUARTERS for v in sums]
+    hour, agent = entry.created_ms - into_hour, entry.agent_id or ""
+    return ((entry.workspace_id, hour, agent, entry.model or "", str(entry.billing_mode or ""),
+             *sums, *early),
+            (entry.workspace_id, hour, entry.conversation_id or "", agent, *sums, *early))
+
+
 def entry_params(entry: LedgerEntry) -> tuple[Any, ...]:
     return tuple(
         str(v) if isinstance(v, EntryKind) or (k == "billing_mode" and v is not None) else v
@@ -130,9 +179,19 @@ def apply_entry(cur: Cursor, sql: Sql, entry: LedgerEntry, *, project: bool = Tr
     the current period only decrement; grants of kind `allotment` also raise
     the period's allotment.
     """
-    cur.execute(sql(_INSERT_LEDGER), entry_params(entry))
+    reply = entry.kind == EntryKind.REPLY
+    # The usage rollups move with a reply entry, in its transaction (`ledger/usage.py`).
+    if reply and sql.style == "format":  # PostgreSQL: all in one round trip
+        hourly, conversations = _rollup_params(entry)
+        cur.execute(sql(_INSERT_REPLY), (*entry_params(entry), *hourly, *conversations))
+    else:
+        cur.execute(sql(_INSERT_LEDGER), entry_params(entry))
     if cur.rowcount != 1:
         return False
+    if reply and sql.style != "format":
+        hourly, conversations = _rollup_params(entry)
+        cur.execute(sql(_ROLLUP), hourly)
+        cur.execute(sql(_CONVERSATIONS), conversations)
     if not project or (not entry.allotment_delta and not entry.topup_delta):
         return True
     period = entry.period_start
@@ -178,3 +237,20 @@ def transaction(engine: Engine) -> Iterator[tuple[Cursor, Sql]]:
         raise
     finally:
         raw.close()
+
+
+@contextmanager
+def snapshot(engine: Engine) -> Iterator[tuple[Cursor, Sql]]:
+    """A raw cursor for reads only: no write lock on SQLite (a deferred transaction), rolled back."""
+    raw = engine.raw_connection()
+    sql = Sql(paramstyle(engine))
+    try:
+        cur: Any = raw.cursor()
+        if engine.dialect.name == "sqlite":
+            cur.execute("BEGIN")
+        yield cur, sql
+    finally:
+        try:
+            raw.rollback()
+        finally:
+            raw.close()

@@ -19,6 +19,7 @@
     ├── ProviderRejected              4xx     the provider's own status and message (not auth)
     ├── UpstreamError                 502     upstream_error
     ├── ServiceUnavailable            503     service_unavailable
+    │   └── ChargeUnconfirmed         503     charge_unconfirmed     (a settle failed: may have charged)
     └── UpstreamTimeout               504     upstream_timeout
 
 Third-party exceptions are translated into these at their boundary module;
@@ -176,6 +177,14 @@ class ServiceUnavailable(GatewayError):
     status = 503
     type = "api_error"
     code = "service_unavailable"
+
+
+class ChargeUnconfirmed(ServiceUnavailable):
+    """The reply's settle failed in a way that may still have applied it (the store died with
+    the write in flight, or runs it late): charged once or not at all, never twice. The
+    request's Idempotency-Key is kept, so a retry with it replays the reply or runs anew."""
+
+    code = "charge_unconfirmed"
 
 
 class UpstreamTimeout(GatewayError):

@@ -3,18 +3,22 @@
     1. resolve the model in the catalog            400 model_not_found
     2. billing decision: local | byo | unmetered | metered   (400 byo_not_allowed)
     3. the route's parameter check                 400 unsupported_parameter
+    3b. with an Idempotency-Key: claim it          replay | 409 | 422 (idempotency.py)
     4. metered only: reserve n x credits           402 / 503
     5. call the provider                           502 / 504 / provider 4xx
     6. success: settle (charge + ledger entry, durable before the last byte)
        failure: void -- in `finally`, shielded from cancellation
        unmetered: a zero-credit ledger entry, never blocking the reply
+    7. after a charge: auto-recharge and balance webhooks (`after_charge`, in the background)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,19 +28,27 @@ from starlette.responses import Response
 
 from gateway.catalog import Catalog
 from gateway.clock import Clock, now_ms
+from gateway.crashpoints import Crash, no_crash
 from gateway.errors import (
     ByoNotAllowed,
+    ChargeUnconfirmed,
     GatewayError,
     InvalidRequest,
     ServiceUnavailable,
     UpstreamError,
 )
+from gateway.idempotency import Claim, Idempotency, IdempotencyKey, Replay
+from gateway.idempotency import json_response as stored_json
+from gateway.idempotency import sse_response as stored_sse
+from gateway.idempotency_store import StoredResponse
 from gateway.ledger.recorder import Recorder
+from gateway.logs import RequestRecord
 from gateway.metering.base import Meter
 from gateway.providers.registry import Providers
 from gateway.settings import Settings
 from gateway.streaming import MeteredStream
 from gateway.types import (
+    Balance,
     BillingMode,
     Caller,
     ChatRequest,
@@ -46,8 +58,11 @@ from gateway.types import (
     ProviderCall,
 )
 
+log = logging.getLogger("bookbag.pipeline")
+
 PROVIDER_KEY_HEADER = "x-bookbag-provider-key"
 StoredKey = Callable[[str, str], Awaitable[str | None]]
+AfterCharge = Callable[[Hold, Balance | None], None]  # schedules auto-recharge and balance events
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +91,9 @@ class Pipeline:
         recorder: Recorder,
         providers: Providers,
         stored_byo_key: StoredKey = _no_stored_key,
+        idempotency: Idempotency | None = None,
+        after_charge: AfterCharge | None = None,
+        crash: Crash = no_crash,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -84,6 +102,9 @@ class Pipeline:
         self.recorder = recorder
         self.providers = providers
         self._stored_byo_key = stored_byo_key
+        self.idempotency = idempotency
+        self._after_charge = after_charge
+        self._crash = crash  # test-only crash points (crashpoints.py); a no-op in production
 
     # --- decisions ------------------------------------------------------
 
@@ -146,68 +167,147 @@ class Pipeline:
     # --- chat completions -------------------------------------------------
 
     async def chat(self, caller: Caller, req: ChatRequest, headers: Mapping[str, str],
-                   response_headers: dict[str, str]) -> Response:
+                   response_headers: dict[str, str],
+                   idempotency_key: IdempotencyKey | None = None,
+                   record: RequestRecord | None = None) -> Response:
         started = time.perf_counter()
         model = self.chat_model(req.model)
         decision = await self.decide(model, caller, headers)
+        if decision.metered and caller.rate_unchecked:
+            raise ServiceUnavailable("The rate-limit store is unavailable; retry shortly.")
         await self.providers.check(model, req.body)
         self._own_key_required(model, decision)
         request_id = response_headers["x-request-id"]
-        cost = model.credits * req.n if decision.metered else 0
-        hold = await self.meter.reserve(caller.workspace_id, cost, request_id) \
-            if decision.metered else None
-        entry = self._entry(request_id, caller, req, model, decision)
-        call = self._call(model, req, decision)
-        provider = self.providers.for_model(model)
-        if req.stream:
-            return await self._stream(provider, call, req, hold, entry, cost, response_headers,
-                                      started)
-        return await self._complete(provider, call, hold, entry, cost, response_headers, started)
+        claim: Claim | None = None
+        if idempotency_key is not None and self.idempotency is not None:
+            claimed = await self.idempotency.claim(caller.workspace_id, idempotency_key,
+                                                   request_id, metered=decision.metered)
+            if isinstance(claimed, Replay):
+                return claimed.render(response_headers)
+            claim = claimed
+            self._crash("after_claim")
+        try:
+            entry = self._entry(request_id, caller, req, model, decision)
+            if record is not None:
+                record.entry = entry  # the request's log line and metrics read it when it ends
+            cost = model.credits * req.n if decision.metered else 0
+            hold = await self.meter.reserve(caller.workspace_id, cost, request_id) \
+                if decision.metered else None
+            if hold is not None:
+                self._crash("after_reserve")
+            call = self._call(model, req, decision)
+            provider = self.providers.for_model(model)
+            if req.stream:
+                return await self._stream(provider, call, req, hold, entry, cost, response_headers,
+                                          started, claim)
+            return await self._complete(provider, call, hold, entry, cost, response_headers,
+                                        started, claim)
+        except BaseException:
+            if claim is not None:  # failed before a reply existed: the key can be used again
+                await claim.release()
+            raise
 
     async def _complete(self, provider: Any, call: ProviderCall, hold: Hold | None,
                         entry: LedgerEntry, cost: int, headers: dict[str, str],
-                        started: float) -> Response:
+                        started: float, claim: Claim | None = None) -> Response:
         provider_started = time.perf_counter()
         try:
             completion = await provider.complete(call)
         except BaseException:
             if hold is not None:
                 await asyncio.shield(self.meter.void(hold))
+                self._crash("after_void")
             raise
+        self._crash("after_provider")
         provider_ms = (time.perf_counter() - provider_started) * 1000
         entry.prompt_tokens = completion.prompt_tokens
         entry.completion_tokens = completion.completion_tokens
         entry.latency_ms = int(provider_ms)
-        await self._resolve(hold, entry, charge=True)
+        if claim is None:
+            await self._resolve(hold, entry, charge=True)
+        else:
+            stored = stored_json(completion.body, {"x-bookbag-credits-charged": str(cost)})
+            await self._resolve_claimed(claim, hold, entry, charge=True, response=stored)
         headers["x-bookbag-credits-charged"] = str(cost)
         if hold is not None:
-            balance = await self.meter.balance(hold.workspace_id)
-            headers["x-bookbag-credits-remaining"] = str(balance.available)
+            balance: Balance | None = None
+            try:
+                balance = await self.meter.balance(hold.workspace_id)
+            except GatewayError:  # the reply is charged: a failed read costs only the header
+                log.warning("no remaining balance for the reply of %s", entry.request_id)
+            if balance is not None:
+                headers["x-bookbag-credits-remaining"] = str(balance.available)
+            self._charged(hold, True, balance)
         overhead = (time.perf_counter() - started) * 1000 - provider_ms
         headers["x-bookbag-overhead-ms"] = f"{max(overhead, 0.0):.2f}"
         return Response(completion.body, 200, headers=headers, media_type="application/json")
+
+    def _charged(self, hold: Hold | None, charge: bool, balance: Balance | None = None) -> None:
+        """A metered reply was settled: let auto-recharge and the balance events look."""
+        if charge and hold is not None and self._after_charge is not None:
+            self._after_charge(hold, balance)
 
     async def _resolve(self, hold: Hold | None, entry: LedgerEntry, *, charge: bool) -> None:
         """Settle or void the hold (metered), or record the entry (unmetered). Shielded."""
         if hold is None:
             if charge:
                 await asyncio.shield(self.recorder.record(entry))
+                self._crash("after_settle")
             return
         try:
             if charge:
                 await asyncio.shield(self.meter.settle(hold, entry))
+                self._crash("after_settle")
             else:
                 await asyncio.shield(self.meter.void(hold))
-        except GatewayError:
-            raise
+                self._crash("after_void")
         except Exception as exc:
-            raise ServiceUnavailable(
-                "The reply could not be recorded, so it was not charged; retry shortly."
+            if not charge:  # the hold stays until it expires: nothing is charged either way
+                if isinstance(exc, GatewayError):
+                    raise
+                raise ServiceUnavailable("The hold could not be released; it expires.") from exc
+            # A failed settle may still have been applied (its reply lost with the connection,
+            # or run late by a store that was paused), so "not charged" could be false. Give
+            # the credits back if the hold is still there (a void fences out a late settle),
+            # and say that the charge is unconfirmed.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.meter.void(hold))
+            raise ChargeUnconfirmed(
+                "The reply's charge could not be confirmed: it was charged once or not at all. "
+                "Retry with the same Idempotency-Key to get this reply without a second charge."
             ) from exc
+
+    async def _resolve_claimed(self, claim: Claim, hold: Hold | None, entry: LedgerEntry, *,
+                               charge: bool, response: StoredResponse | None) -> None:
+        """`_resolve` for a request holding an Idempotency-Key: the response is staged
+        before the charge and the key marked done after it; nothing charged releases it.
+        A failed settle keeps the key (it may have committed): idempotency.py recovers it."""
+        if not charge:
+            try:
+                await self._resolve(hold, entry, charge=False)
+            finally:
+                await claim.release()
+            return
+        if response is not None:
+            try:
+                await claim.stage(response)
+            except BaseException as exc:
+                try:
+                    if hold is None and isinstance(exc, Exception):
+                        # Unmetered: no charge to protect; the reply never fails for the key.
+                        await self._resolve(hold, entry, charge=True)
+                        return
+                    await self._resolve(hold, entry, charge=False)
+                finally:
+                    await claim.release()
+                raise
+        await self._resolve(hold, entry, charge=True)
+        await claim.finish()
 
     async def _stream(self, provider: Any, call: ProviderCall, req: ChatRequest,
                       hold: Hold | None, entry: LedgerEntry, cost: int,
-                      headers: dict[str, str], started: float) -> Response:
+                      headers: dict[str, str], started: float,
+                      claim: Claim | None = None) -> Response:
         provider_started = time.perf_counter()
         chunks: AsyncIterator[bytes] = provider.stream(call)
         try:
@@ -215,10 +315,12 @@ class Pipeline:
         except StopAsyncIteration:
             if hold is not None:
                 await asyncio.shield(self.meter.void(hold))
+                self._crash("after_void")
             raise UpstreamError("The provider ended the stream without sending anything.") from None
         except BaseException:
             if hold is not None:
                 await asyncio.shield(self.meter.void(hold))
+                self._crash("after_void")
             raise
 
         async def finish(charge: bool, usage: dict[str, Any] | None) -> None:
@@ -226,13 +328,26 @@ class Pipeline:
             if usage:
                 entry.prompt_tokens = usage.get("prompt_tokens")
                 entry.completion_tokens = usage.get("completion_tokens")
-            await self._resolve(hold, entry, charge=charge)
+            if charge:
+                self._crash("after_provider")
+            if claim is None:
+                await self._resolve(hold, entry, charge=charge)
+                self._charged(hold, charge)
+                return
+            # Only a stream that reached its end is replayable; one whose client left
+            # after content is charged and marked done without a response.
+            stored = stored_sse(events, headers) if events is not None and stream.completed \
+                else None
+            await self._resolve_claimed(claim, hold, entry, charge=charge, response=stored)
+            self._charged(hold, charge)
 
         headers["x-bookbag-credits-reserved"] = str(cost)
         headers["cache-control"] = "no-cache"
         headers["x-accel-buffering"] = "no"
-        return MeteredStream(first, chunks, finish=finish, include_usage=req.include_usage,
-                             credits=cost, headers=headers)
+        events: list[bytes] | None = [] if claim is not None else None
+        stream = MeteredStream(first, chunks, finish=finish, include_usage=req.include_usage,
+                               credits=cost, headers=headers, events=events, crash=self._crash)
+        return stream
 
     # --- preview and embeddings ------------------------------------------
 
@@ -276,7 +391,8 @@ class Pipeline:
 
 
 def new_request_id() -> str:
-    return "req_" + uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, like uuid4().hex but ~5x cheaper (measured 9 us vs 1.7 us).
+    return "req_" + os.urandom(16).hex()
 
 
 def dumps(value: Any) -> bytes:

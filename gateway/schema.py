@@ -1,4 +1,5 @@
-"""The SQL schema (SQLModel tables): workspaces, keys, balances, holds, the ledger.
+"""The SQL schema (SQLModel tables): workspaces, keys, balances, holds, the ledger,
+and the workspace settings (BYO keys, auto-recharge, webhook endpoints and outbox).
 
 The ORM defines the schema and serves the operator API; the per-request
 reserve and settle use prepared statements on the same tables.
@@ -7,7 +8,9 @@ Times are integer epoch milliseconds (UTC); periods are ISO dates.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, UniqueConstraint
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -23,6 +26,12 @@ class Workspace(SQLModel, table=True):
     byo_enabled: bool = False
     rate_limit: str | None = Field(default=None, max_length=40)
     created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # A downgrade waits for the next period: from `pending_from` (a period start) the
+    # workspace is on `pending_plan` (`metering.base.plan_at` is the one reader).
+    pending_plan: str | None = Field(default=None, max_length=40)
+    pending_custom_allotment: int | None = None
+    pending_from: str | None = Field(default=None, max_length=10)
+    low_fractions: str | None = Field(default=None, max_length=100)  # credits.low, e.g. "0.2,0.1"
 
 
 class ApiKey(SQLModel, table=True):
@@ -76,7 +85,8 @@ class LedgerRow(SQLModel, table=True):
     __tablename__ = "ledger"
     __table_args__ = (
         UniqueConstraint("request_id", name="uq_ledger_request_id"),
-        Index("ix_ledger_ws_time", "workspace_id", "created_ms"),
+        # Keyset pages of the export walk (created_ms, seq) within a workspace.
+        Index("ix_ledger_ws_time", "workspace_id", "created_ms", "seq"),
     )
 
     seq: int | None = Field(default=None, primary_key=True)
@@ -111,6 +121,167 @@ class Lease(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)
     owner: str = Field(max_length=128)
     expires_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+def _sum(*, zero: bool = False) -> Any:
+    return Field(default=0, sa_type=BigInteger, nullable=False,
+                 sa_column_kwargs={"server_default": "0"} if zero else {})
+
+
+class UsageSums(SQLModel):
+    """Reply sums of a rollup row, and the same over the hour's first 15, 30 and 45 minutes:
+    where a local midnight falls inside the hour (zones at :15/:30/:45 from UTC), they
+    split the hour between its two days."""
+
+    credits: int = _sum()
+    replies: int = _sum()
+    entries: int = _sum()
+    credits_15: int = _sum(zero=True)
+    replies_15: int = _sum(zero=True)
+    entries_15: int = _sum(zero=True)
+    credits_30: int = _sum(zero=True)
+    replies_30: int = _sum(zero=True)
+    entries_30: int = _sum(zero=True)
+    credits_45: int = _sum(zero=True)
+    replies_45: int = _sum(zero=True)
+    entries_45: int = _sum(zero=True)
+
+
+class UsageRollup(UsageSums, table=True):
+    """Reply credits per workspace, hour (UTC) and attribution, written with each reply entry.
+
+    `database.apply_entry` upserts it in the ledger entry's own transaction, so
+    it always equals the ledger's reply entries (`ledger/usage.py` reads it).
+    Empty strings stand for "none" so the key has no NULLs (NULLs never conflict).
+    """
+
+    __tablename__ = "usage_rollup"
+    __table_args__ = {"sqlite_with_rowid": False}  # the key is the (clustered) index
+
+    workspace_id: str = Field(primary_key=True, max_length=40)
+    # The start of the hour, epoch ms (UTC).
+    bucket_ms: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    agent_id: str = Field(primary_key=True, max_length=128)
+    model: str = Field(primary_key=True, max_length=128)
+    billing_mode: str = Field(primary_key=True, max_length=16)
+
+
+class UsageConversations(UsageSums, table=True):
+    """The same sums per workspace, hour, conversation and agent: grouping by conversation.
+
+    Conversations are many but short, so an hour holds a few rows per conversation.
+    """
+
+    __tablename__ = "usage_conversations"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    workspace_id: str = Field(primary_key=True, max_length=40)
+    bucket_ms: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    conversation_id: str = Field(primary_key=True, max_length=128)
+    agent_id: str = Field(primary_key=True, max_length=128)
+
+
+class DashboardSession(SQLModel, table=True):
+    """A signed-in dashboard browser: the SHA-256 of its cookie token, never the token or key."""
+
+    __tablename__ = "dashboard_sessions"
+
+    token_hash: str = Field(primary_key=True, max_length=64)
+    key_id: str = Field(max_length=40)
+    workspace_id: str = Field(max_length=40)
+    created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    expires_ms: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+
+
+class ByoKeyRow(SQLModel, table=True):
+    """A workspace's own provider key, Fernet-encrypted with BOOKBAG_SECRET_KEY (`byo.py`)."""
+
+    __tablename__ = "byo_keys"
+
+    workspace_id: str = Field(primary_key=True, foreign_key="workspaces.id", max_length=40)
+    provider: str = Field(primary_key=True, max_length=40)
+    ciphertext: str = Field(sa_column=Column(Text, nullable=False))
+    fingerprint: str = Field(max_length=40)  # the only thing ever shown
+    actor: str | None = Field(default=None, max_length=100)
+    updated_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class AutoRecharge(SQLModel, table=True):
+    """Auto-recharge settings (`recharge.py`): below `threshold`, grant `amount`, at most
+    `monthly_cap` times per billing period."""
+
+    __tablename__ = "auto_recharge"
+
+    workspace_id: str = Field(primary_key=True, foreign_key="workspaces.id", max_length=40)
+    enabled: bool = True
+    threshold: int
+    amount: int
+    monthly_cap: int
+    updated_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    """Where a workspace's events go; the signing secret is encrypted like BYO keys."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: str = Field(primary_key=True, max_length=40)
+    workspace_id: str = Field(foreign_key="workspaces.id", index=True, max_length=40)
+    url: str = Field(max_length=2000)
+    secret_ciphertext: str = Field(sa_column=Column(Text, nullable=False))
+    events: str = Field(default="*", max_length=200)  # "*" or a comma-separated list of types
+    enabled: bool = True
+    created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class WebhookEvent(SQLModel, table=True):
+    """The outbox: one row per event; the id is derived from what happened, so an event
+    emitted twice (two processes, a retry) is stored, and delivered, under one id."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (Index("ix_webhook_events_ws_time", "workspace_id", "created_ms"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    workspace_id: str = Field(max_length=40)
+    type: str = Field(max_length=40)
+    payload: str = Field(sa_column=Column(Text, nullable=False))  # the exact body sent
+    created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event to one endpoint: retried with backoff until delivered or out of attempts."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_ms"),)
+
+    event_id: str = Field(primary_key=True, foreign_key="webhook_events.id", max_length=40)
+    endpoint_id: str = Field(primary_key=True, max_length=40)
+    status: str = Field(default="pending", max_length=16)  # pending | delivered | failed
+    attempts: int = 0
+    next_attempt_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    last_status: int | None = None
+    last_error: str | None = Field(default=None, max_length=300)
+    delivered_ms: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+
+
+class IdempotencyRow(SQLModel, table=True):
+    """One `Idempotency-Key` of a workspace: in flight (held by `request_id` until
+    `lease_ms`), or done with the response to replay. Purged after `expires_ms`."""
+
+    __tablename__ = "idempotency"
+
+    workspace_id: str = Field(primary_key=True, max_length=40)
+    key: str = Field(primary_key=True, max_length=255)
+    body_hash: str = Field(max_length=64)  # SHA-256 hex of the body's canonical JSON
+    request_id: str = Field(max_length=64)  # the holder; the ledger entry's request id
+    state: str = Field(max_length=16)  # in_flight | done
+    kind: str | None = Field(default=None, max_length=8)  # json | sse, once a response is stored
+    status: int | None = None
+    headers: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    body: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    lease_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    expires_ms: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
 
 
 LEDGER_COLUMNS = (

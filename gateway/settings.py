@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gateway.crashpoints import CrashSpec
 from gateway.types import Timeouts
 
 DEFAULT_DATABASE_URL = "sqlite:///bookbag.db"
@@ -71,6 +72,7 @@ def _timeouts(raw: str | None) -> Timeouts:
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str | None = None
+    redis_timeout: float = 0.5  # connect and read timeout: how fast metered requests 503 when Redis is gone
     metering: bool = True
     pricing_path: Path = Path(DEFAULT_PRICING)
     admin_token: str | None = None
@@ -90,6 +92,12 @@ class Settings:
     log_level: str = "info"
     log_json: bool = False
     provider_keys: Mapping[str, str] = field(default_factory=dict)
+    webhook_interval: float = 1.0  # how often each process looks for webhook deliveries due
+    webhook_backoff: float = 5.0  # first retry delay; doubles per attempt, at most an hour
+    webhook_max_attempts: int = 12
+    webhook_timeout: float = 10.0
+    spool_path: Path | None = None  # None: next to the SQLite file, else ./bookbag-spool.jsonl
+    crash_at: str | None = None  # BOOKBAG_TEST_CRASH_AT: TEST-ONLY, see gateway/crashpoints.py
 
     def __post_init__(self) -> None:
         if self.hold_ttl <= self.provider_timeouts.total:
@@ -102,6 +110,11 @@ class Settings:
             raise SettingsError(f"BOOKBAG_METER must be auto, memory, sql or redis, got {self.meter!r}")
         if self.meter == "redis" and not self.redis_url:
             raise SettingsError("BOOKBAG_METER=redis needs BOOKBAG_REDIS_URL")
+        if self.crash_at:
+            try:
+                CrashSpec.parse(self.crash_at)
+            except ValueError as exc:
+                raise SettingsError(f"BOOKBAG_TEST_CRASH_AT: {exc}") from None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -120,6 +133,7 @@ class Settings:
         values: dict[str, Any] = {
             "database_url": env.get("BOOKBAG_DATABASE_URL") or DEFAULT_DATABASE_URL,
             "redis_url": env.get("BOOKBAG_REDIS_URL") or None,
+            "redis_timeout": _float(env, "BOOKBAG_REDIS_TIMEOUT", 0.5),
             "metering": metering_raw in ("on", "true", "1"),
             "pricing_path": Path(env.get("BOOKBAG_PRICING") or DEFAULT_PRICING),
             "admin_token": env.get("BOOKBAG_ADMIN_TOKEN") or None,
@@ -139,12 +153,29 @@ class Settings:
             "log_level": (env.get("BOOKBAG_LOG_LEVEL") or "info").lower(),
             "log_json": (env.get("BOOKBAG_LOG_JSON") or "").lower() in ("1", "true", "on"),
             "provider_keys": {**extra_keys, **provider_keys},
+            "webhook_interval": _float(env, "BOOKBAG_WEBHOOK_INTERVAL", 1.0),
+            "webhook_backoff": _float(env, "BOOKBAG_WEBHOOK_BACKOFF", 5.0),
+            "webhook_max_attempts": _int(env, "BOOKBAG_WEBHOOK_MAX_ATTEMPTS", 12),
+            "webhook_timeout": _float(env, "BOOKBAG_WEBHOOK_TIMEOUT", 10.0),
+            "spool_path": Path(env["BOOKBAG_SPOOL_PATH"]) if env.get("BOOKBAG_SPOOL_PATH") else None,
+            "crash_at": env.get("BOOKBAG_TEST_CRASH_AT") or None,  # test-only (crashpoints.py)
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+    def spool_file(self) -> Path:
+        """Where unmetered entries wait while the database is down (BOOKBAG_SPOOL_PATH)."""
+        if self.spool_path is not None:
+            return self.spool_path
+        url = self.database_url
+        if url.startswith("sqlite") and ":///" in url:
+            db_file = url.split(":///", 1)[1].split("?", 1)[0]
+            if db_file and db_file != ":memory:":
+                return Path(db_file + "-spool.jsonl")
+        return Path("bookbag-spool.jsonl")
 
     def provider_key(self, provider: str, env_name: str | None = None) -> str | None:
         """The gateway's own key for a provider (or the variable a catalog entry names)."""

@@ -2,8 +2,10 @@
 
 1. Headers go out once the provider sent its first chunk (an error before
    that is an ordinary HTTP error, handled by the pipeline).
-2. Each chunk is written as `data: ...\\n\\n`. The reply counts as delivered
-   once a chunk with content, tool calls or a refusal has been written.
+2. Each chunk is written as `data: ...\\n\\n`; chunks the provider sent together
+   (the provider's iterator says how many more are `ready`) go out as one
+   message. The reply counts as delivered once a chunk with content, tool
+   calls or a refusal has been written.
 3. The usage chunk (the gateway always asks for it) is passed on only when
    the client asked, with `credits` added.
 4. When the provider finishes: settle (durable), then `data: [DONE]`.
@@ -24,6 +26,7 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from gateway.crashpoints import Crash, no_crash
 from gateway.errors import GatewayError, UpstreamError, sse_error
 
 log = logging.getLogger("bookbag.stream")
@@ -78,6 +81,8 @@ class MeteredStream(Response):
         include_usage: bool,
         credits: int,
         headers: dict[str, str],
+        events: list[bytes] | None = None,
+        crash: Crash = no_crash,
     ) -> None:
         # Not Response.__init__: with no body it would announce `content-length: 0`.
         self.status_code = 200
@@ -88,6 +93,8 @@ class MeteredStream(Response):
         self._finish = finish
         self._include_usage = include_usage
         self._credits = credits
+        self._events = events  # when given, every event the client received (idempotent replay)
+        self._crash = crash  # test-only crash points (crashpoints.py)
         self.delivered = False
         self.completed = False
         self.client_gone = False
@@ -116,14 +123,17 @@ class MeteredStream(Response):
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
+                self.client_gone = True
                 return
 
     async def _relay(self, send: Send) -> None:
         usage: dict[str, Any] | None = None
+        held: list[bytes] = []  # events received together, written as one message
+        held_content = False
         try:
             payload: bytes | None = self._first
             while payload is not None:
-                if not self.delivered or _may_carry_usage(payload):
+                if not (self.delivered or held_content) or _may_carry_usage(payload):
                     content, chunk_usage = inspect(payload)
                 else:  # after the first content only the usage chunk matters: skip parsing
                     content, chunk_usage = False, None
@@ -132,15 +142,26 @@ class MeteredStream(Response):
                     if self._include_usage:
                         chunk = orjson.loads(payload)
                         chunk["usage"]["credits"] = self._credits
-                        await send({"type": "http.response.body",
-                                    "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
-                                    "more_body": True})
+                        held.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
                 else:
-                    await send({"type": "http.response.body",
-                                "body": b"data: " + payload + b"\n\n", "more_body": True})
-                    if content:
-                        self.delivered = True
-                payload = await anext(self._rest, None)
+                    if content and not (self.delivered or held_content):
+                        # The server drops writes to a closed connection without a word: let
+                        # the watcher see a client that already left (e.g. while the provider
+                        # was still thinking) before this chunk may count as delivered.
+                        await asyncio.sleep(0)
+                        if self.client_gone:
+                            return
+                    held.append(b"data: " + payload + b"\n\n")
+                    held_content = held_content or content
+                if not getattr(self._rest, "ready", 0):  # the next payload needs a read: write now
+                    await self._flush(send, held, held_content)
+                    held_content = False
+                try:
+                    payload = await anext(self._rest, None)
+                except Exception:
+                    await self._flush(send, held, held_content)  # what came before the failure
+                    raise
+            await self._flush(send, held, held_content)
             self.completed = True
             self.usage = usage
         except GatewayError as exc:
@@ -153,6 +174,20 @@ class MeteredStream(Response):
         finally:
             with contextlib.suppress(Exception):
                 await self._rest.aclose()  # type: ignore[attr-defined]  # async generators have aclose
+
+    async def _flush(self, send: Send, held: list[bytes], content: bool) -> None:
+        """Write the held events as one message (one write for a provider's burst)."""
+        if held:
+            await self._send(send, held[0] if len(held) == 1 else b"".join(held))
+            held.clear()
+        if content:
+            self.delivered = True
+            self._crash("mid_stream")
+
+    async def _send(self, send: Send, event: bytes) -> None:
+        await send({"type": "http.response.body", "body": event, "more_body": True})
+        if self._events is not None:
+            self._events.append(event)
 
     async def _end(self, send: Send) -> None:
         charge = self.completed or (self.client_gone and self.delivered)

@@ -34,6 +34,8 @@ class Caller:
     scopes: frozenset[str]
     plan: str
     suspended: bool = False
+    rate_limit: str | None = None  # the key's (or workspace's) own limit, e.g. "100/10s"
+    rate_unchecked: bool = False  # the shared limit store was down: metered requests fail closed
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,9 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function
 AGENT_HEADER = "x-bookbag-agent-id"
 CONVERSATION_HEADER = "x-bookbag-conversation-id"
 _BOOKBAG_METADATA = ("agent_id", "conversation_id")
+# orjson parses up to 1024 levels but serialises only 254: a body between the two could be
+# read, then not forwarded (or hashed for its Idempotency-Key).
+MAX_DEPTH = 254
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -34,6 +37,13 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         ) from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:  # cheap: only then can it be too deep
+        try:
+            orjson.dumps(body)  # what forwarding and the idempotency hash will do
+        except orjson.JSONEncodeError:
+            raise InvalidRequest(
+                f"The JSON body is nested too deeply (at most {MAX_DEPTH} levels)."
+            ) from None
     return body
 
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from gateway.catalog import Catalog
+from gateway.catalog import Catalog, CatalogError, parse_rate_limit
 from gateway.clock import Clock, now_ms
 from gateway.database import apply_entry, transaction
-from gateway.metering.base import renewal_entry
+from gateway.metering.base import plan_at, renewal_entry
 from gateway.periods import period_of, today
 from gateway.schema import ApiKey, BalanceRow, Workspace
 from gateway.types import SCOPES, Caller, EntryKind, LedgerEntry
@@ -30,6 +30,10 @@ ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 class AccountError(ValueError):
     """An operator request that cannot be carried out (unknown plan, workspace...)."""
+
+
+class UnknownAccount(AccountError):
+    """The workspace, key or endpoint named does not exist."""
 
 
 def hash_key(key: str) -> str:
@@ -46,6 +50,14 @@ def allotment_of(catalog: Catalog, plan: str, custom: int | None) -> int:
     if credits is None:
         return custom or 0
     return credits
+
+
+def _check_rate_limit(raw: str | None) -> None:
+    if raw is not None:
+        try:
+            parse_rate_limit("rate_limit", raw)
+        except CatalogError as exc:
+            raise AccountError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +115,7 @@ class Accounts:
         with Session(self._engine, expire_on_commit=False) as session:
             workspace = session.get(Workspace, workspace_id)
             if workspace is None:
-                raise AccountError(f"no workspace {workspace_id!r}")
+                raise UnknownAccount(f"no workspace {workspace_id!r}")
             return workspace
 
     def workspaces(self) -> list[Workspace]:
@@ -112,9 +124,10 @@ class Accounts:
 
     def create_key(
         self, workspace_id: str, *, agent_id: str | None = None,
-        scopes: tuple[str, ...] = ("inference", "read"),
+        scopes: tuple[str, ...] = ("inference", "read"), rate_limit: str | None = None,
     ) -> CreatedKey:
         self.workspace(workspace_id)
+        _check_rate_limit(rate_limit)
         bad = set(scopes) - SCOPES
         if bad or not scopes:
             raise AccountError(f"scopes must be among {sorted(SCOPES)}, got {sorted(scopes)}")
@@ -124,18 +137,39 @@ class Accounts:
         row = ApiKey(
             id="key_" + uuid.uuid4().hex[:12], workspace_id=workspace_id, key_hash=hash_key(key),
             prefix=key[:8], agent_id=agent_id, scopes=",".join(sorted(set(scopes))),
-            created_ms=now_ms(self._clock),
+            rate_limit=rate_limit, created_ms=now_ms(self._clock),
         )
         with Session(self._engine, expire_on_commit=False) as session:
             session.add(row)
             session.commit()
         return CreatedKey(row.id, key, workspace_id, agent_id, tuple(sorted(set(scopes))))
 
+    def update_workspace(
+        self, workspace_id: str, *, name: str | None = None, suspended: bool | None = None,
+        rate_limit: str | None = None, clear_rate_limit: bool = False,
+    ) -> Workspace:
+        """Rename, suspend or resume, or set the workspace-wide rate limit (keys may override)."""
+        _check_rate_limit(rate_limit)
+        with Session(self._engine, expire_on_commit=False) as session:
+            workspace = session.get(Workspace, workspace_id)
+            if workspace is None:
+                raise UnknownAccount(f"no workspace {workspace_id!r}")
+            if name is not None:
+                workspace.name = name
+            if suspended is not None:
+                workspace.suspended = suspended
+            if rate_limit is not None or clear_rate_limit:
+                workspace.rate_limit = rate_limit
+            session.add(workspace)
+            session.commit()
+            session.refresh(workspace)
+            return workspace
+
     def revoke_key(self, key_id: str) -> ApiKey:
         with Session(self._engine, expire_on_commit=False) as session:
             row = session.get(ApiKey, key_id)
             if row is None:
-                raise AccountError(f"no key {key_id!r}")
+                raise UnknownAccount(f"no key {key_id!r}")
             if row.revoked_ms is None:
                 row.revoked_ms = now_ms(self._clock)
                 session.add(row)
@@ -153,18 +187,21 @@ class Accounts:
         with transaction(self._engine) as (cur, sql):
             cur.execute(
                 sql(
-                    "SELECT k.id, k.workspace_id, k.agent_id, k.scopes, w.plan, w.suspended "
+                    # A pending downgrade is the plan from its period start on (`plan_at`).
+                    "SELECT k.id, k.workspace_id, k.agent_id, k.scopes, CASE WHEN "
+                    "w.pending_plan IS NOT NULL AND w.pending_from <= ? THEN w.pending_plan "
+                    "ELSE w.plan END, w.suspended, COALESCE(k.rate_limit, w.rate_limit) "
                     "FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id "
                     "WHERE k.key_hash = ? AND k.revoked_ms IS NULL"
                 ),
-                (key_hash,),
+                (today(self._clock.now()), key_hash),
             )
             row = cur.fetchone()
         if row is None:
             return None
-        key_id, ws_id, agent, scopes, plan, suspended = row
+        key_id, ws_id, agent, scopes, plan, suspended, rate_limit = row
         return Caller(ws_id, key_id, agent, frozenset(scopes.split(",")), plan,
-                      suspended=bool(suspended))
+                      suspended=bool(suspended), rate_limit=rate_limit)
 
     def topup_entry(
         self, workspace_id: str, credits: int, *, kind: EntryKind = EntryKind.TOPUP,
@@ -196,11 +233,12 @@ class Accounts:
             cur.execute(sql("SELECT COALESCE(SUM(credits), 0) FROM holds WHERE workspace_id = ?"),
                         (workspace_id,))
             reserved = int(cur.fetchone()[0])
+        plan, custom = plan_at(workspace.plan, workspace.custom_allotment, workspace.pending_plan,
+                               workspace.pending_custom_allotment, workspace.pending_from, start)
         if start > period:  # renewal is lazy: show what the next request will see
-            allotment = allot_rem = allotment_of(
-                self._catalog, workspace.plan, workspace.custom_allotment)
+            allotment = allot_rem = allotment_of(self._catalog, plan, custom)
         return {
-            "workspace_id": workspace_id, "plan": workspace.plan, "allotment": allotment,
+            "workspace_id": workspace_id, "plan": plan, "allotment": allotment,
             "allotment_remaining": allot_rem, "topups_remaining": top_rem,
             "balance": allot_rem + top_rem, "reserved": reserved, "period_start": start,
             "period_end": end,

@@ -15,6 +15,9 @@ from tests.harness import RunningGateway, sqlite_settings, test_pricing
 
 REQUIRE_SERVICES = os.environ.get("BOOKBAG_TEST_REQUIRE_SERVICES") == "1"
 
+# Shared test suites imported by test modules: show their failed asserts in detail.
+pytest.register_assert_rewrite("tests.meter_contract")
+
 
 @pytest.fixture(scope="session")
 def fake() -> Iterator[FakeProvider]:

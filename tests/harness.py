@@ -23,6 +23,7 @@ from gateway.app import Gateway, create_app
 from gateway.catalog import load
 from gateway.clock import Clock, SystemClock
 from gateway.database import create_schema, make_engine
+from gateway.http_protocol import GatewayHttpProtocol
 from gateway.settings import Settings
 from gateway.workspaces import Accounts
 from tests.fake_provider import ANTHROPIC_KEY, OPENAI_KEY, FakeProvider
@@ -99,7 +100,7 @@ class RunningGateway:
         self.url = f"http://127.0.0.1:{self.port}"
         self.base_url = self.url + "/v1"
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on", loop="asyncio", http="httptools",
+                                lifespan="on", loop="asyncio", http=GatewayHttpProtocol,
                                 timeout_graceful_shutdown=5)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -189,6 +190,8 @@ def sqlite_settings(tmp_path: Path, pricing: Path, **overrides: Any) -> Settings
         "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
         "BOOKBAG_ADMIN_TOKEN": "admin-test-token",
         "BOOKBAG_PORT": str(free_port()),
+        # Never the working directory, even for a PostgreSQL URL.
+        "BOOKBAG_SPOOL_PATH": str(tmp_path / "spool.jsonl"),
     }
     env.update({k: str(v) for k, v in overrides.items()})
     return Settings.from_env(env)

@@ -6,6 +6,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.endpoints.http import authenticate, endpoint, gateway, json_response, read_body
+from gateway.idempotency import key_of
+from gateway.logs import record_of
 from gateway.validation import chat_request, parse_json
 
 
@@ -13,8 +15,11 @@ from gateway.validation import chat_request, parse_json
 async def completions(request: Request, headers: dict[str, str]) -> Response:
     raw = await read_body(request)
     caller = await authenticate(request, "inference")
-    req = chat_request(parse_json(raw), request.headers, caller)
-    return await gateway(request).pipeline.chat(caller, req, request.headers, headers)
+    body = parse_json(raw)
+    idempotency_key = key_of(request.headers, body)  # hashed before Bookbag's metadata leaves it
+    req = chat_request(body, request.headers, caller)
+    return await gateway(request).pipeline.chat(caller, req, request.headers, headers,
+                                                idempotency_key, record=record_of(request))
 
 
 @endpoint

@@ -13,8 +13,9 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    checks = await gateway(request).readiness()
+    gw = gateway(request)
+    checks = await gw.readiness()
     degraded = sorted(name for name, ok in checks.items() if not ok)
     # The built-in model needs nothing, so the gateway can always serve some route.
     return json_response({"status": "degraded" if degraded else "ok", "checks": checks,
-                          "degraded": degraded})
+                          "degraded": degraded, "spool_backlog": await gw.spool_backlog()})

@@ -13,6 +13,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.auth import is_admin_token, require_scope
+from gateway.dashboard.sessions import COOKIE as SESSION_COOKIE
 from gateway.errors import (
     GatewayError,
     InvalidApiKey,
@@ -21,6 +22,7 @@ from gateway.errors import (
     RequestTooLarge,
     render,
 )
+from gateway.logs import record_of
 from gateway.pipeline import new_request_id
 from gateway.types import Caller
 
@@ -73,13 +75,30 @@ async def read_body(request: Request) -> bytes:
 
 
 async def authenticate(request: Request, scope: str) -> Caller:
+    """The caller of a Bearer key; for `read`, without a header, a dashboard session cookie."""
     header = request.headers.get("authorization")
     gw = gateway(request)
-    if is_admin_token(header, gw.settings.admin_token):
-        raise InvalidApiKey("The admin token is not accepted on /v1 routes; use a workspace key.")
-    caller = await gw.keys.authenticate(header)
+    session = request.cookies.get(SESSION_COOKIE) if header is None and scope == "read" else None
+    if session is not None:
+        caller = await gw.sessions.authenticate(session)
+    else:
+        if is_admin_token(header, gw.settings.admin_token):
+            raise InvalidApiKey("The admin token is not accepted on /v1 routes; use a workspace key.")
+        caller = await gw.keys.authenticate(header)
+    record = record_of(request)
+    if record is not None:
+        record.caller = caller  # for the request's log line
     require_scope(caller, scope)
+    # The per-key rate limit: after auth, before idempotency and reserve (429 past it).
+    caller, limit_headers = await gw.limiter.admit(caller)
+    if limit_headers:
+        request.state.rate_limit_headers = limit_headers
     return caller
+
+
+def _rate_limit_headers(request: Request) -> dict[str, str]:
+    found: dict[str, str] = getattr(request.state, "rate_limit_headers", None) or {}
+    return found
 
 
 def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -92,8 +111,10 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         if client_id and len(client_id) <= 200 and client_id.isprintable():
             headers["x-client-request-id"] = client_id
         try:
-            return await handler(request, headers)
+            response = await handler(request, headers)
         except GatewayError as exc:
-            return error_response(exc, headers)
+            return error_response(exc, {**headers, **_rate_limit_headers(request)})
+        response.headers.update(_rate_limit_headers(request))
+        return response
 
     return run

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,8 @@ class GroupWriter:
         self._closed = False
         self.batches = 0
         self.writes = 0
+        # Called on the writer thread after each committed batch: (size, seconds its oldest waited).
+        self.on_commit: Callable[[int, float], None] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -53,7 +56,7 @@ class GroupWriter:
             raise WriterClosed("the ledger writer is shut down")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.put((op, fut, loop))
+        self._queue.put((op, fut, loop, time.perf_counter()))
         return fut
 
     async def close(self) -> None:
@@ -86,7 +89,7 @@ class GroupWriter:
                 self._flush(items)
 
     def _flush(self, items: list[Any]) -> None:
-        ops = [op for op, _, _ in items]
+        ops = [item[0] for item in items]
         outcomes: list[tuple[bool, Any]]
         try:
             outcomes = [(True, r) for r in self._commit(ops)]
@@ -94,8 +97,11 @@ class GroupWriter:
             outcomes = [(False, exc)] if len(ops) == 1 else [self._one(op) for op in ops]
         self.batches += 1
         self.writes += len(ops)
+        if self.on_commit is not None:
+            with contextlib.suppress(Exception):
+                self.on_commit(len(ops), time.perf_counter() - min(item[3] for item in items))
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-        for (_, fut, loop), (ok, value) in zip(items, outcomes, strict=True):
+        for (_, fut, loop, _), (ok, value) in zip(items, outcomes, strict=True):
             by_loop.setdefault(loop, []).append((fut, ok, value))
         for loop, done in by_loop.items():
             # A closed loop has nobody waiting any more.

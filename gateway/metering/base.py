@@ -39,6 +39,10 @@ class Meter(Protocol):
         """Apply an allotment, top-up or adjustment entry once; False if it existed."""
         ...
 
+    async def sweep(self) -> None:
+        """Void every hold past its expiry (its request never resolved it); run by a timer."""
+        ...
+
 
 def insufficient(balance: int, cost: int, renews_on: str) -> InsufficientCredits:
     return InsufficientCredits(
@@ -46,6 +50,19 @@ def insufficient(balance: int, cost: int, renews_on: str) -> InsufficientCredits
         f"and the workspace balance is {balance}. The allotment renews on {renews_on}; "
         "top up to continue before then."
     )
+
+
+def plan_at(plan: str, custom: int | None, pending_plan: str | None, pending_custom: int | None,
+            pending_from: str | None, period_start: str) -> tuple[str, int | None]:
+    """The (plan, custom allotment) a workspace is on in the period starting `period_start`.
+
+    A downgrade is stored as pending from the next period start; every renewal
+    (each meter, the CLI's plan change) asks this one function, so the new plan
+    applies from exactly that period, whoever renews it.
+    """
+    if pending_plan is not None and pending_from is not None and period_start >= pending_from:
+        return pending_plan, pending_custom
+    return plan, custom
 
 
 def renewal_entry(workspace_id: str, period_start: str, allotment: int, at_ms: int) -> LedgerEntry:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 import socket
@@ -26,7 +27,7 @@ from gateway.clock import Clock, now_ms
 from gateway.database import Cursor, Sql, apply_entry, transaction
 from gateway.errors import ServiceUnavailable
 from gateway.ledger.writer import GroupWriter
-from gateway.metering.base import charge, insufficient, renewal_entry
+from gateway.metering.base import charge, insufficient, plan_at, renewal_entry
 from gateway.periods import period_of
 from gateway.types import Balance, EntryKind, Hold, LedgerEntry
 
@@ -54,6 +55,12 @@ class _Account:
     loaded_seq: int
     reserved: int = 0
     holds: dict[str, Hold] = field(default_factory=dict)
+    pending: tuple[str | None, int | None, str | None] = (None, None, None)  # plan, custom, from
+    # The period (epoch seconds) the last renewal check saw: within it nothing can fall due.
+    checked: tuple[float, float] = (0.0, 0.0)
+
+    def plan_at(self, period_start: str) -> tuple[str, int | None]:
+        return plan_at(self.plan, self.custom_allotment, *self.pending, period_start)
 
 
 class MemoryMeter:
@@ -77,7 +84,9 @@ class MemoryMeter:
         self._sweep_interval = sweep_interval
         self._accounts: dict[str, _Account] = {}
         self._loading: dict[str, asyncio.Future[_Account]] = {}
-        self._own: set[str] = set()  # request ids of grants this process wrote itself
+        self._own: set[str] = set()  # request ids of renewals this process applied itself
+        self._early: dict[str, list[Any]] = {}  # ledger rows the poll saw while their account loaded
+        self._sync_lock = asyncio.Lock()
         self._watermark = 0
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._tasks: list[asyncio.Task[None]] = []
@@ -145,7 +154,7 @@ class MemoryMeter:
         if account is None:
             pending = self._loading.get(workspace_id)
             if pending is None:
-                pending = asyncio.ensure_future(asyncio.to_thread(self._load, workspace_id))
+                pending = asyncio.ensure_future(self._load_account(workspace_id))
                 self._loading[workspace_id] = pending
             try:
                 account = await asyncio.shield(pending)
@@ -153,18 +162,27 @@ class MemoryMeter:
                 raise
             except Exception as exc:
                 raise ServiceUnavailable("The balance store is unavailable; retry shortly.") from exc
-            finally:
-                self._loading.pop(workspace_id, None)
-            account = self._accounts.setdefault(workspace_id, account)
         self._renew_if_due(account)
         return account
+
+    async def _load_account(self, workspace_id: str) -> _Account:
+        """Load once; grants the poll saw during the load apply unless the load read them."""
+        try:
+            account = await asyncio.to_thread(self._load, workspace_id)
+            self._accounts[workspace_id] = account
+            for row in self._early.pop(workspace_id, []):
+                self._apply_row(account, row)
+            return account
+        finally:
+            self._loading.pop(workspace_id, None)
 
     def _load(self, workspace_id: str) -> _Account:
         with transaction(self._engine) as (cur, sql):
             cur.execute(
                 sql(
                     "SELECT w.plan, w.custom_allotment, w.anchor_date, b.period_start, b.allotment, "
-                    "b.allotment_remaining, b.topups_remaining FROM workspaces w "
+                    "b.allotment_remaining, b.topups_remaining, w.pending_plan, "
+                    "w.pending_custom_allotment, w.pending_from FROM workspaces w "
                     "JOIN balances b ON b.workspace_id = w.id WHERE w.id = ?"
                 ),
                 (workspace_id,),
@@ -174,18 +192,22 @@ class MemoryMeter:
             seq = int(cur.fetchone()[0])
         if row is None:
             raise ServiceUnavailable(f"workspace {workspace_id} has no balance row")
-        plan, custom, anchor, period_start, allotment, allot_rem, top_rem = row
+        plan, custom, anchor, period_start, allotment, allot_rem, top_rem, p_plan, p_custom, p_from = row
         _, period_end = period_of(anchor, self._clock.now())
         return _Account(
             workspace_id, plan, custom, anchor, period_start, period_end,
-            int(allotment), int(allot_rem), int(top_rem), seq,
+            int(allotment), int(allot_rem), int(top_rem), seq, pending=(p_plan, p_custom, p_from),
         )
 
     def _renew_if_due(self, account: _Account) -> None:
-        start, end = period_of(account.anchor, self._clock.now())
+        now = self._clock.now()
+        if account.checked[0] <= now < account.checked[1]:
+            return  # same period as the last check (period_of costs ~5 us on every request)
+        start, end = period_of(account.anchor, now)
+        account.checked = (_epoch(start), _epoch(end))
         if start <= account.period_start:
             return
-        allotment = self._allotment_of(account.plan, account.custom_allotment)
+        allotment = self._allotment_of(*account.plan_at(start))
         entry = renewal_entry(account.workspace_id, start, allotment, now_ms(self._clock))
         account.period_start, account.period_end = start, end
         account.allotment = account.allotment_remaining = allotment
@@ -245,7 +267,7 @@ class MemoryMeter:
         account = await self._account(workspace_id)
         return Balance(
             workspace_id=workspace_id,
-            plan=account.plan,
+            plan=account.plan_at(account.period_start)[0],
             allotment=account.allotment,
             allotment_remaining=account.allotment_remaining,
             topups_remaining=account.topups_remaining,
@@ -257,12 +279,14 @@ class MemoryMeter:
     async def grant(self, entry: LedgerEntry) -> bool:
         account = self._accounts.get(entry.workspace_id)
         if account is not None:
-            self._renew_if_due(account)
-        self._own.add(entry.request_id)
+            self._renew_if_due(account)  # its renewal entry is queued before the grant
         inserted: bool = await self._writer.submit(lambda cur, sql: apply_entry(cur, sql, entry))
-        if inserted and account is not None:
-            self._apply(account, entry.kind, entry.allotment_delta, entry.topup_delta,
-                        entry.period_start)
+        # The poll is the one path from ledger rows to memory, so a grant applies exactly
+        # once whoever wrote it first (this call, or the CLI before it).
+        try:
+            await self.sync()
+        except Exception:
+            log.warning("grant %s applies at the next sync", entry.request_id, exc_info=True)
         return inserted
 
     def _apply(self, account: _Account, kind: str, allot: int, topup: int,
@@ -276,22 +300,37 @@ class MemoryMeter:
     # --- background -----------------------------------------------------
 
     async def sync(self) -> None:
-        """Apply grants other processes wrote, refresh plans, renew the lease."""
+        """Apply grants written to the ledger (here or by the CLI), refresh plans, renew the lease."""
+        async with self._sync_lock:  # one poll at a time: each row past the watermark once
+            await self._sync()
+
+    async def _sync(self) -> None:
         rows, plans = await asyncio.to_thread(self._poll, self._watermark, list(self._accounts))
-        for seq, request_id, workspace_id, kind, allot, topup, period in rows:
+        for row in rows:
+            seq, request_id, workspace_id = row[0], row[1], row[2]
             self._watermark = max(self._watermark, seq)
             if request_id in self._own:
                 self._own.discard(request_id)
                 continue
             account = self._accounts.get(workspace_id)
-            if account is None or seq <= account.loaded_seq:
-                continue
-            self._renew_if_due(account)
-            self._apply(account, kind, allot, topup, period)
-        for workspace_id, plan, custom in plans:
+            if account is not None:
+                self._apply_row(account, row)
+            elif workspace_id in self._loading:  # its load may have read the ledger before this row
+                self._early.setdefault(workspace_id, []).append(row)
+        for workspace_id, plan, custom, p_plan, p_custom, p_from in plans:
             account = self._accounts.get(workspace_id)
             if account is not None:
                 account.plan, account.custom_allotment = plan, custom
+                account.pending = (p_plan, p_custom, p_from)
+
+    def _apply_row(self, account: _Account, row: Any) -> None:
+        seq, request_id, workspace_id, kind, allot, topup, period = row
+        if seq <= account.loaded_seq:
+            return  # the load read it
+        self._renew_if_due(account)
+        if request_id == renewal_entry(workspace_id, period or "", 0, 0).request_id:
+            return  # another writer's copy of a renewal: renewing applied it already
+        self._apply(account, kind, allot, topup, period)
 
     def _poll(self, watermark: int, loaded: list[str]) -> tuple[list[Any], list[Any]]:
         with transaction(self._engine) as (cur, sql):
@@ -332,13 +371,19 @@ def _plans(cur: Cursor, sql: Sql, loaded: list[str]) -> list[Any]:
         chunk = loaded[i : i + 500]
         cur.execute(
             sql(
-                "SELECT id, plan, custom_allotment FROM workspaces WHERE id IN "
+                "SELECT id, plan, custom_allotment, pending_plan, pending_custom_allotment, "
+                "pending_from FROM workspaces WHERE id IN "
                 f"({', '.join('?' for _ in chunk)})"
             ),
             tuple(chunk),
         )
         out.extend(cur.fetchall())
     return out
+
+
+def _epoch(day: str) -> float:
+    """Midnight UTC starting an ISO date, in epoch seconds."""
+    return dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp()
 
 
 def _log_failure(fut: asyncio.Future[Any]) -> None:

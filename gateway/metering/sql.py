@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from gateway.clock import Clock, now_ms
 from gateway.database import Cursor, Sql, apply_entry, transaction
 from gateway.errors import GatewayError, ServiceUnavailable
-from gateway.metering.base import charge, insufficient, renewal_entry
+from gateway.metering.base import charge, insufficient, plan_at, renewal_entry
 from gateway.metering.memory import AllotmentOf
 from gateway.periods import period_of
 from gateway.types import Balance, Hold, LedgerEntry
@@ -69,7 +69,8 @@ class SqlMeter:
         cur.execute(
             sql(
                 "SELECT w.plan, w.custom_allotment, w.anchor_date, b.period_start, b.allotment, "
-                "b.allotment_remaining, b.topups_remaining FROM balances b "
+                "b.allotment_remaining, b.topups_remaining, w.pending_plan, "
+                "w.pending_custom_allotment, w.pending_from FROM balances b "
                 "JOIN workspaces w ON w.id = b.workspace_id WHERE b.workspace_id = ?"
                 + self._for_update
             ),
@@ -78,8 +79,9 @@ class SqlMeter:
         row = cur.fetchone()
         if row is None:
             raise ServiceUnavailable(f"workspace {workspace_id} has no balance row")
-        plan, custom, anchor, period_start, allotment, allot_rem, top_rem = row
+        plan, custom, anchor, period_start, allotment, allot_rem, top_rem, *pending = row
         start, end = period_of(anchor, self._clock.now())
+        plan, custom = plan_at(plan, custom, pending[0], pending[1], pending[2], start)
         if start > period_start:
             allotment = self._allotment_of(plan, custom)
             apply_entry(cur, sql, renewal_entry(workspace_id, start, allotment, now_ms(self._clock)))

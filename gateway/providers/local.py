@@ -46,6 +46,24 @@ _HARMLESS: dict[str, Callable[[Any], bool]] = {
     "stop": lambda v: True,  # honoured; values checked in _stops
 }
 
+
+def _number(lo: float, hi: float) -> Callable[[Any], bool]:
+    return lambda v: type(v) in (int, float) and lo <= v <= hi
+
+
+# Ignored, but an invalid value is refused as the OpenAI API refuses it.
+_VALID: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "temperature": (_number(0, 2), "a number from 0 to 2"),
+    "top_p": (_number(0, 1), "a number from 0 to 1"),
+    "presence_penalty": (_number(-2, 2), "a number from -2 to 2"),
+    "frequency_penalty": (_number(-2, 2), "a number from -2 to 2"),
+    "seed": (lambda v: type(v) is int, "an integer"),
+    "store": (lambda v: type(v) is bool, "a boolean"),
+    "user": (lambda v: isinstance(v, str), "a string"),
+    "safety_identifier": (lambda v: isinstance(v, str), "a string"),
+    "prompt_cache_key": (lambda v: isinstance(v, str), "a string"),
+}
+
 _STOP_WORDS = frozenset({
     "a", "an", "and", "are", "as", "at", "be", "been", "but", "by", "can", "could", "did", "do",
     "does", "for", "from", "had", "has", "have", "how", "i", "if", "in", "into", "is", "it",
@@ -61,8 +79,13 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*")
 def check_request(body: dict[str, Any]) -> None:
     """Raise UnsupportedParameter (or InvalidRequest) for anything this model cannot honour."""
     for name, value in body.items():
-        if name in _IGNORED or (value is None and name != "messages"):
+        if value is None and name != "messages":
             continue  # an explicit null is the same as leaving the parameter out
+        if name in _IGNORED:
+            valid = _VALID.get(name)
+            if valid is not None and not valid[0](value):
+                raise InvalidRequest(f"'{name}' must be {valid[1]}", param=name)
+            continue
         accept = _HARMLESS.get(name)
         if accept is None or not accept(value):
             raise UnsupportedParameter(

@@ -9,7 +9,7 @@ under concurrency (PERF-NOTES.md); its exceptions are translated here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -127,7 +127,10 @@ class RelayProvider:
     async def embed(self, call: ProviderCall) -> bytes:
         return await self._post(call, "/embeddings")
 
-    async def stream(self, call: ProviderCall) -> AsyncIterator[bytes]:
+    def stream(self, call: ProviderCall) -> SsePayloads:
+        return SsePayloads(self._events, call)
+
+    async def _events(self, call: ProviderCall, out: SsePayloads) -> AsyncGenerator[bytes, None]:
         url, headers, timeout = self._request(call, "/chat/completions")
         headers["Accept"] = "text/event-stream"
         try:
@@ -141,20 +144,19 @@ class RelayProvider:
                     buffer += data
                     if b"\r" in buffer:
                         buffer = buffer.replace(b"\r\n", b"\n")
-                    while True:
-                        end = buffer.find(b"\n\n")
-                        if end < 0:
-                            break
-                        event, buffer = buffer[:end], buffer[end + 2 :]
-                        for line in event.split(b"\n"):
-                            if not line.startswith(b"data:"):
-                                continue  # comments (keep-alives), event names, ids
-                            payload = line[5:].strip()
-                            if payload == b"[DONE]":
-                                return
-                            if payload.startswith(b'{"error"'):
-                                raise _inband(payload, call)
-                            yield payload
+                    if b"\n\n" not in buffer:
+                        continue
+                    *events, buffer = buffer.split(b"\n\n")
+                    # comments (keep-alives), event names and ids are skipped
+                    payloads = [line[5:].strip() for event in events for line in event.split(b"\n")
+                                if line.startswith(b"data:")]
+                    for i, payload in enumerate(payloads):
+                        if payload == b"[DONE]":
+                            return
+                        if payload.startswith(b'{"error"'):
+                            raise _inband(payload, call)
+                        out.ready = len(payloads) - 1 - i  # payloads of this read still to come
+                        yield payload
                 raise UpstreamError("The provider ended the stream before it was complete.")
         except GatewayError:
             raise
@@ -166,6 +168,29 @@ class RelayProvider:
             ) from exc
         except asyncio.CancelledError:
             raise
+
+
+class SsePayloads:
+    """The payloads of one SSE stream; `ready` counts those already received after this one
+    (the stream's end, `[DONE]`, counts as one).
+
+    A provider burst (several events in one read) can so be written to the client as
+    one message (`streaming.py`): while `ready` > 0 the next payload is in memory.
+    """
+
+    def __init__(self, events: Callable[[ProviderCall, SsePayloads], AsyncGenerator[bytes, None]],
+                 call: ProviderCall) -> None:
+        self.ready = 0
+        self._events = events(call, self)
+
+    def __aiter__(self) -> SsePayloads:
+        return self
+
+    def __anext__(self) -> Awaitable[bytes]:
+        return self._events.__anext__()
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
 
 
 def _inband(payload: bytes, call: ProviderCall) -> GatewayError:

@@ -1,0 +1,92 @@
+"""/dashboard: the page, its static assets, and signing in and out (an HttpOnly session cookie).
+
+The page is static HTML, CSS and JS (no build step) that reads the same
+JSON API as any client; after sign-in its calls carry the session cookie
+instead of a key. Signing in posts the key in the body (never a URL); the
+response sets `bookbag_session` (HttpOnly, SameSite=Strict, Secure over
+HTTPS) and the key is dropped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.staticfiles import StaticFiles
+
+from gateway.auth import require_scope
+from gateway.dashboard.sessions import COOKIE
+from gateway.endpoints.http import endpoint, gateway, json_response, read_body
+from gateway.errors import InvalidRequest
+
+STATIC = Path(__file__).resolve().parent.parent / "dashboard" / "static"
+SECURITY_HEADERS = {
+    "content-security-policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
+assets = StaticFiles(directory=STATIC)
+
+
+async def page(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", headers=SECURITY_HEADERS, media_type="text/html")
+
+
+def _wants_json(request: Request) -> bool:
+    return "application/json" in request.headers.get("content-type", "") or \
+        "application/json" in request.headers.get("accept", "")
+
+
+def _key_from(request: Request, raw: bytes) -> str:
+    if "application/json" in request.headers.get("content-type", ""):
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise InvalidRequest("The body is not valid JSON.") from None
+        key = body.get("key") if isinstance(body, dict) else None
+    else:
+        key = next(iter(parse_qs(raw.decode("utf-8", "replace")).get("key", [])), None)
+    if not isinstance(key, str) or not key.strip():
+        raise InvalidRequest("Send the workspace key as `key`.", param="key")
+    return key.strip()
+
+
+def _secure(request: Request) -> bool:
+    return request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+
+
+@endpoint
+async def sign_in(request: Request, headers: dict[str, str]) -> Response:
+    raw = await read_body(request)
+    gw = gateway(request)
+    caller = await gw.keys.authenticate(f"Bearer {_key_from(request, raw)}")
+    require_scope(caller, "read")
+    token = await gw.sessions.create(caller)
+    response: Response
+    if _wants_json(request):
+        response = json_response({"object": "dashboard.session", "workspace_id": caller.workspace_id,
+                                  "expires_in": int(gw.sessions.ttl)}, headers=headers)
+    else:
+        response = RedirectResponse("/dashboard", status_code=303, headers=headers)
+    response.set_cookie(COOKIE, token, max_age=int(gw.sessions.ttl), path="/", httponly=True,
+                        samesite="strict", secure=_secure(request))
+    response.headers["cache-control"] = "no-store"
+    return response
+
+
+@endpoint
+async def sign_out(request: Request, headers: dict[str, str]) -> Response:
+    token = request.cookies.get(COOKIE)
+    if token:
+        await gateway(request).sessions.end(token)
+    response = Response(status_code=204, headers=headers)
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=_secure(request))
+    return response

@@ -1,0 +1,77 @@
+"""Secrets at rest: Fernet encryption under `BOOKBAG_SECRET_KEY`, with key rotation.
+
+`BOOKBAG_SECRET_KEY` holds one Fernet key, or several separated by commas,
+the newest first: the first encrypts, any of them decrypts (MultiFernet).
+Rotating is: prepend a new key, run `bookbag-gateway byo rotate` (re-encrypts
+every stored secret under the first key), then drop the old key.
+This is the only module that imports `cryptography`; its exceptions become
+`KeyringError` here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+
+class KeyringError(ValueError):
+    """The secret key is missing or malformed, or a ciphertext does not decrypt under it."""
+
+
+def generate_key() -> str:
+    """A fresh key for `BOOKBAG_SECRET_KEY`."""
+    return Fernet.generate_key().decode("ascii")
+
+
+def fingerprint(secret: str) -> str:
+    """What may be shown of a secret: a short hash that identifies it, never its text."""
+    return "sha256:" + hashlib.sha256(secret.encode("utf-8")).hexdigest()[:16]
+
+
+class Keyring:
+    def __init__(self, secret_key: str | None) -> None:
+        keys = [k.strip() for k in (secret_key or "").split(",") if k.strip()]
+        fernets: list[Fernet] = []
+        for i, key in enumerate(keys, 1):
+            try:
+                fernets.append(Fernet(key.encode("ascii")))
+            except (ValueError, UnicodeEncodeError):
+                raise KeyringError(
+                    f"BOOKBAG_SECRET_KEY: key {i} of {len(keys)} is not a Fernet key (32 url-safe "
+                    "base64-encoded bytes); create one with `bookbag-gateway byo generate-key`"
+                ) from None
+        self._fernet = MultiFernet(fernets) if fernets else None
+
+    @property
+    def configured(self) -> bool:
+        return self._fernet is not None
+
+    def _require(self) -> MultiFernet:
+        if self._fernet is None:
+            raise KeyringError(
+                "BOOKBAG_SECRET_KEY is not set: it is needed to store provider keys and webhook "
+                "secrets encrypted (create one with `bookbag-gateway byo generate-key`)"
+            )
+        return self._fernet
+
+    def encrypt(self, plaintext: str) -> str:
+        return self._require().encrypt(plaintext.encode("utf-8")).decode("ascii")
+
+    def decrypt(self, ciphertext: str) -> str:
+        try:
+            return self._require().decrypt(ciphertext.encode("ascii")).decode("utf-8")
+        except (InvalidToken, UnicodeError):
+            raise KeyringError(
+                "a stored secret does not decrypt with BOOKBAG_SECRET_KEY (was the key changed "
+                "without keeping the old one in the list?)"
+            ) from None
+
+    def rotate(self, ciphertext: str) -> str:
+        """The same secret encrypted under the first key."""
+        try:
+            return self._require().rotate(ciphertext.encode("ascii")).decode("ascii")
+        except (InvalidToken, UnicodeError):
+            raise KeyringError(
+                "a stored secret does not decrypt with any key in BOOKBAG_SECRET_KEY"
+            ) from None

@@ -1,0 +1,215 @@
+"""The outbox consumer: moves ledger entries from the Redis streams to SQL, exactly once.
+
+Each step:
+  1. lease   one consumer at a time per shard (a `SET NX PX` lease, renewed), so a
+             workspace's entries reach SQL in the order they were appended (a renewal
+             before the charges of its period: `apply_entry`'s projection depends on it)
+  2. claim   on taking a lease, or after a failure: the shard's pending entries, whoever
+             read them (a consumer that died between commit and acknowledge), via XAUTOCLAIM
+  3. read    otherwise XREADGROUP new entries (blocking up to `block` seconds)
+  4. write   one SQL transaction, each entry through `apply_entry`, which inserts
+             ON CONFLICT (request_id) DO NOTHING: an entry written twice is written once
+  5. ack     XACK and XDEL only after the commit, and drop the request ids from the
+             shard's `pending` hash (settled, not yet in SQL: what "was it charged?" reads)
+
+Every gateway process runs one; whoever holds a shard's lease drains it. A
+consumer that stops releases its leases; one that dies loses them after
+`lease_ttl`, and the next owner re-applies what it left pending (harmless).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+
+from redis.exceptions import ResponseError
+from sqlalchemy import Engine
+
+from gateway.database import apply_entry, transaction
+from gateway.metering.redis_client import ERRORS, Redis, transient
+from gateway.metering.redis_scripts import LEASE, RELEASE, SHARDS, Layout, decode_entry
+from gateway.types import LedgerEntry
+
+log = logging.getLogger("bookbag.outbox")
+GROUP = "ledger"
+
+
+@dataclass(slots=True)
+class Message:
+    stream: str
+    id: str
+    raw: str | None  # the entry's JSON; None when the stream lost it
+    request_id: str | None = None  # known once decoded
+
+
+class OutboxConsumer:
+    def __init__(self, client: Redis, engine: Engine, *, layout: Layout | None = None,
+                 batch: int = 256, block: float = 0.5, lease_ttl: float = 10.0,
+                 retry: float = 1.0, linger: float = 0.02) -> None:
+        self._redis = client  # its read timeout must exceed `block`
+        self._engine = engine
+        self.layout = layout or Layout()
+        self._batch = batch
+        self._block_ms = int(block * 1000)
+        self._lease_ms = int(lease_ttl * 1000)
+        self._retry = retry
+        self._linger = linger  # after a short batch: let entries gather, fewer SQL commits
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._lease = client.register_script(LEASE)
+        self._release = client.register_script(RELEASE)
+        shards = [self.layout.shard(i) for i in range(SHARDS)]
+        self._streams = {shard.outbox: shard.lease for shard in shards}
+        self._pending = {shard.outbox: shard.pending for shard in shards}
+        self.owned: set[str] = set()  # streams whose lease this consumer holds
+        self._to_claim: set[str] = set()
+        self._renewed = 0.0
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.written = 0  # entries inserted in SQL
+        self.duplicates = 0  # entries SQL already had (re-applied after a failure)
+
+    # --- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-consumer")
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), self._block_ms / 1000 + 5)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        with contextlib.suppress(*ERRORS):  # let another process take over at once
+            for stream in self.owned:
+                await self._release(keys=[self._streams[stream]], args=[self.name])
+        self.owned.clear()
+        await self._redis.aclose()
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.step()
+            except Exception as exc:
+                log.warning("outbox consumer step failed (%s); retrying", exc,
+                            exc_info=not transient(exc))
+                self._renewed = 0.0  # re-check leases and groups, then re-claim what is pending
+                self._to_claim |= self.owned
+                self.owned.clear()
+                await self._pause(self._retry)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    # --- one step -------------------------------------------------------------
+
+    async def step(self) -> int:
+        """Lease, then claim or read one batch, write it to SQL, acknowledge it."""
+        await self.lease()
+        if not self.owned:
+            await self._pause(min(self._lease_ms / 3000, 1.0))
+            return 0
+        batch = await self.claim() or await self.read()
+        if batch:
+            await self.write(batch)
+            await self.ack(batch)
+            if len(batch) < self._batch:
+                await self._pause(self._linger)
+        return len(batch)
+
+    async def lease(self) -> set[str]:
+        """Take or renew the shard leases (every third of their TTL)."""
+        if time.monotonic() - self._renewed < self._lease_ms / 3000:
+            return self.owned
+        results = [await self._lease(keys=[lease], args=[self.name, self._lease_ms])
+                   for lease in self._streams.values()]
+        for stream, result in zip(self._streams, results, strict=True):
+            if int(result) == 0:
+                self.owned.discard(stream)
+            elif stream not in self.owned:
+                await self._ensure_group(stream)
+                self.owned.add(stream)
+                self._to_claim.add(stream)
+        self._renewed = time.monotonic()
+        return self.owned
+
+    async def _ensure_group(self, stream: str) -> None:
+        try:
+            await self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def claim(self) -> list[Message]:
+        """Pending entries of an owned shard (left by a dead consumer, or by a failed step)."""
+        for stream in sorted(self._to_claim & self.owned):
+            cursor, entries, *_ = await self._redis.xautoclaim(
+                stream, GROUP, self.name, 0, start_id="0-0", count=self._batch)
+            if str(cursor) in ("0-0", "0"):
+                self._to_claim.discard(stream)
+            if entries:
+                return [_message(stream, id_, fields) for id_, fields in entries]
+        self._to_claim &= self.owned
+        return []
+
+    async def read(self) -> list[Message]:
+        reply = await self._redis.xreadgroup(
+            GROUP, self.name, {stream: ">" for stream in sorted(self.owned)},
+            count=self._batch, block=self._block_ms)
+        return [_message(stream, id_, fields) for stream, entries in reply or []
+                for id_, fields in entries]
+
+    async def write(self, batch: list[Message]) -> None:
+        entries: list[LedgerEntry] = []
+        for message in batch:
+            if message.raw is None:
+                continue  # deleted from the stream while pending: nothing to write
+            try:
+                entries.append(decode_entry(message.raw))
+                message.request_id = entries[-1].request_id
+            except Exception:
+                # Nothing can ever decode it: keep it aside rather than block the shard.
+                log.error("outbox entry %s %s is unreadable; moved to %s:dead", message.stream,
+                          message.id, message.stream)
+                await self._redis.xadd(f"{message.stream}:dead", {"e": message.raw})
+        inserted = await asyncio.to_thread(self._commit, entries)
+        self.written += inserted
+        self.duplicates += len(entries) - inserted
+
+    def _commit(self, entries: list[LedgerEntry]) -> int:
+        with transaction(self._engine) as (cur, sql):
+            return sum(apply_entry(cur, sql, entry) for entry in entries)
+
+    async def ack(self, batch: list[Message]) -> None:
+        by_stream: dict[str, list[Message]] = {}
+        for message in batch:
+            by_stream.setdefault(message.stream, []).append(message)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream, messages in by_stream.items():
+                ids = [m.id for m in messages]
+                pipe.xack(stream, GROUP, *ids)
+                pipe.xdel(stream, *ids)
+                if done := [m.request_id for m in messages if m.request_id]:
+                    pipe.hdel(self._pending[stream], *done)  # now SQL answers "charged?"
+            await pipe.execute()
+
+
+def _message(stream: str, id_: str, fields: dict[str, str] | None) -> Message:
+    return Message(str(stream), str(id_), (fields or {}).get("e"))
+
+
+async def backlog(client: Redis, layout: Layout) -> int:
+    """Entries appended to the outbox and not yet committed to SQL (acknowledged ones are deleted)."""
+    async with client.pipeline(transaction=False) as pipe:
+        for i in range(SHARDS):
+            pipe.xlen(layout.shard(i).outbox)
+        return sum(int(n) for n in await pipe.execute())

@@ -1,0 +1,365 @@
+"""The Redis meter: balances and holds in Redis, changed only by Lua scripts; SQL gets the ledger.
+
+    reserve  RESERVE script: renew if the period changed, check, take allotment first, hold
+    settle   SETTLE script: remove the hold and append the entry to the shard's outbox stream;
+             durable (as far as Redis's appendfsync) when it returns. `OutboxConsumer` writes
+             the stream to SQL, exactly once by request id.
+    void     VOID script: remove the hold, give back (the allotment only within its period)
+    sweep    holds past their expiry are voided; a settled hold is gone, so it is never voided.
+             So are holds of reserves that timed out (the script may have run after all).
+    grant    SQL first (exact "already applied" answer), then APPLY in Redis, once per request id
+    sync     grants written straight to SQL (the CLI) are applied the same way (`redis_sync`)
+
+A workspace missing from Redis is seeded from SQL, set-if-absent. The period
+is computed here from the anchor and the injected clock and passed in, so
+the scripts never read a clock. Only metered requests reach this module.
+Key layout and scripts: `redis_scripts.py`; the SQL side: `redis_sync.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+
+from gateway.clock import Clock
+from gateway.errors import ServiceUnavailable
+from gateway.metering.base import charge, insufficient, renewal_entry
+from gateway.metering.outbox import OutboxConsumer
+from gateway.metering.redis_client import ERRORS, Redis, advise, transient, unavailable
+from gateway.metering.redis_scripts import (
+    APPLY,
+    BALANCE,
+    MARK,
+    RESERVE,
+    SEED,
+    SETTLE,
+    SHARDS,
+    VOID,
+    Layout,
+    encode_entry,
+)
+from gateway.metering.redis_sync import (
+    Facts,
+    Grant,
+    GrantFeed,
+    in_ledger,
+    load_facts,
+    load_seed,
+    write_entry,
+)
+from gateway.periods import period_of
+from gateway.types import Balance, Hold, LedgerEntry
+
+log = logging.getLogger("bookbag.meter")
+
+AllotmentOf = Callable[[str, int | None], int]
+T = TypeVar("T")
+SETTLE_ATTEMPTS = 3  # settle is idempotent, so a transport failure is retried
+
+
+class RedisMeter:
+    def __init__(
+        self,
+        client: Redis,
+        engine: Engine,
+        clock: Clock,
+        allotment_of: AllotmentOf,
+        *,
+        hold_ttl: float,
+        sync_interval: float = 1.0,
+        sweep_interval: float = 5.0,
+        breaker: float = 0.5,
+        layout: Layout | None = None,
+        outbox: OutboxConsumer | None = None,
+    ) -> None:
+        self._redis = client
+        self._engine = engine
+        self._clock = clock
+        self._allotment_of = allotment_of
+        self._hold_ttl = hold_ttl
+        self._sync_interval = sync_interval
+        self._sweep_interval = sweep_interval
+        self._breaker = breaker
+        self.layout = layout or Layout()
+        self._outbox = outbox
+        self._scripts = {name: client.register_script(src) for name, src in (
+            ("reserve", RESERVE), ("settle", SETTLE), ("void", VOID), ("balance", BALANCE),
+            ("apply", APPLY), ("seed", SEED), ("mark", MARK))}
+        self._facts: dict[str, Facts] = {}
+        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._epochs: dict[str, tuple[str, float]] = {}  # request id -> (epoch, expires_at)
+        self._doubtful: dict[str, str] = {}  # request id -> workspace: reserves that timed out
+        self._down_until = 0.0
+        self._feed: GrantFeed | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Never waits for Redis: the gateway starts (and serves unmetered requests) without it."""
+        self._tasks = [
+            asyncio.create_task(self._every(self._sync_interval, self.sync), name="meter-sync"),
+            asyncio.create_task(self._every(self._sweep_interval, self.sweep), name="meter-sweep"),
+            asyncio.create_task(advise(self._redis), name="meter-redis-config"),
+        ]
+        if self._outbox is not None:
+            await self._outbox.start()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._outbox is not None:
+            await self._outbox.close()
+        await self._redis.aclose()
+
+    async def _every(self, interval: float, job: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await job()
+            except ServiceUnavailable as exc:  # Redis or the database is away: no traceback
+                log.warning("redis meter job %s failed: %s", getattr(job, "__name__", job), exc)
+            except Exception:
+                log.warning("redis meter job %s failed", getattr(job, "__name__", job), exc_info=True)
+
+    # --- plumbing -------------------------------------------------------------
+
+    async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self._scripts[name](keys=keys, args=args)
+        except ERRORS as exc:
+            if transient(exc):
+                self._down_until = time.monotonic() + self._breaker
+            raise unavailable(exc) from exc
+
+    async def _once(self, key: str, make: Callable[[], Awaitable[T]]) -> T:
+        """One `make()` at a time per key; concurrent callers share its outcome."""
+        fut = self._pending.get(key)
+        if fut is None:
+            fut = self._pending[key] = asyncio.ensure_future(make())
+
+            def done(f: asyncio.Future[Any]) -> None:
+                if self._pending.get(key) is f:
+                    del self._pending[key]
+
+            fut.add_done_callback(done)
+        result: T = await asyncio.shield(fut)
+        return result
+
+    async def _facts_of(self, workspace_id: str) -> Facts:
+        facts = self._facts.get(workspace_id)
+        if facts is None:
+            facts = await self._once("facts:" + workspace_id, lambda: self._sql(
+                load_facts, self._engine, workspace_id))
+            self._facts[workspace_id] = facts
+        return facts
+
+    async def _sql(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except ServiceUnavailable:
+            raise
+        except Exception as exc:
+            raise ServiceUnavailable("The ledger database is unavailable; retry shortly.") from exc
+
+    async def _seed(self, workspace_id: str) -> None:
+        async def seed() -> None:
+            s = await self._sql(load_seed, self._engine, workspace_id)
+            keys = [self.layout.bal(workspace_id), self.layout.applied(workspace_id),
+                    self.layout.of(workspace_id).epoch]
+            if await self._run("seed", keys, [s.period, s.allotment, s.allotment_remaining,
+                                              s.topups_remaining, uuid.uuid4().hex, *s.applied]):
+                log.info("seeded the balance of %s from SQL", workspace_id)
+
+        await self._once("seed:" + workspace_id, seed)
+
+    async def _seeded(self, name: str, workspace_id: str, keys: list[str], args: list[Any]) -> Any:
+        """Run a script that answers `{0}` when the workspace is not in Redis: seed, run again."""
+        result = await self._run(name, keys, args)
+        if int(result[0]) == 0:
+            await self._seed(workspace_id)
+            result = await self._run(name, keys, args)
+            if int(result[0]) == 0:
+                raise ServiceUnavailable(f"the balance of {workspace_id} could not be loaded")
+        return result
+
+    def _period(self, workspace_id: str, facts: Facts) -> tuple[list[Any], str, str]:
+        """The renewal arguments for now (period, allotment, entry id, entry), and (start, end)."""
+        now = self._clock.now()
+        start, end = period_of(facts.anchor, now)
+        entry = renewal_entry(workspace_id, start, self._allotment_of(*facts.plan_at(start)),
+                              int(now * 1000))
+        return [start, entry.credits, entry.request_id, encode_entry(entry)], start, end
+
+    # --- the Meter interface ----------------------------------------------------
+
+    async def reserve(self, workspace_id: str, credits: int, request_id: str) -> Hold:
+        if time.monotonic() < self._down_until:  # Redis just failed: 503 now, no pile-up
+            raise ServiceUnavailable("The balance store is unreachable; retry shortly.")
+        facts = await self._facts_of(workspace_id)
+        renewal, start, end = self._period(workspace_id, facts)
+        expires_at = self._clock.now() + self._hold_ttl
+        shard = self.layout.of(workspace_id)
+        keys = [self.layout.bal(workspace_id), self.layout.applied(workspace_id), shard.outbox,
+                shard.holds, shard.exp, shard.epoch]
+        try:
+            result = await self._seeded("reserve", workspace_id, keys, [
+                request_id, credits, int(expires_at * 1000), workspace_id, *renewal])
+        except ServiceUnavailable as exc:
+            if transient(exc.__cause__ or exc):
+                # The script may still run once Redis answers again: void it then (the sweep).
+                self._doubtful[request_id] = workspace_id
+            raise
+        code = int(result[0])
+        if code == -1:
+            raise ServiceUnavailable(f"request {request_id} already holds credits")
+        if code == -2:
+            raise insufficient(int(result[1]), credits, facts.period_end(result[2], start, end))
+        self._epochs[request_id] = (str(result[4]), expires_at)
+        return Hold(request_id, workspace_id, credits, int(result[1]), int(result[2]),
+                    str(result[3]), expires_at)
+
+    async def settle(self, hold: Hold, entry: LedgerEntry) -> None:
+        charge(entry, hold)
+        epoch = self._epochs.pop(hold.request_id, ("", 0.0))
+        shard = self.layout.of(hold.workspace_id)
+        keys = [self.layout.bal(hold.workspace_id), shard.holds, shard.exp, shard.outbox,
+                shard.epoch, shard.pending]
+        args = [hold.request_id, encode_entry(entry), epoch[0], hold.credits,
+                hold.from_allotment, hold.from_topups, hold.period_start]
+        for attempt in range(SETTLE_ATTEMPTS):
+            try:
+                result = await self._run("settle", keys, args)
+            except ServiceUnavailable as exc:
+                if attempt + 1 == SETTLE_ATTEMPTS or not transient(exc.__cause__ or exc):
+                    self._epochs.setdefault(hold.request_id, epoch)
+                    raise
+                continue
+            if int(result) == 2:
+                log.warning("hold %s was lost by Redis (restarted without its data); "
+                            "its charge was recorded anyway", hold.request_id)
+            return
+
+    async def void(self, hold: Hold) -> None:
+        self._epochs.pop(hold.request_id, None)
+        await self._void(hold.workspace_id, hold.request_id)
+
+    async def _void(self, workspace_id: str, request_id: str) -> bool:
+        shard = self.layout.of(workspace_id)
+        try:
+            await self._run("void", [self.layout.bal(workspace_id), shard.holds, shard.exp],
+                            [request_id])
+        except ServiceUnavailable:
+            # The hold stays until it expires; the sweep then gives its credits back.
+            log.warning("could not void hold %s now; the sweep will after it expires", request_id)
+            return False
+        return True
+
+    async def balance(self, workspace_id: str) -> Balance:
+        facts = await self._facts_of(workspace_id)
+        renewal, start, end = self._period(workspace_id, facts)
+        shard = self.layout.of(workspace_id)
+        result = await self._seeded("balance", workspace_id, [
+            self.layout.bal(workspace_id), self.layout.applied(workspace_id), shard.outbox],
+            renewal)
+        _, period, allotment, allot_rem, top_rem, reserved = result
+        return Balance(workspace_id, facts.plan_at(period)[0], int(allotment), int(allot_rem),
+                       int(top_rem), int(reserved), period, facts.period_end(period, start, end))
+
+    async def grant(self, entry: LedgerEntry) -> bool:
+        inserted = await self._sql(write_entry, self._engine, entry)
+        facts = await self._facts_of(entry.workspace_id)
+        try:
+            await self._apply(entry.request_id, entry.workspace_id, str(entry.kind),
+                              entry.allotment_delta, entry.topup_delta, entry.period_start,
+                              self._period(entry.workspace_id, facts)[0])
+        except ServiceUnavailable:
+            log.warning("grant %s is in SQL; Redis gets it from the sync", entry.request_id)
+        return inserted
+
+    async def charged(self, request_id: str) -> bool:
+        """Whether a reply was charged: its entry is on its way to SQL, or in SQL (idempotency's
+        crash recovery asks; asking Redis first leaves no window between the two)."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for i in range(SHARDS):
+                    pipe.hexists(self.layout.shard(i).pending, request_id)
+                if any(await pipe.execute()):
+                    return True
+        except ERRORS as exc:
+            raise unavailable(exc) from exc
+        return await self._sql(in_ledger, self._engine, request_id)
+
+    async def _apply(self, request_id: str, workspace_id: str, kind: str, allotment_delta: int,
+                     topup_delta: int, period: str | None, renewal: list[Any] | None) -> int:
+        """-1: the workspace is not in Redis (a seed will include the entry); 0: applied before."""
+        shard = self.layout.of(workspace_id)
+        result = await self._run("apply", [
+            self.layout.bal(workspace_id), self.layout.applied(workspace_id), shard.outbox], [
+            request_id, kind, allotment_delta, topup_delta, period or "",
+            *(renewal or ["", "", "", ""])])
+        return int(result)
+
+    # --- background -------------------------------------------------------------
+
+    async def sweep(self) -> None:
+        """Void every hold past its expiry: its request never settled or voided it."""
+        now = self._clock.now()
+        for request_id in [r for r, (_, exp) in self._epochs.items() if exp <= now]:
+            del self._epochs[request_id]
+        for request_id, workspace_id in list(self._doubtful.items()):
+            if not await self._void(workspace_id, request_id):
+                break  # Redis is still away: the next sweep tries again
+            del self._doubtful[request_id]
+        shards = [self.layout.shard(i) for i in range(SHARDS)]
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for shard in shards:
+                    pipe.zrangebyscore(shard.exp, "-inf", int(now * 1000), start=0, num=500)
+                expired: list[list[str]] = await pipe.execute()
+            for shard, request_ids in zip(shards, expired, strict=True):
+                if not request_ids:
+                    continue
+                held = await self._redis.hmget(shard.holds, request_ids)
+                for request_id, value in zip(request_ids, held, strict=True):
+                    if value is None:
+                        await self._redis.zrem(shard.exp, request_id)
+                        continue
+                    log.warning("voiding expired hold %s", request_id)
+                    await self._void(str(value).split("|", 1)[0], request_id)
+        except ERRORS as exc:
+            raise unavailable(exc) from exc
+
+    async def sync(self) -> None:
+        """Apply the grants written straight to SQL since the last poll, once each."""
+        if self._feed is None:  # resume where the gateways left off (the mark is in Redis)
+            try:
+                low = int(await self._redis.get(self.layout.sync_mark) or 0)
+            except ERRORS as exc:
+                raise unavailable(exc) from exc
+            self._feed = GrantFeed(self._engine, low, lag=max(5.0, 3 * self._sync_interval))
+        grants, facts = await self._sql(self._feed.read, list(self._facts))
+        self._facts.update(facts)
+        for grant in grants:
+            if await self._apply_grant(grant) >= 0:  # -1: not in Redis; its seed will include it
+                self._feed.done(grant)
+        await self._run("mark", [self.layout.sync_mark], [self._feed.advance()])
+
+    async def _apply_grant(self, grant: Grant) -> int:
+        applied = await self._apply(grant.request_id, grant.workspace_id, grant.kind,
+                                    grant.allotment_delta, grant.topup_delta, grant.period_start,
+                                    None)
+        if applied == 1:
+            log.info("applied %s from SQL to Redis", grant.request_id)
+        return applied
+

@@ -1,0 +1,83 @@
+"""The Redis connection the meter and the outbox consumer use, and the one translation of
+redis-py's exceptions into gateway errors.
+
+Timeouts are short and retries are few on purpose: when Redis is unreachable
+or paused, a metered request must get its 503 within about one timeout, not
+queue behind a dead connection. The pool is bounded (no connection pile-up
+on a stalled Redis). The only retry is one immediate reconnect on a
+connection error (a pooled connection that died with a Redis restart); a
+timeout is never retried, since the command may still run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import BusyLoadingError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.errors import ServiceUnavailable
+
+log = logging.getLogger("bookbag.meter")
+
+# The client's static type is Any: redis-py's own annotations and the older `types-redis`
+# stubs an environment may carry disagree (generic or not, `aclose`), and code must check
+# under both.
+Redis = Any
+# What the meter and the consumer catch around a call: every redis-py failure, and the
+# socket errors a connection can surface before redis-py wraps them. Under uvloop, a
+# connection reset while redis-py connects surfaces as RuntimeError ("unable to perform
+# operation on <TCPTransport closed=True>"): tests/guarantees/test_faults.py's fault proxy.
+ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, RuntimeError)
+
+
+def connect(url: str, *, timeout: float, read_timeout: float | None = None,
+            max_connections: int = 64) -> Redis:
+    """One client with its own bounded pool: a request waits at most `timeout` for a
+    connection, then at most `timeout` to connect and `read_timeout` for the reply."""
+    pool: Any = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_connect_timeout=timeout,
+        socket_timeout=read_timeout if read_timeout is not None else timeout,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        decode_responses=True,
+    )
+    client: Any = aioredis.Redis  # `from_pool` (the client owns and closes its pool) postdates the stubs
+    return client.from_pool(pool)
+
+
+def transient(exc: BaseException) -> bool:
+    """Redis is unreachable, paused or restarting (as opposed to refusing a command)."""
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError | RuntimeError)
+
+
+def unavailable(exc: BaseException) -> ServiceUnavailable:
+    """The gateway error for any failure talking to Redis (raise it `from exc`)."""
+    if isinstance(exc, BusyLoadingError):
+        message = "The balance store is loading its data; retry shortly."
+    elif transient(exc):
+        message = "The balance store is unreachable; retry shortly."
+    else:
+        message = "The balance store refused the operation; retry shortly."
+    return ServiceUnavailable(message)
+
+
+async def advise(client: Redis) -> None:
+    """Warn about server settings that break the meter's guarantees (CONFIG may be disabled)."""
+    with contextlib.suppress(*ERRORS):
+        config = await client.config_get("maxmemory-policy")
+        if config.get("maxmemory-policy", "noeviction") != "noeviction":
+            log.warning("Redis maxmemory-policy is %s: an evicted balance is reseeded from SQL "
+                        "and can overdraw; use noeviction", config["maxmemory-policy"])
+        config = await client.config_get("appendonly")
+        if config.get("appendonly") == "no":
+            log.warning("Redis has appendonly=no: a Redis restart loses holds and the outbox "
+                        "entries not yet in SQL; turn AOF on")

@@ -1,0 +1,243 @@
+"""The Redis meter's key layout, its Lua scripts, and how a ledger entry is stored in a stream.
+
+Key layout (`<p>` is the prefix, `bk` by default; `NN` is the workspace's shard,
+crc32(workspace id) mod 16):
+
+    <p>:{sNN}:ws:<workspace>:bal      hash: period, allotment, allot_rem, top_rem, reserved
+    <p>:{sNN}:ws:<workspace>:applied  set: request ids of the grants and renewals in `bal`
+    <p>:{sNN}:holds                   hash: request id -> "workspace|credits|from_allot|from_top|period"
+    <p>:{sNN}:exp                     sorted set: request id scored by its expiry (epoch ms)
+    <p>:{sNN}:outbox                  stream: ledger entries on their way to SQL (field `e`, JSON)
+    <p>:{sNN}:pending                 hash: request ids of the settled entries not yet in SQL
+    <p>:{sNN}:epoch                   a random id set when the shard is first seeded
+    <p>:{sNN}:outbox:lease            which consumer writes this shard's outbox to SQL
+
+Why the hash tag is the shard, not the workspace: settle must append the
+entry to a stream in the same atomic script that removes the hold, so the
+stream has to live in the workspace's slot; one stream per workspace cannot
+be read in bulk, and one global stream is a cross-slot script on Redis
+Cluster. Sixteen shard tags keep every script single-slot (Cluster-safe),
+spread the load over the nodes, and give the consumer 16 streams to read.
+The shard count is part of the layout: changing it moves every key.
+
+The `epoch` tells a hold Redis lost (a restart without persistence: a new
+epoch) from one already resolved (same epoch): settling a lost hold still
+records its charge; settling a resolved one does nothing.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, fields
+from typing import Any
+
+import orjson
+
+from gateway.types import BillingMode, EntryKind, LedgerEntry
+
+SHARDS = 16
+
+
+def shard_of(workspace_id: str) -> int:
+    return zlib.crc32(workspace_id.encode()) % SHARDS
+
+
+@dataclass(frozen=True, slots=True)
+class ShardKeys:
+    holds: str
+    exp: str
+    outbox: str
+    epoch: str
+    lease: str
+    pending: str
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    prefix: str = "bk"
+
+    def shard(self, shard: int) -> ShardKeys:
+        base = f"{self.prefix}:{{s{shard:02d}}}"
+        return ShardKeys(f"{base}:holds", f"{base}:exp", f"{base}:outbox", f"{base}:epoch",
+                         f"{base}:outbox:lease", f"{base}:pending")
+
+    def bal(self, workspace_id: str) -> str:
+        return f"{self.prefix}:{{s{shard_of(workspace_id):02d}}}:ws:{workspace_id}:bal"
+
+    def applied(self, workspace_id: str) -> str:
+        return f"{self.prefix}:{{s{shard_of(workspace_id):02d}}}:ws:{workspace_id}:applied"
+
+    def of(self, workspace_id: str) -> ShardKeys:
+        return self.shard(shard_of(workspace_id))
+
+    @property
+    def sync_mark(self) -> str:
+        """The ledger seq up to which grants written straight to SQL have been applied."""
+        return f"{self.prefix}:sync:seq"
+
+
+# --- entries in the outbox ------------------------------------------------------
+
+
+def encode_entry(entry: LedgerEntry) -> bytes:
+    values = ((f.name, getattr(entry, f.name)) for f in fields(entry))
+    return orjson.dumps({k: v for k, v in values if v is not None})
+
+
+def decode_entry(raw: str | bytes) -> LedgerEntry:
+    data: dict[str, Any] = orjson.loads(raw)
+    data["kind"] = EntryKind(data.get("kind", EntryKind.REPLY))
+    mode = data.get("billing_mode")
+    data["billing_mode"] = BillingMode(mode) if mode else None
+    return LedgerEntry(**data)
+
+
+# --- scripts --------------------------------------------------------------------
+# Every script does all its reads and checks before its first write, so a
+# refusal leaves nothing behind. A renewal is its own idempotent step (the
+# entry `allotment:<ws>:<period>` marked in `applied`), done before the check.
+
+# KEYS bal, applied, outbox; ARGV (from `first`) period, allotment, renewal id, renewal JSON
+_RENEW = """
+local function renew(first)
+  local period = ARGV[first]
+  if period ~= '' and period > redis.call('HGET', KEYS[1], 'period') then
+    redis.call('HSET', KEYS[1], 'period', period, 'allotment', ARGV[first + 1],
+               'allot_rem', ARGV[first + 1])
+    if redis.call('SADD', KEYS[2], ARGV[first + 2]) == 1 then
+      redis.call('XADD', KEYS[3], '*', 'e', ARGV[first + 3])
+    end
+  end
+end
+"""
+
+# KEYS bal, applied, outbox, holds, exp, epoch
+# ARGV request id, credits, expires ms, workspace, then the renewal (4)
+# -> {0} not seeded | {-1} request id already holds | {-2, available, period}
+#    | {1, from allotment, from top-ups, period, epoch}
+RESERVE = _RENEW + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return {-1} end
+renew(5)
+local b = redis.call('HMGET', KEYS[1], 'period', 'allot_rem', 'top_rem')
+local credits, ar, tr = tonumber(ARGV[2]), tonumber(b[2]), tonumber(b[3])
+if credits > ar + tr then return {-2, ar + tr, b[1]} end
+local fa = math.max(0, math.min(credits, ar))
+local ft = credits - fa
+redis.call('HINCRBY', KEYS[1], 'allot_rem', 0 - fa)
+redis.call('HINCRBY', KEYS[1], 'top_rem', 0 - ft)
+redis.call('HINCRBY', KEYS[1], 'reserved', credits)
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[4] .. '|' .. credits .. '|' .. fa .. '|' .. ft .. '|' .. b[1])
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+return {1, fa, ft, b[1], redis.call('GET', KEYS[6]) or ''}
+"""
+
+# KEYS bal, holds, exp, outbox, epoch, pending
+# ARGV request id, entry JSON, epoch at reserve ('' = unknown), credits, from allotment,
+#      from top-ups, period
+# -> 1 charged | 0 already resolved | 2 the hold was lost with Redis's data: charged anyway
+# `pending` holds the request id until the consumer has committed the entry to SQL, so
+# "was this request charged?" is answered by `pending`, then SQL, with no gap.
+SETTLE = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  if redis.call('EXISTS', KEYS[1]) == 1 then
+    redis.call('HINCRBY', KEYS[1], 'reserved', 0 - tonumber(ARGV[4]))
+  end
+  redis.call('XADD', KEYS[4], '*', 'e', ARGV[2])
+  redis.call('HSET', KEYS[6], ARGV[1], 1)
+  return 1
+end
+if ARGV[3] == '' or redis.call('GET', KEYS[5]) == ARGV[3] then return 0 end
+redis.call('XADD', KEYS[4], '*', 'e', ARGV[2])
+redis.call('HSET', KEYS[6], ARGV[1], 1)
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HGET', KEYS[1], 'period') == ARGV[7] then
+    redis.call('HINCRBY', KEYS[1], 'allot_rem', 0 - tonumber(ARGV[5]))
+  end
+  redis.call('HINCRBY', KEYS[1], 'top_rem', 0 - tonumber(ARGV[6]))
+end
+return 2
+"""
+
+# KEYS bal, holds, exp; ARGV request id -> 1 voided | 0 not held
+VOID = """
+local h = redis.call('HGET', KEYS[2], ARGV[1])
+if not h then return 0 end
+local _, credits, fa, ft, period = string.match(h, '^([^|]*)|(%d+)|(%d+)|(%d+)|(.*)$')
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'reserved', 0 - tonumber(credits))
+  if redis.call('HGET', KEYS[1], 'period') == period then
+    redis.call('HINCRBY', KEYS[1], 'allot_rem', tonumber(fa))
+  end
+  redis.call('HINCRBY', KEYS[1], 'top_rem', tonumber(ft))
+end
+return 1
+"""
+
+# KEYS bal, applied, outbox; ARGV the renewal (4)
+# -> {0} not seeded | {1, period, allotment, allot_rem, top_rem, reserved}
+BALANCE = _RENEW + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+renew(1)
+local b = redis.call('HMGET', KEYS[1], 'period', 'allotment', 'allot_rem', 'top_rem', 'reserved')
+return {1, b[1], b[2], b[3], b[4], b[5]}
+"""
+
+# Apply a grant or renewal already written to SQL, once (marked by its request id).
+# KEYS bal, applied, outbox; ARGV request id, kind, allotment delta, top-up delta, period
+# ('' = none), then the renewal due now (4, period '' = none)
+# -> -1 not seeded | 0 applied before | 1 applied now
+APPLY = _RENEW + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+renew(6)
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
+local kind, ad, td, period = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local current = redis.call('HGET', KEYS[1], 'period')
+if period ~= '' and kind == 'allotment' and period > current then
+  redis.call('HSET', KEYS[1], 'period', period, 'allotment', ad, 'allot_rem', ad)
+elseif period ~= '' and period == current then
+  if kind == 'allotment' then redis.call('HINCRBY', KEYS[1], 'allotment', ad) end
+  redis.call('HINCRBY', KEYS[1], 'allot_rem', ad)
+end
+redis.call('HINCRBY', KEYS[1], 'top_rem', td)
+return 1
+"""
+
+# Create a workspace's balance from SQL's settled projection, only if absent (never adds).
+# KEYS bal, applied, epoch; ARGV period, allotment, allot_rem, top_rem, new epoch, applied ids...
+# -> 1 seeded | 0 it existed
+SEED = """
+redis.call('SET', KEYS[3], ARGV[5], 'NX')
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'period', ARGV[1], 'allotment', ARGV[2], 'allot_rem', ARGV[3],
+           'top_rem', ARGV[4], 'reserved', 0)
+for i = 6, #ARGV, 1000 do
+  redis.call('SADD', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+return 1
+"""
+
+# KEYS lease; ARGV owner, ttl ms -> 2 taken now | 1 renewed | 0 held by another
+LEASE = """
+local owner = redis.call('GET', KEYS[1])
+if owner == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not owner then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
+return 0
+"""
+
+# KEYS lease; ARGV owner
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS mark; ARGV seq: only ever moves forward
+MARK = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"""

@@ -1,0 +1,188 @@
+"""Schema migrations (Alembic, in `gateway/migrations/`), on SQLite and PostgreSQL alike.
+
+`prepare(engine)` is what the server and the operator commands call: an
+empty database gets the whole schema (the migrations up to head, which also
+stamps it); a database at head passes; anything else is refused with
+`SchemaOutdated`, whose message says to run `bookbag-gateway db upgrade`
+(`upgrade(engine)`). Migrations run in one transaction under a lock (the
+SQLite write lock, a PostgreSQL advisory lock), so gateways starting together
+on one database apply them once.
+
+A change to `gateway/schema.py` needs a revision: `bookbag-gateway db revision
+"what changed"` writes one from the difference (tests/test_migrations.py
+fails until it exists).
+"""
+
+from __future__ import annotations
+
+import enum
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import Connection, Engine, create_engine, inspect, text
+from sqlalchemy.exc import DBAPIError
+
+from gateway.schema import metadata
+
+SCRIPTS = Path(__file__).resolve().parent / "migrations"
+BASELINE = "0001"  # the schema as `create_all` made it before migrations existed
+_PG_LOCK_KEY = 0x626F6F6B626167  # pg_advisory_xact_lock key: "bookbag"
+UPGRADE_HINT = "run `bookbag-gateway db upgrade` (with the same BOOKBAG_DATABASE_URL) first"
+
+
+class SchemaError(RuntimeError):
+    """The schema cannot be used, checked or migrated; the message says what to do."""
+
+
+class SchemaOutdated(SchemaError):
+    """The database's schema is not the one this gateway was built for."""
+
+
+class SchemaState(enum.StrEnum):
+    EMPTY = "empty"  # none of the gateway's tables
+    CURRENT = "current"  # at head
+    OUTDATED = "outdated"  # an older revision: `db upgrade` brings it to head
+    UNVERSIONED = "unversioned"  # tables made before migrations existed: `db upgrade` adopts them
+    AHEAD = "ahead"  # a revision this gateway does not know: a newer gateway migrated it
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except DBAPIError as exc:  # unreachable, refused, or a migration the database rejected
+        reason = str(exc.orig) if exc.orig is not None else type(exc).__name__
+        raise SchemaError(f"database error: {reason.strip()}") from exc
+
+
+def _config(connection: Connection | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(SCRIPTS))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(_config())
+
+
+def head() -> str:
+    """The revision this code expects."""
+    revision = _scripts().get_current_head()
+    if revision is None:  # pragma: no cover - the package always ships its revisions
+        raise SchemaError(f"no migrations found in {SCRIPTS}")
+    return revision
+
+
+def _revision(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def _has_tables(conn: Connection) -> bool:
+    present = set(inspect(conn).get_table_names())
+    return any(name in present for name in metadata.tables)
+
+
+def _known(revision: str) -> bool:
+    try:
+        return _scripts().get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def current(engine: Engine) -> str | None:
+    """The database's revision; None when it has none (empty, or made before migrations)."""
+    with _translated(), engine.connect() as conn:
+        return _revision(conn)
+
+
+def state(engine: Engine) -> SchemaState:
+    with _translated(), engine.connect() as conn:
+        revision = _revision(conn)
+        if revision is None:
+            return SchemaState.UNVERSIONED if _has_tables(conn) else SchemaState.EMPTY
+    if revision == head():
+        return SchemaState.CURRENT
+    return SchemaState.OUTDATED if _known(revision) else SchemaState.AHEAD
+
+
+def check(engine: Engine) -> SchemaState:
+    """The database's state; raises SchemaOutdated unless it is empty or at head."""
+    found = state(engine)
+    if found is SchemaState.OUTDATED:
+        raise SchemaOutdated(
+            f"the database schema is at revision {current(engine)} and this gateway needs "
+            f"{head()}: {UPGRADE_HINT}"
+        )
+    if found is SchemaState.UNVERSIONED:
+        raise SchemaOutdated(
+            f"the database was created before schema migrations existed: {UPGRADE_HINT}"
+        )
+    if found is SchemaState.AHEAD:
+        raise SchemaOutdated(
+            f"the database schema is at revision {current(engine)}, which this gateway does "
+            f"not know (it needs {head()}): a newer gateway version migrated it; run that version"
+        )
+    return found
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str]:
+    """Apply every migration up to head; returns (revision before, revision after)."""
+    if state(engine) is SchemaState.AHEAD:
+        check(engine)  # raises: never touch what a newer gateway wrote
+    with _translated(), engine.begin() as conn:  # SQLite: the write lock (BEGIN IMMEDIATE)
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+        before = _revision(conn)
+        cfg = _config(conn)
+        if before is None and _has_tables(conn):
+            command.stamp(cfg, BASELINE)  # adopt a database `create_all` made
+        command.upgrade(cfg, "head")
+        after = _revision(conn)
+    if after is None:  # pragma: no cover - alembic always stamps
+        raise SchemaError("the migrations did not record a revision")
+    return before, after
+
+
+def prepare(engine: Engine) -> bool:
+    """Create an empty database's schema (True), or check it is at head (False)."""
+    if check(engine) is SchemaState.EMPTY:
+        upgrade(engine)
+        return True
+    return False
+
+
+def revision(message: str) -> Path:
+    """Write the next revision from the difference between head and `gateway/schema.py`.
+
+    For developers (an editable install): the difference is computed against a
+    scratch SQLite database at head; review the file, and run the migration
+    tests, which compare SQLite and PostgreSQL with the models.
+    """
+    number = len(list(_scripts().walk_revisions())) + 1
+    with tempfile.TemporaryDirectory() as scratch:
+        engine = create_engine(f"sqlite:///{Path(scratch) / 'head.db'}")
+        try:
+            upgrade(engine)
+            with engine.begin() as conn:
+                script = command.revision(_config(conn), message=message, autogenerate=True,
+                                          rev_id=f"{number:04d}")
+        finally:
+            engine.dispose()
+    if script is None or isinstance(script, list):  # pragma: no cover - one head, one script
+        raise SchemaError("alembic wrote no single revision")
+    path = Path(script.path)
+    for args in (["format"], ["check", "--fix", "--select", "I"]):  # the project's style
+        subprocess.run([sys.executable, "-m", "ruff", *args, str(path)], capture_output=True,
+                       check=False)
+    return path

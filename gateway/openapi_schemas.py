@@ -1,0 +1,121 @@
+"""Schemas and error responses shared by the OpenAPI document (`openapi.py`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+INT = {"type": "integer"}
+STR = {"type": "string"}
+NSTR = {"type": ["string", "null"]}
+NINT = {"type": ["integer", "null"]}
+BOOL = {"type": "boolean"}
+DATE = {"type": "string", "format": "date"}
+
+
+def ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(props: dict[str, Any], required: list[str] | None = None, *, extra: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": extra}
+    if required:
+        out["required"] = required
+    return out
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": obj({"error": obj({"message": STR, "type": STR, "param": NSTR, "code": NSTR},
+                               ["message", "type", "param", "code"])}, ["error"]),
+    "Object": {"type": "object"},
+    "List": obj({"object": {"const": "list"}, "data": {"type": "array", "items": {"type": "object"}}},
+                ["object", "data"]),
+    "ChatCompletionRequest": obj(
+        {"model": STR, "messages": {"type": "array", "items": {"type": "object"}, "minItems": 1},
+         "stream": BOOL, "n": {"type": "integer", "minimum": 1},
+         "stream_options": obj({"include_usage": BOOL}, extra=True),
+         "tools": {"type": "array", "items": {"type": "object"}},
+         "metadata": obj({"agent_id": STR, "conversation_id": STR}, extra=True)},
+        ["model", "messages"], extra=True),  # every OpenAI parameter passes through
+    "ChatCompletion": {"description": "The OpenAI chat.completion object (with `stream`: "
+                                      "text/event-stream of chat.completion.chunk).",
+                       "type": "object"},
+    "Preview": obj({"object": {"const": "chat.completion.preview"}, "model": STR, "billing_mode": STR,
+                    "credits_per_reply": INT, "replies": INT, "credits_if_sent": INT,
+                    "balance": NINT, "would_be_refused": BOOL},
+                   ["model", "billing_mode", "credits_per_reply", "credits_if_sent", "balance",
+                    "would_be_refused"]),
+    "Model": obj({"id": STR, "object": {"const": "model"}, "created": INT, "owned_by": STR,
+                  "kind": {"enum": ["chat", "embedding"]}, "credits_per_reply": INT, "metered": BOOL,
+                  "byo": BOOL, "aliases": {"type": "array", "items": STR}},
+                 ["id", "object", "credits_per_reply", "metered", "aliases"], extra=True),
+    "ModelList": obj({"object": {"const": "list"}, "data": {"type": "array", "items": ref("Model")}},
+                     ["object", "data"]),
+    "EmbeddingRequest": obj({"model": STR, "input": {}}, ["model", "input"], extra=True),
+    "Balance": obj({"object": {"const": "balance"}, "workspace_id": STR, "plan": STR, "allotment": INT,
+                    "allotment_remaining": INT, "topups_remaining": INT, "balance": INT,
+                    "reserved": INT, "period_start": DATE, "period_end": DATE,
+                    "credits_used_30d": INT},
+                   ["allotment", "allotment_remaining", "topups_remaining", "balance", "reserved",
+                    "period_start", "period_end", "plan", "credits_used_30d"], extra=True),
+    "UsageRow": obj({"day": DATE, "agent": NSTR, "model": NSTR, "conversation": NSTR,
+                     "billing_mode": NSTR, "credits": INT, "replies": INT, "requests": INT},
+                    ["credits", "replies", "requests"]),
+    "Usage": obj({"object": {"const": "usage"}, "workspace_id": STR,
+                  "start": {"type": "string", "format": "date-time"},
+                  "end": {"type": "string", "format": "date-time"}, "tz": STR,
+                  "group_by": {"type": "array", "items": STR}, "agent": NSTR, "model": NSTR,
+                  "data": {"type": "array", "items": ref("UsageRow")},
+                  "total": obj({"credits": INT, "replies": INT, "requests": INT})},
+                 ["object", "start", "end", "tz", "group_by", "data", "total"]),
+    "LedgerEntry": obj({"request_id": STR, "created_at": {"type": "string", "format": "date-time"},
+                        "created_ms": INT, "kind": {"enum": ["reply", "allotment", "topup",
+                                                             "adjustment"]},
+                        "billing_mode": NSTR, "credits": INT, "allotment_delta": INT,
+                        "topup_delta": INT, "period_start": NSTR, "key_id": NSTR, "agent_id": NSTR,
+                        "conversation_id": NSTR, "model": NSTR, "provider": NSTR, "replies": INT,
+                        "prompt_tokens": NINT, "completion_tokens": NINT, "latency_ms": NINT,
+                        "reason": NSTR, "ref": NSTR, "actor": NSTR},
+                       ["request_id", "created_at", "kind", "credits"]),
+    "Health": obj({"status": STR}, ["status"]),
+    "Readiness": obj({"status": {"enum": ["ok", "degraded"]}, "checks": {"type": "object"},
+                      "degraded": {"type": "array", "items": STR}}, ["status", "checks", "degraded"]),
+    "SignIn": obj({"key": STR}, ["key"]),
+    "Session": obj({"object": {"const": "dashboard.session"}, "workspace_id": STR, "expires_in": INT},
+                   ["workspace_id", "expires_in"]),
+    "WorkspaceCreate": obj({"name": STR, "plan": STR, "credits": INT, "anchor_date": DATE, "id": STR,
+                            "create_key": BOOL, "agent_id": STR}, ["name"]),
+    "WorkspaceUpdate": obj({"name": STR, "suspended": BOOL, "rate_limit": NSTR,
+                            "low_fractions": {"type": ["array", "string"]}}),
+    "PlanChange": obj({"plan": STR, "credits": INT}, ["plan"]),
+    "KeyCreate": obj({"agent_id": STR, "scopes": {"type": "array",
+                                                  "items": {"enum": ["inference", "read"]}},
+                      "rate_limit": STR}),
+    "Grant": obj({"credits": INT, "ref": STR, "actor": STR}, ["credits"]),
+    "Recharge": obj({"threshold": INT, "amount": INT, "monthly_cap": INT, "enabled": BOOL},
+                    ["threshold", "amount", "monthly_cap"]),
+    "WebhookCreate": obj({"url": STR, "events": {"type": "array", "items": STR}}, ["url"]),
+    "WebhookUpdate": obj({"url": STR, "events": {"type": "array", "items": STR}, "enabled": BOOL}),
+}
+
+_ERROR_CODES = {
+    400: "invalid_request, model_not_found, unsupported_parameter or byo_not_allowed",
+    401: "invalid_api_key (missing, unknown or revoked key) or provider_auth_failed",
+    402: "insufficient_credits (type insufficient_quota; header x-should-retry: false)",
+    403: "agent_mismatch, workspace_suspended or insufficient_scope",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout (the body did not arrive in time)",
+    409: "idempotency_in_progress",
+    413: "request_too_large",
+    422: "idempotency_key_reused",
+    429: "rate_limit_exceeded (Retry-After and X-RateLimit-* headers)",
+    502: "upstream_error",
+    503: "service_unavailable (a store the route needs is unreachable), or charge_unconfirmed "
+         "(a completion's charge could not be confirmed: retry with its Idempotency-Key)",
+    504: "upstream_timeout",
+}
+ERRORS: dict[str, Any] = {
+    f"E{status}": {"description": text,
+                   "content": {"application/json": {"schema": ref("Error")}}}
+    for status, text in _ERROR_CODES.items()
+}

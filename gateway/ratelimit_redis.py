@@ -1,0 +1,58 @@
+"""Rate limits in Redis, shared by every gateway process: one GCRA step in one Lua script.
+
+Each key's state is one string (`bookbag:rl:{<key id>}`, expiring once the key
+is back to its full burst). Redis errors become `ServiceUnavailable` here;
+short socket timeouts keep a dead Redis from holding requests up.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gateway.catalog import RateLimit
+from gateway.errors import ServiceUnavailable
+from gateway.ratelimit import Verdict, gcra
+
+_SCRIPT = """
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local interval = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local new_tat = tat + interval
+if new_tat - now > window + 0.000001 then
+  return {0, tostring(tat)}
+end
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+return {1, tostring(new_tat)}
+"""
+
+
+class RedisLimits:
+    def __init__(self, url: str, *, timeout: float = 0.25) -> None:
+        self._redis = Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0), decode_responses=True,
+        )
+        self._script = self._redis.register_script(_SCRIPT)
+
+    async def hit(self, key: str, limit: RateLimit, now_ms: float) -> Verdict:
+        window = limit.seconds * 1000
+        interval = window / limit.requests
+        try:
+            allowed, tat = await self._script(
+                keys=[f"bookbag:rl:{{{key}}}"], args=[repr(now_ms), repr(window), repr(interval)])
+        except (RedisError, OSError, TimeoutError, RuntimeError) as exc:  # RuntimeError: uvloop,
+            raise ServiceUnavailable("The rate-limit store is unavailable.") from exc  # a reset
+        stored = float(tat)
+        if int(allowed):
+            verdict, _ = gcra(stored - interval, now_ms, limit)  # replays the step Redis took
+        else:
+            verdict, _ = gcra(stored, now_ms, limit)
+        return verdict
+
+    async def close(self) -> None:
+        await self._redis.aclose()
