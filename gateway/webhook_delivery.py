@@ -65,6 +65,7 @@ class Dispatcher:
         self._batch = batch
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
         self.sent = 0
         self.failed = 0
 
@@ -76,22 +77,27 @@ class Dispatcher:
         self._task = asyncio.create_task(self._loop(), name="webhook-dispatcher")
 
     async def close(self) -> None:
+        """Stop after the round in progress (its database work is never cut off midway)."""
+        self._stop.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            done, _ = await asyncio.wait({self._task}, timeout=self._timeout + 1)
+            if not done:  # a receiver still answering: its attempt is retried later
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
         if self._session is not None:
             await self._session.close()
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stop.is_set():
             try:
                 claimed = await self.run_once()
             except Exception:
                 log.warning("webhook delivery round failed", exc_info=True)
                 claimed = 0
             if claimed < self._batch:
-                await asyncio.sleep(self._interval)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self._interval)
 
     async def run_once(self) -> int:
         """Send every delivery that is due (one batch); how many were claimed."""

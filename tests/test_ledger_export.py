@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import gc
 import io
 import json
 import random
@@ -56,7 +57,9 @@ def any_gateway(request: pytest.FixtureRequest, make_gateway: GatewayFactory) ->
     with fresh_database() as url:
         gateway = make_gateway(BOOKBAG_DATABASE_URL=url)
         yield gateway
-        gateway.stop()  # before its database is dropped
+        gateway.stop()  # all the way, before its database is dropped
+        gateway.thread.join(60)
+        gc.collect()  # connections of the stopped gateway close here, not in a later test
 
 
 def test_pages_return_every_entry_exactly_once_while_entries_are_added(any_gateway: RunningGateway) -> None:

@@ -1,0 +1,209 @@
+"""Benchmark the gateway against a direct call and a bare relay, all in one run.
+
+    python bench/run.py            # full matrix (~6 min)
+    python bench/run.py --quick    # the headline scenarios (< 2 min)
+
+Layout (2 cores): the gateway, the reference relay and their threads on core 0
+(`taskset -c 0`); wrk, the fake provider and this script on core 1. Variants:
+direct (wrk -> fake provider), reference (bare Starlette + aiohttp relay),
+embedded (metering on, SQLite memory meter, synchronous=FULL), metering off,
+Redis (when the Redis meter exists and BOOKBAG_REDIS_URL answers). Scenarios:
+JSON / stream x 1 / 16 / 64 in flight x 0 ms / 50 ms provider, each run back
+to back for every variant so that ratios come from the same minute.
+See bench/README.md for how to read the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.load import Result, Target, ensure_wrk, probe, wrk
+from bench.procs import Proc
+from bench.report import Run, machine, render
+from bench.stack import (
+    LOAD_CORE,
+    Gateway,
+    body,
+    pricing,
+    redis_meter_available,
+    redis_reachable,
+    start_fake,
+    start_gateway,
+    start_relay,
+)
+
+MODES = ("json", "stream")
+
+
+def scenarios(quick: bool) -> list[tuple[str, int, int]]:
+    """(mode, provider delay ms, in flight)."""
+    out = [(m, 0, c) for c in (1, 16, 64) for m in MODES]
+    out += [(m, 50, c) for c in ((64,) if quick else (1, 16, 64)) for m in MODES]
+    return out
+
+
+def measure(target: Target, proc: Proc, conns: int, seconds: float) -> Result:
+    before = proc.cpu_seconds()
+    result = wrk(target, conns, seconds)
+    result.cpu_s = proc.cpu_seconds() - before
+    return result
+
+
+def litellm_figures(run: Run, workdir: Path, fast: int, slow: int, seconds: float) -> None:
+    """A gateway whose catalog has an Anthropic (litellm) route: start, RSS, one call, load."""
+    gw = start_gateway("litellm-route", workdir, pricing(fast, slow, anthropic=True))
+    try:
+        run.cold_start["embedded + litellm route in catalog"] = gw.proc.cold_start_s or 0.0
+        time.sleep(1.0)
+        run.memory["litellm: before any Anthropic call"] = (gw.proc.rss_mb(), gw.proc.peak_rss_mb())
+        started = time.perf_counter()
+        from bench.procs import post
+
+        status, reply = post(gw.url + "/v1/chat/completions", body("claude-haiku-4-5", False),
+                             {"Authorization": gw.auth}, timeout=60)
+        if status != 200:
+            raise RuntimeError(f"the Anthropic route failed: HTTP {status} {reply[:300]!r}")
+        run.notes.append(f"first Anthropic call (waits for the litellm import if still running): "
+                         f"{(time.perf_counter() - started) * 1000:.0f} ms")
+        run.memory["litellm: after one Anthropic call"] = (gw.proc.rss_mb(), gw.proc.peak_rss_mb())
+        for mode in MODES:
+            path = workdir / f"anthropic-{mode}.json"
+            path.write_bytes(body("claude-haiku-4-5", mode == "stream"))
+            target = Target(gw.url + "/v1/chat/completions", path, gw.auth)
+            run.rows[(f"anthropic-{mode}", 0, 16)] = {
+                "anthropic route (litellm)": measure(target, gw.proc, 16, seconds)}
+        run.memory["litellm: after load"] = (gw.proc.rss_mb(), gw.proc.peak_rss_mb())
+    finally:
+        gw.proc.stop()
+
+
+def start_gateways(run: Run, workdir: Path, fast: int, slow: int,
+                   only: set[str] | None, sources: list[str]) -> list[Gateway]:
+    plain = pricing(fast, slow, anthropic=False)
+    wanted: list[tuple[str, dict[str, str]]] = [
+        ("embedded", {}), ("metering off", {"BOOKBAG_METERING": "off"})]
+    redis_url = os.environ.get("BOOKBAG_REDIS_URL") or "redis://127.0.0.1:6379/15"
+    if not redis_meter_available():
+        run.notes.append("Redis: not yet (gateway/metering/redis.py does not exist)")
+    elif not redis_reachable(redis_url):
+        run.notes.append(f"Redis: not measured ({redis_url} does not answer PING)")
+    else:
+        wanted.append(("redis", {"BOOKBAG_REDIS_URL": redis_url}))
+    gateways: list[Gateway] = []
+    for spec in sources:  # "label=DIR": an embedded gateway run from another source tree
+        label, _, directory = spec.partition("=")
+        gw = start_gateway(f"src-{label}", workdir, plain, {}, Path(directory).resolve())
+        gw.name = f"embedded @{label}"
+        gateways.append(gw)
+        run.cold_start[gw.name] = gw.proc.cold_start_s or 0.0
+    for name, env in wanted:
+        if only is not None and name not in only:
+            continue
+        try:
+            gw = start_gateway(name.replace(" ", "-"), workdir, plain, env)
+        except RuntimeError as exc:
+            if name != "redis":
+                raise
+            last = [ln for ln in str(exc).splitlines() if ln.strip()][-2:]
+            run.notes.append(f"Redis: not yet (the gateway did not start: {' '.join(last)})")
+            continue
+        gw.name = name
+        gateways.append(gw)
+        run.cold_start[name] = gw.proc.cold_start_s or 0.0
+    return gateways
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Bookbag Gateway benchmark")
+    parser.add_argument("--quick", action="store_true", help="headline scenarios, < 2 minutes")
+    parser.add_argument("--seconds", type=float, help="length of each wrk run (whole seconds)")
+    parser.add_argument("--probe", type=int, help="sequential requests per TTFB probe")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--only", help="comma-separated gateway variants: embedded,metering off,redis")
+    parser.add_argument("--no-litellm", action="store_true", help="skip the Anthropic route")
+    parser.add_argument("--source", action="append", default=[], metavar="LABEL=DIR",
+                        help="also run an embedded gateway importing gateway/ from DIR "
+                             "(A/B a change in the same run); repeatable")
+    args = parser.parse_args()
+    seconds = args.seconds or (2.0 if args.quick else 5.0)
+    probe_n = args.probe or (300 if args.quick else 2000)
+    only = {v.strip() for v in args.only.split(",") if v.strip()} if args.only is not None \
+        else None
+    wrk_path = ensure_wrk()
+    if len(os.sched_getaffinity(0)) < 2:
+        print("warning: fewer than 2 cores available; gateway and load share one", file=sys.stderr)
+    os.sched_setaffinity(0, {LOAD_CORE})
+    run = Run(quick=args.quick, seconds=seconds, machine=machine(wrk_path))
+    started = time.monotonic()
+    procs: list[Proc] = []
+    with tempfile.TemporaryDirectory(prefix="bookbag-bench-") as tmp:
+        workdir = Path(tmp)
+        try:
+            fake, fast, slow = start_fake(workdir)
+            procs.append(fake)
+            relay, relay_url = start_relay(workdir, fast, slow)
+            procs.append(relay)
+            run.cold_start["reference relay"] = relay.cold_start_s or 0.0
+            gateways = start_gateways(run, workdir, fast, slow, only, args.source)
+            procs += [g.proc for g in gateways]
+            bodies = {}
+            for model in ("gpt-4o-mini", "gpt-4o-mini-50ms"):
+                for mode in MODES:
+                    path = workdir / f"{model}-{mode}.json"
+                    path.write_bytes(body(model, mode == "stream"))
+                    bodies[(model, mode)] = path
+
+            def targets(mode: str, delay: int) -> list[tuple[str, Target, Proc]]:
+                port, plain = (slow if delay else fast), bodies[("gpt-4o-mini", mode)]
+                out = [("direct", Target(f"http://127.0.0.1:{port}/v1/chat/completions", plain),
+                        fake),
+                       ("reference", Target(relay_url + ("/slow" if delay else "")
+                                            + "/v1/chat/completions", plain), relay)]
+                model = "gpt-4o-mini-50ms" if delay else "gpt-4o-mini"
+                out += [(g.name, Target(g.url + "/v1/chat/completions", bodies[(model, mode)],
+                                        g.auth), g.proc) for g in gateways]
+                return out
+
+            print(f"warming up ({', '.join(g.name for g in gateways)}) ...", flush=True)
+            for mode in MODES:
+                for _, target, _ in targets(mode, 0):
+                    wrk(target, 16, max(1.0, seconds / 2))
+            for mode in MODES:
+                for name, target, _ in targets(mode, 0):
+                    run.probes[(name, mode)] = probe(target, probe_n)
+            for mode, delay, conns in scenarios(args.quick):
+                print(f"{mode:6} provider {delay:2} ms, {conns:2} in flight ...", flush=True)
+                run.rows[(mode, delay, conns)] = {
+                    name: measure(target, proc, conns, seconds)
+                    for name, target, proc in targets(mode, delay)}
+            for name, proc in [("reference relay", relay)] + [(g.name, g.proc) for g in gateways]:
+                run.memory[name] = (proc.rss_mb(), proc.peak_rss_mb())
+            if not args.no_litellm:
+                print("litellm route ...", flush=True)
+                try:
+                    litellm_figures(run, workdir, fast, slow, seconds)
+                except RuntimeError as exc:
+                    run.notes.append(f"litellm route failed: {str(exc)[-600:]}")
+        except (RuntimeError, OSError) as exc:
+            run.notes.append(f"the run stopped early: {str(exc)[-2000:]}")
+        finally:
+            for proc in reversed(procs):
+                proc.stop()
+    run.elapsed_s = time.monotonic() - started
+    run.machine["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print()
+    print(render(run))
+    if args.json:
+        args.json.write_text(json.dumps(run.as_json(), indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Fixtures of the guarantees suite, and the summary of its figures at the end of a run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.catalog import load
+from gateway.clock import SystemClock
+from gateway.database import create_schema, make_engine
+from gateway.workspaces import Accounts
+from tests.fake_provider import FakeProvider
+from tests.guarantees.client import Account
+from tests.guarantees.history import emitted
+from tests.relay_pricing import relay_only_pricing
+
+
+@pytest.fixture
+def pricing(tmp_path: Path, provider: FakeProvider) -> Path:
+    """No litellm route: subprocess gateways start (and restart) without importing it."""
+    path = tmp_path / "pricing.toml"
+    path.write_text(relay_only_pricing(provider))
+    return path
+
+
+def create_accounts(database_url: str, pricing: Path, n: int, allotment: int,
+                    topups: int = 0) -> list[Account]:
+    """n workspaces on a custom allotment (plus top-ups), each with one key."""
+    engine = make_engine(database_url)
+    try:
+        create_schema(engine)
+        accounts = Accounts(engine, load(pricing), SystemClock())
+        found = []
+        for i in range(n):
+            ws = accounts.create_workspace(f"guarantees-{i}", "enterprise",
+                                           custom_allotment=allotment)
+            if topups:
+                accounts.apply(accounts.topup_entry(ws.id, topups, ref=f"seed-{i}"))
+            found.append(Account(ws.id, accounts.create_key(ws.id).key))
+        return found
+    finally:
+        engine.dispose()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not emitted:
+        return
+    terminalreporter.section("guarantees: figures (also in test-artifacts/guarantees.jsonl)")
+    for line in emitted:
+        terminalreporter.write_line(json.dumps(line))

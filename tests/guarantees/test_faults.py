@@ -1,0 +1,369 @@
+"""Fault runs, bounded in time, on loopback: each ends with the history checker's figures.
+
+  - the gateway SIGKILLed every few seconds under load (a `serve` subprocess,
+    restarted each time; clients retry with their Idempotency-Keys)
+  - Redis restarted with persistence (AOF, appendfsync always: nothing lost) and
+    without (Redis lost its data: the overdraft is bounded by the holds in flight)
+  - Redis paused (SIGSTOP): metered requests fail closed with 503, unmetered succeed
+  - PostgreSQL stopped and restarted: metered fail closed, unmetered are spooled
+    and reach the ledger once
+  - the provider hanging, slow, cutting streams, failing: never charged
+  - a TCP fault proxy in front of Redis, and of PostgreSQL: latency, blackhole, reset
+
+DESIGN invariants 1-4, 7, 8, 11. Fast variants run on every `pytest`; the
+long ones (`@pytest.mark.slow`) with `make guarantees`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from gateway.metering.redis_scripts import SHARDS, Layout
+from tests.fake_provider import FakeProvider
+from tests.guarantees.client import Mix, load, make_client, new_op, resolve, run_op
+from tests.guarantees.deployment import Deployment, deployment
+from tests.guarantees.history import FAIL, OK, History
+
+METERED: Mix = [("gpt-4o-mini", 1)]
+MIXED: Mix = [("gpt-4o-mini", 1), ("bookbag-local", 0)]
+
+
+async def start(dep: Deployment) -> None:
+    await asyncio.to_thread(dep.gateway.start)
+
+
+def outcomes(history: History, cost: int | None = None) -> dict[str, int]:
+    ops = [op for op in history.ops if cost is None or op.cost == cost]
+    return {k: sum(1 for op in ops if op.outcome == k) for k in (OK, FAIL, "indeterminate")}
+
+
+def fail_latency(history: History, status: int = 503) -> float | None:
+    """The slowest answer with `status` (seconds): how quickly metered requests fail closed."""
+    times = [a.ended - a.started for op in history.ops for a in op.attempts if a.status == status]
+    return round(max(times), 3) if times else None
+
+
+# --- the gateway SIGKILLed under load -------------------------------------------------------
+
+
+async def sigkill_run(dep: Deployment, name: str, kills: int, every: float) -> None:
+    """`kills` SIGKILLs, `every` seconds after the gateway came back from the previous one."""
+    await start(dep)
+    history = History()
+    killed: list[float] = []
+
+    async def killer() -> None:
+        for _ in range(kills):
+            await asyncio.sleep(every)
+            await asyncio.to_thread(dep.gateway.kill)
+            killed.append(time.monotonic())
+            await asyncio.to_thread(dep.gateway.start)
+        await asyncio.sleep(1)
+
+    task = asyncio.ensure_future(killer())
+    await asyncio.gather(task, load(dep.url, history, dep.accounts, METERED,
+                                    until=time.monotonic(), busy=lambda: not task.done(),
+                                    concurrency=6, deadline_slack=20))
+    await resolve(dep.url, history, dep.accounts)
+    recovery = [r for r in (history.first_ok_after(k) for k in killed) if r is not None]
+    figures = await asyncio.to_thread(
+        dep.check, name, history, kills=len(killed),
+        recovery_s=round(sum(recovery) / len(recovery), 3) if recovery else None)
+    figures.assert_clean()
+    assert len(killed) == kills and figures.ok > 0
+    assert figures.indeterminate == 0, [(op.id, [(a.status, a.code) for a in op.attempts][-5:])
+                                        for op in history.ops if op.outcome != OK][:10]
+
+
+def test_gateway_sigkilled_under_load(tmp_path: Path, pricing: Path) -> None:
+    with deployment(tmp_path, pricing, meter="sql", allotment=10_000) as dep:
+        asyncio.run(sigkill_run(dep, "sigkill[sqlite-sql]", kills=2, every=2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["embedded", "postgres", "redis"])
+def test_gateway_sigkilled_under_load_long(tmp_path: Path, pricing: Path, kind: str) -> None:
+    options = {"embedded": {}, "postgres": {"meter": "sql", "sql": "postgres"},
+               "redis": {"meter": "redis", "sql": "postgres"}}[kind]
+    with deployment(tmp_path, pricing, allotment=100_000, **options) as dep:
+        asyncio.run(sigkill_run(dep, f"sigkill[{kind}]", kills=8, every=3))
+
+
+# --- Redis restarted -----------------------------------------------------------------------
+
+
+def in_flight(url: str, workspaces: list[str]) -> tuple[int, int]:
+    """(credits reserved by holds, outbox entries not yet in SQL) of these workspaces."""
+    client = redis.Redis.from_url(url, socket_timeout=5, decode_responses=True)
+    layout = Layout()
+    try:
+        reserved = sum(int(client.hget(layout.bal(ws), "reserved") or 0) for ws in workspaces)
+        backlog = sum(int(client.xlen(layout.shard(i).outbox)) for i in range(SHARDS))
+    finally:
+        client.close()
+    return reserved, backlog
+
+
+async def redis_restart_run(dep: Deployment, name: str, *, aof: bool, seconds: float) -> None:
+    assert dep.redis is not None
+    await start(dep)
+    history = History()
+    until = time.monotonic() + seconds
+    bound: dict[str, Any] = {}
+
+    async def restart() -> None:
+        await asyncio.sleep(seconds / 3)
+        assert dep.redis is not None
+        ws = [a.workspace_id for a in dep.accounts]
+        bound["reserved"], bound["backlog"] = await asyncio.to_thread(in_flight, dep.redis.url, ws)
+        await asyncio.to_thread(dep.redis.kill)  # SIGKILL: only what was fsynced survives
+        bound["at"] = time.monotonic()
+        await asyncio.to_thread(dep.redis.start)
+
+    await asyncio.gather(restart(), load(dep.url, history, dep.accounts, MIXED, until=until,
+                                         concurrency=6, deadline_slack=20))
+    await resolve(dep.url, history, dep.accounts)
+    figures = await asyncio.to_thread(
+        dep.check, name, history, aof=aof, reserved_at_loss=bound["reserved"],
+        backlog_at_loss=bound["backlog"], recovery_s=history.first_ok_after(bound["at"]))
+    assert outcomes(history, cost=0)[FAIL] == 0, [
+        (op.id, [(a.status, a.code) for a in op.attempts]) for op in history.ops
+        if op.cost == 0 and op.outcome == FAIL]
+    if aof:
+        figures.assert_clean()
+        return
+    # Redis lost its data: holds, idempotency keys and outbox entries not yet in SQL. The
+    # balances are reseeded from SQL; what can go wrong is bounded by what was in flight.
+    assert figures.overdraft <= bound["reserved"], figures.line()
+    assert figures.lost <= bound["backlog"], figures.line()
+    assert figures.leaked_holds == 0 and figures.charged_failures == 0, figures.violations
+
+
+@pytest.mark.parametrize("aof", [True, pytest.param(False, marks=pytest.mark.slow)],
+                         ids=["aof", "no-persistence"])
+def test_redis_restarted(tmp_path: Path, pricing: Path, aof: bool) -> None:
+    with deployment(tmp_path, pricing, meter="redis", redis_aof=aof) as dep:
+        asyncio.run(redis_restart_run(dep, f"redis-restart[{'aof' if aof else 'none'}]",
+                                      aof=aof, seconds=6))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("aof", [True, False], ids=["aof", "no-persistence"])
+def test_redis_restarted_long(tmp_path: Path, pricing: Path, aof: bool) -> None:
+    with deployment(tmp_path, pricing, meter="redis", sql="postgres", redis_aof=aof,
+                    allotment=60) as dep:
+        asyncio.run(redis_restart_run(dep, f"redis-restart-pg[{'aof' if aof else 'none'}]",
+                                      aof=aof, seconds=20))
+
+
+# --- Redis paused ----------------------------------------------------------------------------
+
+
+async def redis_pause_run(dep: Deployment, name: str, pause: float, seconds: float) -> None:
+    assert dep.redis is not None
+    await start(dep)
+    history = History()
+    until = time.monotonic() + seconds
+    marks: dict[str, float] = {}
+
+    async def freeze() -> None:
+        assert dep.redis is not None
+        await asyncio.sleep((seconds - pause) / 2)
+        dep.redis.pause()
+        marks["paused"] = time.monotonic()
+        await asyncio.sleep(pause)
+        dep.redis.resume()
+        marks["resumed"] = time.monotonic()
+
+    await asyncio.gather(freeze(), load(dep.url, history, dep.accounts, MIXED, until=until,
+                                        concurrency=6, deadline_slack=20, retry_failures=False))
+    await resolve(dep.url, history, dep.accounts)
+    during = [a for op in history.ops if op.cost for a in op.attempts
+              if marks["paused"] <= a.started and a.ended <= marks["resumed"]]
+    figures = await asyncio.to_thread(
+        dep.check, name, history, pause_s=pause, metered=outcomes(history, 1),
+        unmetered=outcomes(history, 0), metered_503_during_pause=sum(
+            1 for a in during if a.status == 503),
+        slowest_503_s=fail_latency(history), recovery_s=history.first_ok_after(marks["resumed"]))
+    figures.assert_clean()
+    assert outcomes(history, cost=0)[FAIL] == 0, "an unmetered request failed with Redis paused"
+    assert figures.extra["metered_503_during_pause"] > 0, "the pause was never seen"
+
+
+def test_redis_paused(tmp_path: Path, pricing: Path) -> None:
+    with deployment(tmp_path, pricing, meter="redis") as dep:
+        asyncio.run(redis_pause_run(dep, "redis-pause", pause=2, seconds=6))
+
+
+@pytest.mark.slow
+def test_redis_paused_long(tmp_path: Path, pricing: Path) -> None:
+    with deployment(tmp_path, pricing, meter="redis", sql="postgres") as dep:
+        asyncio.run(redis_pause_run(dep, "redis-pause-pg", pause=10, seconds=25))
+
+
+# --- PostgreSQL stopped and restarted -----------------------------------------------------------
+
+
+def wait_spool_drained(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while httpx.get(url + "/readyz", timeout=5).json().get("spool_backlog"):
+        assert time.monotonic() < deadline, "the spool was not replayed"
+        time.sleep(0.2)
+
+
+async def postgres_stop_run(dep: Deployment, name: str, down: float, seconds: float) -> None:
+    assert dep.pg is not None
+    await start(dep)
+    history = History()
+    until = time.monotonic() + seconds
+    marks: dict[str, float] = {}
+
+    async def outage() -> None:
+        assert dep.pg is not None
+        await asyncio.sleep((seconds - down) / 2)
+        await asyncio.to_thread(dep.pg.stop)
+        marks["stopped"] = time.monotonic()
+        await asyncio.sleep(down)
+        await asyncio.to_thread(dep.pg.start)
+        marks["started"] = time.monotonic()
+
+    await asyncio.gather(outage(), load(dep.url, history, dep.accounts, MIXED, until=until,
+                                        concurrency=6, deadline_slack=20, retry_failures=False))
+    await resolve(dep.url, history, dep.accounts)
+    await asyncio.to_thread(wait_spool_drained, dep.url)
+    figures = await asyncio.to_thread(
+        dep.check, name, history, down_s=down, metered=outcomes(history, 1),
+        unmetered=outcomes(history, 0), slowest_503_s=fail_latency(history),
+        recovery_s=history.first_ok_after(marks["started"]))
+    figures.assert_clean()
+    assert outcomes(history, cost=0)[FAIL] == 0, "an unmetered request failed with SQL down"
+
+
+def test_postgres_stopped_and_restarted(tmp_path: Path, pricing: Path) -> None:
+    with deployment(tmp_path, pricing, meter="sql", sql="private-postgres") as dep:
+        asyncio.run(postgres_stop_run(dep, "postgres-stop[sql]", down=2, seconds=6))
+
+
+@pytest.mark.slow
+def test_postgres_stopped_under_the_redis_meter(tmp_path: Path, pricing: Path) -> None:
+    with deployment(tmp_path, pricing, meter="redis", sql="private-postgres") as dep:
+        asyncio.run(postgres_stop_run(dep, "postgres-stop[redis]", down=8, seconds=20))
+
+
+# --- the provider failing ------------------------------------------------------------------------
+
+PROVIDER_FAULTS: list[tuple[str, dict[str, Any]]] = [
+    ("hang", {}), ("drop", {}), ("cut", {"after": 2}), ("inband_error", {"after": 1}),
+    ("slow_stream", {"interval": 1.5}), ("status", {"status": 500}),
+    ("status", {"status": 503}), ("status", {"status": 429}), ("status", {"status": 400}),
+]
+
+
+async def provider_run(dep: Deployment, provider: FakeProvider, name: str) -> None:
+    await start(dep)
+    history = History()
+    account = dep.accounts[0]
+    async with make_client(dep.url) as client:
+        for mode, opts in PROVIDER_FAULTS:
+            for stream in (False, True):
+                provider.fail(mode, times=1, path="/v1/chat/completions", **opts)
+                op = new_op(history, account, "gpt-4o-mini", 1, stream=stream, prefix=mode)
+                await run_op(client, op, account, deadline=time.monotonic() + 30)
+            provider.reset()
+        provider.delay = 0.5  # slow but within the timeouts: charged
+        ok = [new_op(history, account, "gpt-4o-mini", 1, stream=s, prefix="slow")
+              for s in (False, True)]
+        await asyncio.gather(*(run_op(client, op, account, deadline=time.monotonic() + 30)
+                               for op in ok))
+        provider.delay = 0.0
+    figures = await asyncio.to_thread(dep.check, name, history, faults=len(PROVIDER_FAULTS))
+    figures.assert_clean()
+    assert [op.outcome for op in ok] == [OK, OK], [(a.status, a.code) for op in ok
+                                                   for a in op.attempts]
+    failed = [op for op in history.ops if op.outcome == FAIL]
+    assert len(failed) >= 2 * len(PROVIDER_FAULTS) - 2, [(o.id, o.attempts) for o in history.ops]
+
+
+def test_provider_faults_are_never_charged(tmp_path: Path, pricing: Path,
+                                          provider: FakeProvider) -> None:
+    with deployment(tmp_path, pricing) as dep:
+        asyncio.run(provider_run(dep, provider, "provider-faults[embedded]"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["postgres", "redis"])
+def test_provider_faults_long(tmp_path: Path, pricing: Path, provider: FakeProvider,
+                              kind: str) -> None:
+    options = {"postgres": {"meter": "sql", "sql": "postgres"},
+               "redis": {"meter": "redis", "sql": "postgres"}}[kind]
+    with deployment(tmp_path, pricing, **options) as dep:
+        asyncio.run(provider_run(dep, provider, f"provider-faults[{kind}]"))
+
+
+# --- a fault proxy in front of Redis and PostgreSQL --------------------------------------------------
+
+PHASES: list[tuple[str, float]] = [("forward", 0.0), ("latency", 0.2), ("latency", 1.0),
+                                   ("blackhole", 0.0), ("reset", 0.0), ("forward", 0.0)]
+
+
+async def proxy_run(dep: Deployment, name: str, which: str, phase_s: float) -> None:
+    proxy = dep.redis_proxy if which == "redis" else dep.sql_proxy
+    assert proxy is not None
+    await start(dep)
+    history = History()
+    until = time.monotonic() + phase_s * len(PHASES)
+    marks: list[tuple[str, float]] = []
+
+    async def faults() -> None:
+        assert proxy is not None
+        for i, (mode, seconds) in enumerate(PHASES):
+            await asyncio.to_thread(proxy.set, mode, seconds)
+            marks.append((f"{i}:{mode}{seconds or ''}", time.monotonic()))
+            await asyncio.sleep(phase_s)
+
+    await asyncio.gather(faults(), load(dep.url, history, dep.accounts, MIXED, until=until,
+                                        concurrency=6, deadline_slack=20, retry_failures=False,
+                                        client_timeout=5))
+    await asyncio.to_thread(proxy.set, "forward")
+    await resolve(dep.url, history, dep.accounts)
+    per_phase: dict[str, dict[str, int]] = {}
+    for (label, start_at), (_, end_at) in zip(marks, [*marks[1:], ("end", until)], strict=True):
+        ops = [op for op in history.ops if start_at <= op.attempts[0].started < end_at]
+        per_phase[label] = {k: sum(1 for op in ops if op.attempts[0].outcome == k)
+                            for k in (OK, FAIL, "indeterminate")}
+    figures = await asyncio.to_thread(
+        dep.check, name, history, phases=per_phase, slowest_503_s=fail_latency(history),
+        recovery_s=history.first_ok_after(marks[-1][1]), connections=proxy.connections)
+    figures.assert_clean()
+    assert outcomes(history, cost=0)[FAIL] == 0, sorted({
+        (a.status, a.code) for op in history.ops if op.cost == 0 for a in op.attempts
+        if a.outcome == FAIL})
+    assert per_phase[marks[0][0]][OK] > 0 and per_phase[marks[-1][0]][OK] > 0
+
+
+def test_fault_proxy_in_front_of_redis(tmp_path: Path, pricing: Path) -> None:
+    with deployment(tmp_path, pricing, meter="redis", proxy_redis=True) as dep:
+        asyncio.run(proxy_run(dep, "fault-proxy[redis]", "redis", phase_s=1.0))
+
+
+@pytest.mark.slow
+def test_fault_proxy_in_front_of_postgres(tmp_path: Path, pricing: Path) -> None:
+    with deployment(tmp_path, pricing, meter="sql", sql="postgres", proxy_sql=True) as dep:
+        asyncio.run(proxy_run(dep, "fault-proxy[postgres]", "postgres", phase_s=1.5))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["redis", "postgres"])
+def test_fault_proxy_long(tmp_path: Path, pricing: Path, which: str) -> None:
+    options: dict[str, Any] = (
+        {"meter": "redis", "sql": "postgres", "proxy_redis": True} if which == "redis"
+        else {"meter": "redis", "sql": "postgres", "proxy_sql": True})
+    with deployment(tmp_path, pricing, **options) as dep:
+        asyncio.run(proxy_run(dep, f"fault-proxy-long[{which}]", which, phase_s=5))
