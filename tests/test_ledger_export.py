@@ -80,6 +80,7 @@ def test_pages_return_every_entry_exactly_once_while_entries_are_added(any_gatew
                 [reply(ws, now - rng.randint(0, DAY))]
             write(gateway.engine, batch)
             added.extend(e.request_id for e in batch)
+            stop.wait(0.005)  # keep inserting throughout, without starving the reader of the lock
 
     writer = threading.Thread(target=add)
     writer.start()
