@@ -14,6 +14,7 @@ test:
 guarantees:
 	mkdir -p test-artifacts
 	BOOKBAG_TEST_REQUIRE_SERVICES=1 $(PYTEST) -m "slow or not slow" -p no:cacheprovider tests/guarantees
+	$(PYTHON) -m tests.guarantees.report
 
 # The benchmark matrix (bench/run.py; `make bench ARGS=--quick` for the headline scenarios).
 bench:

@@ -257,6 +257,10 @@ async def close_gateway(gw: Gateway) -> None:
     await gw.meter.close()
     await gw.providers.close()
     await gw.writer.close()
+    # Database calls of cancelled background tasks may still run in worker threads: let them
+    # return their connections before the pool is disposed (else they leak, unclosed).
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(gw.loop.shutdown_default_executor()), 10)
     gw.engine.dispose()
 
 

@@ -12,8 +12,8 @@ balance equal to the ledger's.
 Deployments: `embedded` (the default: SQLite, balances in memory), `sqlite-sql`
 (the `sql` meter: hold rows a crash leaves behind for the sweeper), `postgres`
 (`sql` meter on PostgreSQL) and `redis` (Redis with AOF + PostgreSQL).
-Fast (every run): three points (`FAST`). Slow (`make guarantees`): every
-point on every deployment, and runs where the
+Fast (every run): three points (`FAST`). Slow (`make guarantees`): `MATRIX`,
+and runs where the
 points fire at random under load, the gateway restarted after each crash.
 """
 
@@ -84,10 +84,15 @@ async def crash_once(dep: Deployment, provider: FakeProvider, point: str, name: 
     assert figures.ok == len(history.ops), [(op.id, op.attempts) for op in history.ops]
 
 
+# Every point on the embedded default and on Redis; the `sql` meter where its hold rows make a
+# difference (before the charge, a void) and PostgreSQL where its commit does.
+MATRIX = {"embedded": POINTS, "redis": POINTS,
+          "sqlite-sql": ("after_reserve", "after_provider", "after_void"),
+          "postgres": ("after_settle", "after_void")}
 CASES = [
     pytest.param(point, kind, id=f"{point}-{kind}",
                  marks=() if (point, kind) in FAST else (pytest.mark.slow,))
-    for point in POINTS for kind in KINDS
+    for kind, points in MATRIX.items() for point in points
 ]
 
 
@@ -100,7 +105,7 @@ async def test_a_crash_at_each_point_charges_exactly_once(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dep", list(KINDS), indirect=True)
+@pytest.mark.parametrize("dep", ["embedded", "redis"], indirect=True)
 async def test_random_crashes_under_load(dep: Deployment, provider: FakeProvider,
                                          request: pytest.FixtureRequest) -> None:
     """Every point armed in turn with a probability, under load; the gateway is restarted
@@ -111,7 +116,7 @@ async def test_random_crashes_under_load(dep: Deployment, provider: FakeProvider
     crashes = 0
     for point in POINTS:
         await asyncio.to_thread(gw.start, BOOKBAG_TEST_CRASH_AT=f"{point}:0.2")
-        until = time.monotonic() + 6
+        until = time.monotonic() + 4
 
         async def supervise(point: str = point, until: float = until) -> int:
             crashed = 0
