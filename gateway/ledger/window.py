@@ -38,6 +38,9 @@ def zone(name: str | None) -> ZoneInfo:
         ) from None
 
 
+MAX_EPOCH = 32_503_680_000  # 3000-01-01: far enough, and every date computed from it is valid
+
+
 def local_midnight(day: dt.date, tz: ZoneInfo) -> int:
     """Epoch ms where `day` begins in `tz` (if midnight is skipped, the first instant after)."""
     return int(dt.datetime(day.year, day.month, day.day, tzinfo=tz).timestamp() * 1000)
@@ -49,14 +52,18 @@ def local_date(ms: int, tz: ZoneInfo) -> dt.date:
 
 def _parse(value: str, tz: ZoneInfo, param: str, *, is_end: bool) -> int:
     value = value.strip()
-    if value.lstrip("-").isdigit():
+    digits = value.removeprefix("-")
+    if digits.isdigit():  # epoch seconds: ASCII digits ("¹".isdigit() too), 1970 to 3000
+        if not digits.isascii() or len(digits) > 12 or not 0 <= int(value) <= MAX_EPOCH:
+            raise InvalidRequest(f"`{param}` is not an epoch time from 1970 to 3000.",
+                                 param=param)
         return int(value) * 1000
     try:
         if len(value) == 10:
             day = dt.date.fromisoformat(value)
             return local_midnight(day + DAY if is_end else day, tz)
         moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: the day after 9999-12-31
         raise InvalidRequest(
             f"`{param}` must be a date (YYYY-MM-DD), an ISO 8601 date-time or epoch seconds.",
             param=param,

@@ -12,9 +12,9 @@ balance equal to the ledger's.
 Deployments: `embedded` (the default: SQLite, balances in memory), `sqlite-sql`
 (the `sql` meter: hold rows a crash leaves behind for the sweeper), `postgres`
 (`sql` meter on PostgreSQL) and `redis` (Redis with AOF + PostgreSQL).
-Fast (every run): three points (`FAST`). Slow (`make guarantees`): `MATRIX`,
-and runs where the
-points fire at random under load, the gateway restarted after each crash.
+Fast (every run): three points (`FAST`). Slow (`make guarantees`): the rest of
+`MATRIX`, and runs where the points fire at random under load, the gateway
+restarted after each crash.
 """
 
 from __future__ import annotations
@@ -37,8 +37,6 @@ ALLOTMENT = 200
 # Every run: the charge made durable then lost with its reply, a stream cut mid-way, and a
 # failure's void (hold rows left for the sweeper). The rest with `make guarantees`.
 FAST = {("after_settle", "embedded"), ("mid_stream", "embedded"), ("after_void", "sqlite-sql")}
-
-
 KINDS: dict[str, dict[str, str]] = {
     "embedded": {"meter": "embedded", "sql": "sqlite"},
     "sqlite-sql": {"meter": "sql", "sql": "sqlite"},

@@ -296,7 +296,7 @@ def test_a_body_sent_one_byte_a_second(target: Target, provider: FakeProvider) -
 
 
 def _fuzz(url: str, document: dict[str, Any], headers_for: Any, examples: int,
-          only: set[str] | None = None) -> dict[tuple[str, str], list[int]]:
+          only: set[str] | None = None, fixed: bool = True) -> dict[tuple[str, str], list[int]]:
     """Every operation of the document, `examples` cases each; never a 5xx."""
     schema = schemathesis.openapi.from_dict(document)
     schema.config.update(base_url=url)
@@ -307,7 +307,8 @@ def _fuzz(url: str, document: dict[str, Any], headers_for: Any, examples: int,
         statuses = seen.setdefault((operation.method.upper(), operation.path), [])
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+        @settings(max_examples=examples, deadline=None, database=None, derandomize=fixed,
+                  print_blob=True,
                   phases=[Phase.explicit, Phase.generate],
                   suppress_health_check=list(HealthCheck))
         def run(case: Any) -> None:
@@ -347,7 +348,9 @@ def _with_catalog_models(document: dict[str, Any], models: list[str]) -> dict[st
 
 
 def run_fuzzer(gw: RunningGateway, examples: int, success_examples: int, *, admin: bool,
-               name: str) -> None:
+               name: str, fixed: bool = True) -> None:
+    """`fixed`: the same cases every run (CI); else new ones each run (hypothesis prints how
+    to reproduce a failure)."""
     ws, key = gw.workspace("enterprise", custom_allotment=10**6)
 
     def headers_for(path: str) -> dict[str, str]:
@@ -357,12 +360,12 @@ def run_fuzzer(gw: RunningGateway, examples: int, success_examples: int, *, admi
     before = len(gw.ledger(None))
     document = httpx.get(gw.url + "/openapi.json", timeout=10).json()
     paths = None if admin else {p for p in document["paths"] if not p.startswith("/admin")}
-    seen = _fuzz(gw.url, document, headers_for, examples, paths)
+    seen = _fuzz(gw.url, document, headers_for, examples, paths, fixed)
     models = [m["id"] for m in httpx.get(gw.url + "/v1/models", headers=headers_for("/v1"),
                                          timeout=10).json()["data"]
               if m.get("kind", "chat") == "chat"]
     more = _fuzz(gw.url, _with_catalog_models(document, models), headers_for, success_examples,
-                 {CHAT})
+                 {CHAT}, fixed)
     for op, statuses in more.items():
         seen.setdefault(op, []).extend(statuses)
     oks = sum(1 for s in seen.get(("POST", CHAT), []) if s == 200)
@@ -389,4 +392,5 @@ def test_schemathesis_never_a_server_error_and_the_ledger_matches(gateway: Runni
 
 @pytest.mark.slow
 def test_schemathesis_long(gateway: RunningGateway) -> None:
-    run_fuzzer(gateway, examples=40, success_examples=200, admin=True, name="hostile-fuzz-long")
+    run_fuzzer(gateway, examples=40, success_examples=200, admin=True, name="hostile-fuzz-long",
+               fixed=False)

@@ -57,7 +57,8 @@ async def spend(urls: list[str], history: History, account: Account, n: int) -> 
     async def one(i: int) -> Any:
         async with make_client(urls[i % len(urls)]) as client:
             op = new_op(history, account, "gpt-4o-mini", 1, prefix="spend")
-            return await run_op(client, op, account, deadline=time.monotonic() + 20)
+            return await run_op(client, op, account, deadline=time.monotonic() + 20,
+                                retry_failures=True)  # a 5xx is retried: only 402 ends it
 
     return await asyncio.gather(*(one(i) for i in range(n)))
 
