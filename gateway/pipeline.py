@@ -274,8 +274,9 @@ class Pipeline:
                 await asyncio.shield(self.meter.void(hold))
             raise ChargeUnconfirmed(
                 "The reply's charge could not be confirmed: it was charged once or not at all. "
-                "Retry with the same Idempotency-Key to get this reply without a second charge."
-            ) from exc
+                "Retry with the same Idempotency-Key to get this reply without a second charge.",
+                headers={"x-should-retry": "false"},  # an SDK retry without the key could
+            ) from exc                                # charge a second reply
 
     async def _resolve_claimed(self, claim: Claim, hold: Hold | None, entry: LedgerEntry, *,
                                charge: bool, response: StoredResponse | None) -> None:

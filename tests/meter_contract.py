@@ -33,7 +33,7 @@ from gateway.errors import InsufficientCredits
 from gateway.metering.base import Meter
 from gateway.schema import LEDGER_COLUMNS
 from gateway.types import Balance, EntryKind, Hold, LedgerEntry
-from gateway.workspaces import Accounts
+from gateway.workspaces import Accounts, allotment_of
 
 HOLD_TTL = 60.0
 # 2026-03-15 12:00:00 UTC: workspaces created now are anchored on the 15th.
@@ -600,3 +600,19 @@ class SharedMeterContract:
         assert (await a.balance(ws)).available == 8
         await b.void(hold)
         assert (await a.balance(ws)).available == 15
+
+
+def allotment_for(cat: Catalog) -> Callable[[str, int | None], int]:
+    """The meters' plan-allotment function for a test catalog."""
+    def allotment(plan: str, custom: int | None) -> int:
+        return allotment_of(cat, plan, custom)
+
+    return allotment
+
+
+def dispose(engine: Engine) -> Callable[[], Awaitable[None]]:
+    """A backend teardown step closing an engine's pool."""
+    async def job() -> None:
+        engine.dispose()
+
+    return job

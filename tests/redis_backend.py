@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 
-from gateway.catalog import Catalog
 from gateway.clock import Clock, ManualClock
 from gateway.database import create_schema, make_engine, transaction
 from gateway.metering.base import Meter
@@ -26,8 +25,8 @@ from gateway.metering.outbox import OutboxConsumer, backlog
 from gateway.metering.redis import RedisMeter
 from gateway.metering.redis_client import connect
 from gateway.metering.redis_scripts import Layout
-from gateway.workspaces import Accounts, allotment_of
-from tests.meter_contract import HOLD_TTL, MeterBackend, catalog
+from gateway.workspaces import Accounts
+from tests.meter_contract import HOLD_TTL, MeterBackend, allotment_for, catalog, dispose
 from tests.redis_server import RedisServer
 
 IDLE = 3600.0  # background sync/sweep: tests call sync() and sweep() themselves
@@ -42,27 +41,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
-def _allotment(cat: Catalog) -> Callable[[str, int | None], int]:
-    def allotment(plan: str, custom: int | None) -> int:
-        return allotment_of(cat, plan, custom)
-
-    return allotment
-
-
-def _dispose(engine: Engine) -> Callable[[], Awaitable[None]]:
-    async def job() -> None:
-        engine.dispose()
-
-    return job
-
-
 def redis_meter(redis_url: str, engine: Engine, clock: Clock, layout: Layout, *,
                 timeout: float = TIMEOUT, consumer: bool = True, lease_ttl: float = 2.0,
                 sync_interval: float = IDLE, sweep_interval: float = IDLE) -> RedisMeter:
     outbox = OutboxConsumer(connect(redis_url, timeout=timeout, read_timeout=timeout + 0.2),
                             engine, layout=layout, block=0.2, lease_ttl=lease_ttl,
                             retry=0.1) if consumer else None
-    return RedisMeter(connect(redis_url, timeout=timeout), engine, clock, _allotment(catalog()),
+    return RedisMeter(connect(redis_url, timeout=timeout), engine, clock, allotment_for(catalog()),
                       hold_ttl=HOLD_TTL, sync_interval=sync_interval,
                       sweep_interval=sweep_interval, breaker=timeout, layout=layout,
                       outbox=outbox)
@@ -84,11 +69,11 @@ def redis_backend(name: str, sql_url: str, redis_url: str, clock: ManualClock) -
     engine = make_engine(sql_url)
     create_schema(engine)
     layout = Layout(prefix="t" + uuid.uuid4().hex[:12])
-    teardown = [_dispose(engine)]
+    teardown = [dispose(engine)]
 
     def make(clock: Clock) -> Meter:
         own = make_engine(sql_url)  # each meter its own pool and Redis clients, as a process
-        teardown.append(_dispose(own))
+        teardown.append(dispose(own))
         return redis_meter(redis_url, own, clock, layout)
 
     async def flush() -> None:

@@ -15,9 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import Engine
 
-from gateway.catalog import Catalog
 from gateway.clock import Clock, ManualClock
 from gateway.database import create_schema, make_engine, transaction
 from gateway.ledger.writer import GroupWriter
@@ -25,7 +23,7 @@ from gateway.metering.base import Meter
 from gateway.metering.memory import MemoryMeter, OwnerConflict
 from gateway.metering.sql import SqlMeter
 from gateway.types import EntryKind
-from gateway.workspaces import Accounts, allotment_of
+from gateway.workspaces import Accounts
 from tests.conftest import service_missing
 from tests.meter_contract import (
     HOLD_TTL,
@@ -33,7 +31,9 @@ from tests.meter_contract import (
     MeterBackend,
     MeterContract,
     SharedMeterContract,
+    allotment_for,
     catalog,
+    dispose,
     reply,
 )
 from tests.redis_backend import redis_postgres, redis_sqlite
@@ -45,20 +45,6 @@ IDLE = 3600.0  # background sync/sweep intervals: the tests call sync() and swee
 Builder = Callable[[pytest.FixtureRequest, Path, ManualClock], Awaitable[MeterBackend]]
 
 
-def _allotment(cat: Catalog) -> Callable[[str, int | None], int]:
-    def allotment(plan: str, custom: int | None) -> int:
-        return allotment_of(cat, plan, custom)
-
-    return allotment
-
-
-def _dispose(engine: Engine) -> Callable[[], Awaitable[None]]:
-    async def job() -> None:
-        engine.dispose()
-
-    return job
-
-
 async def memory_sqlite(request: pytest.FixtureRequest, tmp: Path, clock: ManualClock) -> MeterBackend:
     cat = catalog()
     engine = make_engine(f"sqlite:///{tmp / 'meter.db'}")
@@ -67,7 +53,7 @@ async def memory_sqlite(request: pytest.FixtureRequest, tmp: Path, clock: Manual
     writer.start()
 
     def make(clock: Clock) -> Meter:
-        return MemoryMeter(engine, writer, clock, _allotment(cat), hold_ttl=HOLD_TTL,
+        return MemoryMeter(engine, writer, clock, allotment_for(cat), hold_ttl=HOLD_TTL,
                            sync_interval=IDLE, sweep_interval=IDLE)
 
     async def flush() -> None:
@@ -76,7 +62,7 @@ async def memory_sqlite(request: pytest.FixtureRequest, tmp: Path, clock: Manual
 
     return MeterBackend(
         name="memory-sqlite", clock=clock, engine=engine, accounts=Accounts(engine, cat, clock),
-        make=make, shared=False, flush=flush, teardown=[_dispose(engine), writer.close],
+        make=make, shared=False, flush=flush, teardown=[dispose(engine), writer.close],
     )
 
 
@@ -84,12 +70,12 @@ def _sql_backend(name: str, url: str, clock: ManualClock) -> MeterBackend:
     cat = catalog()
     engine = make_engine(url)
     create_schema(engine)
-    teardown = [_dispose(engine)]
+    teardown = [dispose(engine)]
 
     def make(clock: Clock) -> Meter:
         own = make_engine(url)  # each meter its own pool, as each process has
-        teardown.append(_dispose(own))
-        return SqlMeter(own, clock, _allotment(cat), hold_ttl=HOLD_TTL, sweep_interval=IDLE)
+        teardown.append(dispose(own))
+        return SqlMeter(own, clock, allotment_for(cat), hold_ttl=HOLD_TTL, sweep_interval=IDLE)
 
     return MeterBackend(name=name, clock=clock, engine=engine, accounts=Accounts(engine, cat, clock),
                         make=make, shared=True, teardown=teardown)
