@@ -35,8 +35,11 @@ VARIANTS = {"embedded": {}, "metering off": {"BOOKBAG_METERING": "off"},
             "redis": {"BOOKBAG_REDIS_URL": "redis://127.0.0.1:6379/15"}}
 
 
+REPO = str(Path(__file__).resolve().parent.parent) + "/"
+
+
 def short(path: str) -> str:
-    for marker in ("site-packages/", "lib/python3.11/", "/work/main/"):
+    for marker in ("site-packages/", "lib/python3.11/", REPO):
         if marker in path:
             return path.split(marker, 1)[1]
     return path
