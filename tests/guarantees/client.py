@@ -137,7 +137,7 @@ async def load(url: str, history: History, accounts: list[Account], mix: Mix, *,
             while going():
                 i = next(counter)
                 account = accounts[i % len(accounts)]
-                model, cost = mix[i % len(mix)]
+                model, cost = mix[(i // len(accounts)) % len(mix)]  # every account gets each
                 op = new_op(history, account, model, cost, stream=i % stream_every == 0,
                             keyed=keyed)
                 deadline = max(until, time.monotonic()) + deadline_slack

@@ -111,7 +111,8 @@ def in_flight(url: str, workspaces: list[str]) -> tuple[int, int]:
     return reserved, backlog
 
 
-async def redis_restart_run(dep: Deployment, name: str, *, aof: bool, seconds: float) -> None:
+async def redis_restart_run(dep: Deployment, name: str, *, aof: bool, seconds: float,
+                            kill_at: float = 2.0) -> None:
     assert dep.redis is not None
     await start(dep)
     history = History()
@@ -119,7 +120,7 @@ async def redis_restart_run(dep: Deployment, name: str, *, aof: bool, seconds: f
     bound: dict[str, Any] = {}
 
     async def restart() -> None:
-        await asyncio.sleep(seconds / 3)
+        await asyncio.sleep(kill_at)
         assert dep.redis is not None
         ws = [a.workspace_id for a in dep.accounts]
         bound["reserved"], bound["backlog"] = await asyncio.to_thread(in_flight, dep.redis.url, ws)
@@ -153,9 +154,9 @@ def test_redis_restarted_with_aof(tmp_path: Path, pricing: Path) -> None:
 
 @pytest.mark.slow
 def test_redis_restarted_without_persistence(tmp_path: Path, pricing: Path) -> None:
-    """A tight balance (60 per workspace) so that an overdraft would show."""
+    """A balance that runs out after the loss, so that an overdraft would show."""
     with deployment(tmp_path, pricing, meter="redis", sql="postgres", redis_aof=False,
-                    allotment=60) as dep:
+                    allotment=300) as dep:
         asyncio.run(redis_restart_run(dep, "redis-restart-pg[none]", aof=False, seconds=15))
 
 
