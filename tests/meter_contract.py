@@ -616,3 +616,17 @@ def dispose(engine: Engine) -> Callable[[], Awaitable[None]]:
         engine.dispose()
 
     return job
+
+
+async def emptied(backend: MeterBackend) -> MeterBackend:
+    """A PostgreSQL backend with every table emptied, so each test starts clean."""
+    try:
+        with transaction(backend.engine) as (cur, _):
+            cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                        "AND tablename <> 'alembic_version'")
+            tables = ", ".join(row[0] for row in cur.fetchall())
+            cur.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+    except BaseException:
+        await backend.close()
+        raise
+    return backend

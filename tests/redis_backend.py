@@ -19,14 +19,14 @@ import pytest
 from sqlalchemy import Engine
 
 from gateway.clock import Clock, ManualClock
-from gateway.database import create_schema, make_engine, transaction
+from gateway.database import create_schema, make_engine
 from gateway.metering.base import Meter
 from gateway.metering.outbox import OutboxConsumer, backlog
 from gateway.metering.redis import RedisMeter
 from gateway.metering.redis_client import connect
 from gateway.metering.redis_scripts import Layout
 from gateway.workspaces import Accounts
-from tests.meter_contract import HOLD_TTL, MeterBackend, allotment_for, catalog, dispose
+from tests.meter_contract import HOLD_TTL, MeterBackend, allotment_for, catalog, dispose, emptied
 from tests.redis_server import RedisServer
 
 IDLE = 3600.0  # background sync/sweep: tests call sync() and sweep() themselves
@@ -94,14 +94,5 @@ async def redis_postgres(request: pytest.FixtureRequest, tmp: Path, clock: Manua
                          ) -> MeterBackend:
     url: str = request.getfixturevalue("redis_url")
     backend = redis_backend("redis-postgres", request.getfixturevalue("postgres_url"), url, clock)
-    try:
-        with transaction(backend.engine) as (cur, _):  # each test starts on empty tables
-            cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-                        "AND tablename <> 'alembic_version'")
-            tables = ", ".join(row[0] for row in cur.fetchall())
-            cur.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
-    except BaseException:
-        await backend.close()
-        raise
-    return backend
+    return await emptied(backend)
 

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from gateway.clock import Clock, ManualClock
-from gateway.database import create_schema, make_engine, transaction
+from gateway.database import create_schema, make_engine
 from gateway.ledger.writer import GroupWriter
 from gateway.metering.base import Meter
 from gateway.metering.memory import MemoryMeter, OwnerConflict
@@ -34,6 +34,7 @@ from tests.meter_contract import (
     allotment_for,
     catalog,
     dispose,
+    emptied,
     reply,
 )
 from tests.redis_backend import redis_postgres, redis_sqlite
@@ -88,16 +89,7 @@ async def sql_sqlite(request: pytest.FixtureRequest, tmp: Path, clock: ManualClo
 async def sql_postgres(request: pytest.FixtureRequest, tmp: Path, clock: ManualClock) -> MeterBackend:
     url: str = request.getfixturevalue("postgres_url")
     backend = _sql_backend("sql-postgres", url, clock)
-    try:
-        with transaction(backend.engine) as (cur, _):  # each test starts on empty tables
-            cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-                        "AND tablename <> 'alembic_version'")
-            tables = ", ".join(row[0] for row in cur.fetchall())
-            cur.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
-    except BaseException:
-        await backend.close()
-        raise
-    return backend
+    return await emptied(backend)
 
 
 BUILDERS: dict[str, Builder] = {
