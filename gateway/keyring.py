@@ -4,15 +4,20 @@
 the newest first: the first encrypts, any of them decrypts (MultiFernet).
 Rotating is: prepend a new key, run `bookbag-gateway byo rotate` (re-encrypts
 every stored secret under the first key), then drop the old key.
-This is the only module that imports `cryptography`; its exceptions become
-`KeyringError` here.
+This is the only module that imports `cryptography`, and only when a secret
+is first encrypted or decrypted (it costs ~7 MB; the keys are checked at
+startup without it); its exceptions become `KeyringError` here.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+from typing import TYPE_CHECKING
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+if TYPE_CHECKING:
+    from cryptography.fernet import MultiFernet
 
 
 class KeyringError(ValueError):
@@ -21,7 +26,17 @@ class KeyringError(ValueError):
 
 def generate_key() -> str:
     """A fresh key for `BOOKBAG_SECRET_KEY`."""
+    from cryptography.fernet import Fernet
+
     return Fernet.generate_key().decode("ascii")
+
+
+def _is_fernet_key(key: str) -> bool:
+    """What `Fernet(key)` accepts: 32 bytes, url-safe base64."""
+    try:
+        return len(base64.urlsafe_b64decode(key.encode("ascii"))) == 32
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return False
 
 
 def fingerprint(secret: str) -> str:
@@ -32,33 +47,37 @@ def fingerprint(secret: str) -> str:
 class Keyring:
     def __init__(self, secret_key: str | None) -> None:
         keys = [k.strip() for k in (secret_key or "").split(",") if k.strip()]
-        fernets: list[Fernet] = []
         for i, key in enumerate(keys, 1):
-            try:
-                fernets.append(Fernet(key.encode("ascii")))
-            except (ValueError, UnicodeEncodeError):
+            if not _is_fernet_key(key):
                 raise KeyringError(
                     f"BOOKBAG_SECRET_KEY: key {i} of {len(keys)} is not a Fernet key (32 url-safe "
                     "base64-encoded bytes); create one with `bookbag-gateway byo generate-key`"
-                ) from None
-        self._fernet = MultiFernet(fernets) if fernets else None
+                )
+        self._keys = keys
+        self._fernet: MultiFernet | None = None
 
     @property
     def configured(self) -> bool:
-        return self._fernet is not None
+        return bool(self._keys)
 
     def _require(self) -> MultiFernet:
-        if self._fernet is None:
+        if not self._keys:
             raise KeyringError(
                 "BOOKBAG_SECRET_KEY is not set: it is needed to store provider keys and webhook "
                 "secrets encrypted (create one with `bookbag-gateway byo generate-key`)"
             )
+        if self._fernet is None:
+            from cryptography.fernet import Fernet, MultiFernet
+
+            self._fernet = MultiFernet([Fernet(k.encode("ascii")) for k in self._keys])
         return self._fernet
 
     def encrypt(self, plaintext: str) -> str:
         return self._require().encrypt(plaintext.encode("utf-8")).decode("ascii")
 
     def decrypt(self, ciphertext: str) -> str:
+        from cryptography.fernet import InvalidToken
+
         try:
             return self._require().decrypt(ciphertext.encode("ascii")).decode("utf-8")
         except (InvalidToken, UnicodeError):
@@ -69,6 +88,8 @@ class Keyring:
 
     def rotate(self, ciphertext: str) -> str:
         """The same secret encrypted under the first key."""
+        from cryptography.fernet import InvalidToken
+
         try:
             return self._require().rotate(ciphertext.encode("ascii")).decode("ascii")
         except (InvalidToken, UnicodeError):

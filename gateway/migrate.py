@@ -16,22 +16,23 @@ fails until it exists).
 from __future__ import annotations
 
 import enum
+import functools
+import re
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from gateway.schema import metadata
+
+if TYPE_CHECKING:  # alembic (with mako) costs ~11 MB and ~0.1 s: imported only to migrate
+    from alembic.config import Config
 
 SCRIPTS = Path(__file__).resolve().parent / "migrations"
 BASELINE = "0001"  # the schema as `create_all` made it before migrations existed
@@ -65,6 +66,8 @@ def _translated() -> Iterator[None]:
 
 
 def _config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(SCRIPTS))
     if connection is not None:
@@ -72,20 +75,40 @@ def _config(connection: Connection | None = None) -> Config:
     return cfg
 
 
-def _scripts() -> ScriptDirectory:
-    return ScriptDirectory.from_config(_config())
+_ASSIGNMENT = re.compile(r"^(revision|down_revision)\s*(?::[^=]*)?=\s*(?:['\"]([\w-]+)['\"]|None)",
+                         re.MULTILINE)
+
+
+@functools.cache
+def _revisions() -> dict[str, str | None]:
+    """Each shipped revision and the one it follows, read from the scripts' assignments.
+
+    The server only checks that a database is at head, so it reads these two lines of
+    each script instead of importing alembic (tests/test_migrations.py compares the
+    result with alembic's own reading).
+    """
+    found: dict[str, str | None] = {}
+    for script in sorted((SCRIPTS / "versions").glob("*.py")):
+        names = {m[1]: m[2] or None for m in _ASSIGNMENT.finditer(script.read_text())}
+        if "revision" in names and names["revision"] is not None:
+            found[names["revision"]] = names.get("down_revision")
+    return found
 
 
 def head() -> str:
-    """The revision this code expects."""
-    revision = _scripts().get_current_head()
-    if revision is None:  # pragma: no cover - the package always ships its revisions
-        raise SchemaError(f"no migrations found in {SCRIPTS}")
-    return revision
+    """The revision this code expects: the one no other revision follows."""
+    revisions = _revisions()
+    heads = set(revisions) - {down for down in revisions.values() if down is not None}
+    if len(heads) != 1:  # pragma: no cover - the package always ships one line of revisions
+        raise SchemaError(f"expected one head revision in {SCRIPTS}, found {sorted(heads)}")
+    return heads.pop()
 
 
 def _revision(conn: Connection) -> str | None:
-    return MigrationContext.configure(conn).get_current_revision()
+    if "alembic_version" not in inspect(conn).get_table_names():
+        return None
+    found = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    return None if found is None else str(found)
 
 
 def _has_tables(conn: Connection) -> bool:
@@ -94,10 +117,7 @@ def _has_tables(conn: Connection) -> bool:
 
 
 def _known(revision: str) -> bool:
-    try:
-        return _scripts().get_revision(revision) is not None
-    except CommandError:
-        return False
+    return revision in _revisions()
 
 
 def current(engine: Engine) -> str | None:
@@ -138,6 +158,8 @@ def check(engine: Engine) -> SchemaState:
 
 def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Apply every migration up to head; returns (revision before, revision after)."""
+    from alembic import command
+
     if state(engine) is SchemaState.AHEAD:
         check(engine)  # raises: never touch what a newer gateway wrote
     with _translated(), engine.begin() as conn:  # SQLite: the write lock (BEGIN IMMEDIATE)
@@ -169,7 +191,9 @@ def revision(message: str) -> Path:
     scratch SQLite database at head; review the file, and run the migration
     tests, which compare SQLite and PostgreSQL with the models.
     """
-    number = len(list(_scripts().walk_revisions())) + 1
+    from alembic import command
+
+    number = len(_revisions()) + 1
     with tempfile.TemporaryDirectory() as scratch:
         engine = create_engine(f"sqlite:///{Path(scratch) / 'head.db'}")
         try:

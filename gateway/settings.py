@@ -97,6 +97,7 @@ class Settings:
     webhook_max_attempts: int = 12
     webhook_timeout: float = 10.0
     spool_path: Path | None = None  # None: next to the SQLite file, else ./bookbag-spool.jsonl
+    litellm_preload: bool = False  # import litellm after startup, not at a litellm route's first use
     crash_at: str | None = None  # BOOKBAG_TEST_CRASH_AT: TEST-ONLY, see gateway/crashpoints.py
 
     def __post_init__(self) -> None:
@@ -158,6 +159,7 @@ class Settings:
             "webhook_max_attempts": _int(env, "BOOKBAG_WEBHOOK_MAX_ATTEMPTS", 12),
             "webhook_timeout": _float(env, "BOOKBAG_WEBHOOK_TIMEOUT", 10.0),
             "spool_path": Path(env["BOOKBAG_SPOOL_PATH"]) if env.get("BOOKBAG_SPOOL_PATH") else None,
+            "litellm_preload": (env.get("BOOKBAG_LITELLM_PRELOAD") or "").lower() in ("1", "true", "on"),
             "crash_at": env.get("BOOKBAG_TEST_CRASH_AT") or None,  # test-only (crashpoints.py)
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

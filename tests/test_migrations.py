@@ -217,3 +217,32 @@ def test_db_upgrade_of_an_unreachable_database_says_so() -> None:
     result = runner.invoke(app, ["db", "upgrade", "--database-url", url])
     assert result.exit_code == 2
     assert "database error" in result.stderr and "Traceback" not in result.output
+
+
+def test_the_head_the_server_reads_is_alembics_head() -> None:
+    """The server reads the scripts' revision lines instead of importing alembic: same answer."""
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(migrate._config())
+    assert migrate.head() == scripts.get_current_head()
+    assert set(migrate._revisions()) == {s.revision for s in scripts.walk_revisions()}
+    for script in scripts.walk_revisions():
+        assert migrate._revisions()[script.revision] == script.down_revision
+
+
+def test_serving_does_not_import_alembic(tmp_path: Path) -> None:
+    """A gateway whose database is at head starts without alembic in memory (~11 MB)."""
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    engine = make_engine(url)
+    create_schema(engine)  # an empty database: migrated (alembic runs here, in this process)
+    engine.dispose()
+    code = (
+        "import sys\n"
+        "import gateway.app, gateway.cli\n"
+        "from gateway.database import create_schema, make_engine\n"
+        f"engine = make_engine({url!r})\n"
+        "assert create_schema(engine) is False\n"  # at head: checked, nothing to create
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
