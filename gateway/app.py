@@ -23,6 +23,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.asgi import GatewayApp
 from gateway.auth import KeyCache
 from gateway.byo import ByoKeys
 from gateway.catalog import Catalog, load
@@ -31,7 +32,7 @@ from gateway.crashpoints import crasher
 from gateway.dashboard.sessions import Sessions
 from gateway.database import create_schema, is_sqlite, make_engine, normalise_url, transaction
 from gateway.endpoints.http import error_response
-from gateway.endpoints.routes import ROUTES
+from gateway.endpoints.routes import CHAT_ROUTE, ROUTES
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound
 from gateway.idempotency import Idempotency
 from gateway.idempotency_sql import LedgerCheck, SqlIdempotencyStore
@@ -293,7 +294,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
         finally:
             await close_gateway(gw)
 
-    return Starlette(
+    return GatewayApp(
+        direct=CHAT_ROUTE,
+        server_error=_server_error,
         routes=ROUTES,
         lifespan=lifespan,
         middleware=[Middleware(RequestObserver)],

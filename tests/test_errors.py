@@ -426,3 +426,23 @@ def test_no_error_is_a_server_error(gateway: RunningGateway, account: tuple[str,
         assert 400 <= r.status_code < 500, (body, r.text)
     deep = b'{"model": "gpt-4o-mini", "messages": ' + b"[" * 5000 + b"]" * 5000 + b"}"
     assert 400 <= post(gateway, key, content=deep).status_code < 500
+
+
+def test_a_bug_on_the_chat_route_is_an_openai_shaped_500_and_counted(
+        gateway: RunningGateway, account: tuple[str, str], untouched: Untouched,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chat route runs outside Starlette's error middleware (gateway/asgi.py): an
+    unexpected exception still answers the documented 500 body and reaches the metrics."""
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(gateway.gw.pipeline, "chat", broken)
+    r = post(gateway, account[1], OK_BODY)
+    assert_error(r, 500, "internal_error")
+    assert "a bug" not in r.text
+    with gateway.client() as c:
+        scraped = c.get("/metrics").text
+    assert any(line.startswith("bookbag_requests_total{")
+               and 'route="/v1/chat/completions"' in line and 'status="500"' in line
+               for line in scraped.splitlines()), scraped
+    untouched.check()

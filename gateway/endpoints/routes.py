@@ -28,6 +28,10 @@ from gateway.endpoints import (
 OPEN = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/dashboard",
                   "/dashboard/static", "/dashboard/session", "/dashboard/logout"})
 
+# The hot route: `gateway.asgi.GatewayApp` runs it without Starlette's router (it stays in
+# ROUTES so that other methods on its path get 405 and the OpenAPI document lists it).
+CHAT_ROUTE = Route("/v1/chat/completions", chat.completions, methods=["POST"])
+
 WS = "/admin/workspaces/{workspace_id}"
 # The operator API: every handler checks BOOKBAG_ADMIN_TOKEN (docs/operators.md).
 ADMIN_ROUTES = [
@@ -59,7 +63,7 @@ ADMIN_ROUTES = [
 ]
 
 ROUTES = [
-    Route("/v1/chat/completions", chat.completions, methods=["POST"]),
+    CHAT_ROUTE,
     Route("/v1/chat/completions/preview", chat.preview, methods=["POST"]),
     Route("/v1/models", models.list_models, methods=["GET"]),
     Route("/v1/models/{model_id:path}", models.get_model, methods=["GET"]),
