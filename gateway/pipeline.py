@@ -224,15 +224,15 @@ class Pipeline:
         entry.completion_tokens = completion.completion_tokens
         entry.latency_ms = int(provider_ms)
         if claim is None:
-            await self._resolve(hold, entry, charge=True)
+            balance = await self._resolve(hold, entry, charge=True)
         else:
             stored = stored_json(completion.body, {"x-bookbag-credits-charged": str(cost)})
-            await self._resolve_claimed(claim, hold, entry, charge=True, response=stored)
+            balance = await self._resolve_claimed(claim, hold, entry, charge=True, response=stored)
         headers["x-bookbag-credits-charged"] = str(cost)
         if hold is not None:
-            balance: Balance | None = None
             try:
-                balance = await self.meter.balance(hold.workspace_id)
+                if balance is None:
+                    balance = await self.meter.balance(hold.workspace_id)
             except GatewayError:  # the reply is charged: a failed read costs only the header
                 log.warning("no remaining balance for the reply of %s", entry.request_id)
             if balance is not None:
@@ -247,20 +247,23 @@ class Pipeline:
         if charge and hold is not None and self._after_charge is not None:
             self._after_charge(hold, balance)
 
-    async def _resolve(self, hold: Hold | None, entry: LedgerEntry, *, charge: bool) -> None:
-        """Settle or void the hold (metered), or record the entry (unmetered). Shielded."""
+    async def _resolve(self, hold: Hold | None, entry: LedgerEntry, *,
+                       charge: bool) -> Balance | None:
+        """Settle or void the hold (metered), or record the entry (unmetered). Shielded.
+        Returns the balance after a settle when the meter read it on the way (else None)."""
         if hold is None:
             if charge:
                 await asyncio.shield(self.recorder.record(entry))
                 self._crash("after_settle")
-            return
+            return None
         try:
             if charge:
-                await asyncio.shield(self.meter.settle(hold, entry))
+                balance = await asyncio.shield(self.meter.settle(hold, entry))
                 self._crash("after_settle")
-            else:
-                await asyncio.shield(self.meter.void(hold))
-                self._crash("after_void")
+                return balance
+            await asyncio.shield(self.meter.void(hold))
+            self._crash("after_void")
+            return None
         except Exception as exc:
             if not charge:  # the hold stays until it expires: nothing is charged either way
                 if isinstance(exc, GatewayError):
@@ -279,7 +282,7 @@ class Pipeline:
             ) from exc                                # charge a second reply
 
     async def _resolve_claimed(self, claim: Claim, hold: Hold | None, entry: LedgerEntry, *,
-                               charge: bool, response: StoredResponse | None) -> None:
+                               charge: bool, response: StoredResponse | None) -> Balance | None:
         """`_resolve` for a request holding an Idempotency-Key: the response is staged
         before the charge and the key marked done after it; nothing charged releases it.
         A failed settle keeps the key (it may have committed): idempotency.py recovers it."""
@@ -288,7 +291,7 @@ class Pipeline:
                 await self._resolve(hold, entry, charge=False)
             finally:
                 await claim.release()
-            return
+            return None
         if response is not None:
             try:
                 await claim.stage(response)
@@ -296,14 +299,14 @@ class Pipeline:
                 try:
                     if hold is None and isinstance(exc, Exception):
                         # Unmetered: no charge to protect; the reply never fails for the key.
-                        await self._resolve(hold, entry, charge=True)
-                        return
+                        return await self._resolve(hold, entry, charge=True)
                     await self._resolve(hold, entry, charge=False)
                 finally:
                     await claim.release()
                 raise
-        await self._resolve(hold, entry, charge=True)
+        balance = await self._resolve(hold, entry, charge=True)
         await claim.finish()
+        return balance
 
     async def _stream(self, provider: Any, call: ProviderCall, req: ChatRequest,
                       hold: Hold | None, entry: LedgerEntry, cost: int,
@@ -332,15 +335,14 @@ class Pipeline:
             if charge:
                 self._crash("after_provider")
             if claim is None:
-                await self._resolve(hold, entry, charge=charge)
-                self._charged(hold, charge)
+                self._charged(hold, charge, await self._resolve(hold, entry, charge=charge))
                 return
             # Only a stream that reached its end is replayable; one whose client left
             # after content is charged and marked done without a response.
             stored = stored_sse(events, headers) if events is not None and stream.completed \
                 else None
-            await self._resolve_claimed(claim, hold, entry, charge=charge, response=stored)
-            self._charged(hold, charge)
+            self._charged(hold, charge, await self._resolve_claimed(
+                claim, hold, entry, charge=charge, response=stored))
 
         headers["x-bookbag-credits-reserved"] = str(cost)
         headers["cache-control"] = "no-cache"

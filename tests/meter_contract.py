@@ -296,6 +296,25 @@ class MeterContract:
         balance = await meter.balance(ws)
         assert (balance.allotment_remaining, balance.topups_remaining, balance.reserved) == (0, 3, 8)
 
+    async def test_the_balance_a_settle_returns_is_what_balance_says_next(
+        self, backend: MeterBackend
+    ) -> None:
+        """A settle may hand back the balance it read (the reply's remaining-credits header,
+        without another round trip): it must be exactly what `balance()` answers then, and
+        None once the period has ended (only `balance()` renews)."""
+        meter = await backend.meter()
+        ws = await backend.workspace(allotment=10, topups=5)
+        await meter.reserve(ws, 3, "open")
+        hold = await meter.reserve(ws, 4, "now")
+        after = await meter.settle(hold, reply(hold))
+        if after is not None:
+            assert after == await meter.balance(ws)
+            assert (after.available, after.reserved) == (8, 3)
+        late = await meter.reserve(ws, 2, "late")
+        backend.cross_period(await meter.balance(ws))
+        assert await meter.settle(late, reply(late)) is None
+        assert (await meter.balance(ws)).period_start == "2026-04-15"
+
     @pytest.mark.parametrize(
         ("first", "second"),
         [("settle", "settle"), ("settle", "void"), ("void", "settle"), ("void", "void")],

@@ -24,8 +24,12 @@ class Meter(Protocol):
         """Take `credits` from the balance for one request, or raise InsufficientCredits."""
         ...
 
-    async def settle(self, hold: Hold, entry: LedgerEntry) -> None:
-        """Charge the hold and write its ledger entry; durable when this returns."""
+    async def settle(self, hold: Hold, entry: LedgerEntry) -> Balance | None:
+        """Charge the hold and write its ledger entry; durable when this returns.
+
+        Returns the balance right after the charge when the backend read it in the same
+        step (what `balance()` would return then), else None: callers then ask `balance()`.
+        """
         ...
 
     async def void(self, hold: Hold) -> None:

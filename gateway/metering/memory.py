@@ -239,10 +239,10 @@ class MemoryMeter:
         account.holds[request_id] = hold
         return hold
 
-    async def settle(self, hold: Hold, entry: LedgerEntry) -> None:
+    async def settle(self, hold: Hold, entry: LedgerEntry) -> Balance | None:
         account = self._accounts[hold.workspace_id]
         if account.holds.pop(hold.request_id, None) is None:
-            return  # already settled, voided or expired
+            return None  # already settled, voided or expired
         account.reserved -= hold.credits
         charge(entry, hold)
         try:
@@ -250,6 +250,7 @@ class MemoryMeter:
         except BaseException:
             self._give_back(account, hold)
             raise
+        return None  # balance() reads memory: no round trip to spare
 
     async def void(self, hold: Hold) -> None:
         account = self._accounts.get(hold.workspace_id)

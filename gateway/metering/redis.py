@@ -229,7 +229,7 @@ class RedisMeter:
         return Hold(request_id, workspace_id, credits, int(result[1]), int(result[2]),
                     str(result[3]), expires_at)
 
-    async def settle(self, hold: Hold, entry: LedgerEntry) -> None:
+    async def settle(self, hold: Hold, entry: LedgerEntry) -> Balance | None:
         charge(entry, hold)
         epoch = self._epochs.pop(hold.request_id, ("", 0.0))
         shard = self.layout.of(hold.workspace_id)
@@ -245,10 +245,23 @@ class RedisMeter:
                     self._epochs.setdefault(hold.request_id, epoch)
                     raise
                 continue
-            if int(result) == 2:
+            if int(result[0]) == 2:
                 log.warning("hold %s was lost by Redis (restarted without its data); "
                             "its charge was recorded anyway", hold.request_id)
-            return
+            return self._balance_after(hold.workspace_id, result)
+        return None  # pragma: no cover - the last attempt returns or raises
+
+    def _balance_after(self, workspace_id: str, result: list[Any]) -> Balance | None:
+        """The balance the settle script read after the charge, if it is this period's."""
+        facts = self._facts.get(workspace_id)
+        if facts is None or len(result) < 6:
+            return None
+        _, period, allotment, allot_rem, top_rem, reserved = result
+        start, end = period_of(facts.anchor, self._clock.now())
+        if str(period) != start:  # a renewal is due: balance() applies it first
+            return None
+        return Balance(workspace_id, facts.plan_at(start)[0], int(allotment), int(allot_rem),
+                       int(top_rem), int(reserved), start, end)
 
     async def void(self, hold: Hold) -> None:
         self._epochs.pop(hold.request_id, None)

@@ -135,10 +135,17 @@ return {1, fa, ft, b[1], redis.call('GET', KEYS[6]) or ''}
 # KEYS bal, holds, exp, outbox, epoch, pending
 # ARGV request id, entry JSON, epoch at reserve ('' = unknown), credits, from allotment,
 #      from top-ups, period
-# -> 1 charged | 0 already resolved | 2 the hold was lost with Redis's data: charged anyway
+# -> {code, then the balance after it (period, allotment, allot_rem, top_rem, reserved) when
+#    the workspace is in Redis}: 1 charged | 0 already resolved | 2 the hold was lost with
+#    Redis's data: charged anyway. The balance spares the reply a third round trip.
 # `pending` holds the request id until the consumer has committed the entry to SQL, so
 # "was this request charged?" is answered by `pending`, then SQL, with no gap.
 SETTLE = """
+local function after(code)
+  if redis.call('EXISTS', KEYS[1]) == 0 then return {code} end
+  local b = redis.call('HMGET', KEYS[1], 'period', 'allotment', 'allot_rem', 'top_rem', 'reserved')
+  return {code, b[1], b[2], b[3], b[4], b[5]}
+end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
   redis.call('HDEL', KEYS[2], ARGV[1])
   redis.call('ZREM', KEYS[3], ARGV[1])
@@ -147,9 +154,9 @@ if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
   end
   redis.call('XADD', KEYS[4], '*', 'e', ARGV[2])
   redis.call('HSET', KEYS[6], ARGV[1], 1)
-  return 1
+  return after(1)
 end
-if ARGV[3] == '' or redis.call('GET', KEYS[5]) == ARGV[3] then return 0 end
+if ARGV[3] == '' or redis.call('GET', KEYS[5]) == ARGV[3] then return after(0) end
 redis.call('XADD', KEYS[4], '*', 'e', ARGV[2])
 redis.call('HSET', KEYS[6], ARGV[1], 1)
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -158,7 +165,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   end
   redis.call('HINCRBY', KEYS[1], 'top_rem', 0 - tonumber(ARGV[6]))
 end
-return 2
+return after(2)
 """
 
 # KEYS bal, holds, exp; ARGV request id -> 1 voided | 0 not held

@@ -171,8 +171,9 @@ class SqlMeter:
         hold: Hold = await self._run(self._reserve, workspace_id, credits, request_id)
         return hold
 
-    async def settle(self, hold: Hold, entry: LedgerEntry) -> None:
+    async def settle(self, hold: Hold, entry: LedgerEntry) -> Balance | None:
         await self._run(self._settle, hold, entry)
+        return None
 
     async def void(self, hold: Hold) -> None:
         await self._run(self._void, hold.request_id)
