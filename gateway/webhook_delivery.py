@@ -18,14 +18,17 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import aiohttp
 from sqlalchemy import Engine
 
 from gateway.clock import Clock, now_ms
 from gateway.database import snapshot, transaction
 from gateway.keyring import Keyring, KeyringError
 from gateway.webhooks import SIGNATURE_HEADER, sign
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger("bookbag.webhooks")
 
@@ -63,17 +66,13 @@ class Dispatcher:
         self._max_attempts = max_attempts
         self._timeout = timeout
         self._batch = batch
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # made by the first delivery
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self.sent = 0
         self.failed = 0
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self._timeout),
-            headers={"User-Agent": "Bookbag-Webhooks/1"},
-        )
         self._task = asyncio.create_task(self._loop(), name="webhook-dispatcher")
 
     async def close(self) -> None:
@@ -136,8 +135,21 @@ class Dispatcher:
                     claimed.append(_Due(event_id, endpoint_id, attempts, type_, payload, url, secret))
         return claimed
 
+    def _client(self) -> aiohttp.ClientSession:
+        # Imported at the first delivery: aiohttp costs ~10 MB to a gateway without webhooks.
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                headers={"User-Agent": "Bookbag-Webhooks/1"},
+            )
+        return self._session
+
     async def _send(self, due: _Due) -> _Outcome:
-        assert self._session is not None, "start() the dispatcher first"
+        import aiohttp
+
+        session = self._client()
         try:
             secret = self._keyring.decrypt(due.secret_ciphertext)
         except KeyringError as exc:
@@ -151,7 +163,7 @@ class Dispatcher:
             SIGNATURE_HEADER: sign(secret, int(self._clock.now()), body),
         }
         try:
-            async with self._session.post(due.url, data=body, headers=headers,
+            async with session.post(due.url, data=body, headers=headers,
                                           allow_redirects=False) as resp:
                 await resp.read()
                 ok = 200 <= resp.status < 300

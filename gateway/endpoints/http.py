@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bookbag.http")
 Handler = Callable[[Request, dict[str, str]], Awaitable[Response]]
+LIMIT_HEADERS_KEY = "bookbag.rate_limit_headers"  # in the ASGI scope: a dict lookup, not State's getattr
 
 
 def gateway(request: Request) -> Gateway:
@@ -92,12 +93,12 @@ async def authenticate(request: Request, scope: str) -> Caller:
     # The per-key rate limit: after auth, before idempotency and reserve (429 past it).
     caller, limit_headers = await gw.limiter.admit(caller)
     if limit_headers:
-        request.state.rate_limit_headers = limit_headers
+        request.scope[LIMIT_HEADERS_KEY] = limit_headers
     return caller
 
 
 def _rate_limit_headers(request: Request) -> dict[str, str]:
-    found: dict[str, str] = getattr(request.state, "rate_limit_headers", None) or {}
+    found: dict[str, str] = request.scope.get(LIMIT_HEADERS_KEY) or {}
     return found
 
 
@@ -114,7 +115,9 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             response = await handler(request, headers)
         except GatewayError as exc:
             return error_response(exc, {**headers, **_rate_limit_headers(request)})
-        response.headers.update(_rate_limit_headers(request))
+        limit_headers = _rate_limit_headers(request)
+        if limit_headers:
+            response.headers.update(limit_headers)
         return response
 
     return run
