@@ -2,17 +2,16 @@
 
 The reply body is passed on unchanged; only what metering needs is read
 (the number of choices, usage). Streams are split into SSE events and each
-event's payload handed on as bytes. aiohttp is used because it holds up
-under concurrency (PERF-NOTES.md); its exceptions are translated here.
+event's payload handed on as bytes. The HTTP client is `upstream.py` (pooled
+keep-alive connections on httptools; cheaper than aiohttp per request); its
+timeouts and failures become UpstreamTimeout / UpstreamError here.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import orjson
 
 from gateway.errors import (
@@ -22,6 +21,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from gateway.providers.upstream import Response, UpstreamClient, UpstreamFailure
 from gateway.types import Completion, ProviderCall
 
 OPENAI_BASE = "https://api.openai.com/v1"
@@ -65,51 +65,39 @@ def upstream_status_error(status: int, body: bytes, call: ProviderCall) -> Gatew
 
 class RelayProvider:
     def __init__(self, *, connections: int = 1024) -> None:
-        self._connections = connections
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(
-                connector=connector, json_serialize=lambda o: orjson.dumps(o).decode(),
-                auto_decompress=True, skip_auto_headers=("User-Agent",),
-            )
-        return self._session
+        self._upstream = UpstreamClient(connections=connections)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._upstream.close()
 
     @staticmethod
-    def _request(call: ProviderCall, path: str) -> tuple[str, dict[str, str], aiohttp.ClientTimeout]:
+    def _request(call: ProviderCall, path: str, stream: bool = False
+                 ) -> tuple[str, list[tuple[str, str]]]:
         url = (call.model.api_base or OPENAI_BASE) + path
-        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+        headers = [("Content-Type", "application/json"), ("Accept-Encoding", "identity")]
         if call.api_key:
-            headers["Authorization"] = "Bearer " + call.api_key
-        t = call.timeouts
-        timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.idle)
-        return url, headers, timeout
+            headers.append(("Authorization", "Bearer " + call.api_key))
+        if stream:
+            headers.append(("Accept", "text/event-stream"))
+        return url, headers
 
     async def _post(self, call: ProviderCall, path: str) -> bytes:
-        url, headers, timeout = self._request(call, path)
+        url, headers = self._request(call, path)
         try:
-            async with self._client().post(
-                url, data=orjson.dumps(call.body), headers=headers, timeout=timeout
-            ) as resp:
+            resp = await self._upstream.post(url, orjson.dumps(call.body), headers, call.timeouts)
+            try:
                 body = await resp.read()
-                if resp.status != 200:
-                    raise upstream_status_error(resp.status, body, call)
-                return body
-        except GatewayError:
-            raise
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            finally:
+                resp.release()
+        except TimeoutError as exc:
             raise UpstreamTimeout(f"The provider did not answer in time for `{call.model.id}`.") from exc
-        except aiohttp.ClientError as exc:
+        except OSError as exc:
             raise UpstreamError(
-                f"Could not reach the provider for `{call.model.id}`: {type(exc).__name__}."
+                f"Could not reach the provider for `{call.model.id}`: {_reason(exc)}"
             ) from exc
+        if resp.status != 200:
+            raise upstream_status_error(resp.status, body, call)
+        return body
 
     async def complete(self, call: ProviderCall) -> Completion:
         body = await self._post(call, "/chat/completions")
@@ -131,43 +119,40 @@ class RelayProvider:
         return SsePayloads(self._events, call)
 
     async def _events(self, call: ProviderCall, out: SsePayloads) -> AsyncGenerator[bytes, None]:
-        url, headers, timeout = self._request(call, "/chat/completions")
-        headers["Accept"] = "text/event-stream"
+        url, headers = self._request(call, "/chat/completions", stream=True)
+        resp: Response | None = None
         try:
-            async with self._client().post(
-                url, data=orjson.dumps(call.body), headers=headers, timeout=timeout
-            ) as resp:
-                if resp.status != 200:
-                    raise upstream_status_error(resp.status, await resp.read(), call)
-                buffer = b""
-                async for data in resp.content.iter_any():
-                    buffer += data
-                    if b"\r" in buffer:
-                        buffer = buffer.replace(b"\r\n", b"\n")
-                    if b"\n\n" not in buffer:
-                        continue
-                    *events, buffer = buffer.split(b"\n\n")
-                    # comments (keep-alives), event names and ids are skipped
-                    payloads = [line[5:].strip() for event in events for line in event.split(b"\n")
-                                if line.startswith(b"data:")]
-                    for i, payload in enumerate(payloads):
-                        if payload == b"[DONE]":
-                            return
-                        if payload.startswith(b'{"error"'):
-                            raise _inband(payload, call)
-                        out.ready = len(payloads) - 1 - i  # payloads of this read still to come
-                        yield payload
-                raise UpstreamError("The provider ended the stream before it was complete.")
+            resp = await self._upstream.post(url, orjson.dumps(call.body), headers, call.timeouts)
+            if resp.status != 200:
+                raise upstream_status_error(resp.status, await resp.read(), call)
+            buffer = b""
+            async for data in resp:
+                buffer += data
+                if b"\r" in buffer:
+                    buffer = buffer.replace(b"\r\n", b"\n")
+                if b"\n\n" not in buffer:
+                    continue
+                *events, buffer = buffer.split(b"\n\n")
+                # comments (keep-alives), event names and ids are skipped
+                payloads = [line[5:].strip() for event in events for line in event.split(b"\n")
+                            if line.startswith(b"data:")]
+                for i, payload in enumerate(payloads):
+                    if payload == b"[DONE]":
+                        return
+                    if payload.startswith(b'{"error"'):
+                        raise _inband(payload, call)
+                    out.ready = len(payloads) - 1 - i  # payloads of this read still to come
+                    yield payload
+            raise UpstreamError("The provider ended the stream before it was complete.")
         except GatewayError:
             raise
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except TimeoutError as exc:
             raise UpstreamTimeout(f"The provider stopped sending for `{call.model.id}`.") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                f"The provider connection failed mid-stream: {type(exc).__name__}."
-            ) from exc
-        except asyncio.CancelledError:
-            raise
+        except OSError as exc:
+            raise UpstreamError(f"The provider connection failed mid-stream: {_reason(exc)}") from exc
+        finally:
+            if resp is not None:  # closes the connection unless the reply was read whole
+                resp.release()
 
 
 class SsePayloads:
@@ -200,3 +185,8 @@ def _inband(payload: bytes, call: ProviderCall) -> GatewayError:
     except (orjson.JSONDecodeError, AttributeError):
         message = "error"
     return UpstreamError(f"The provider reported an error mid-stream: {_scrub(message, call.api_key)}"[:1000])
+
+
+def _reason(exc: OSError) -> str:
+    """What failed, without addresses or anything the request carried."""
+    return str(exc) if isinstance(exc, UpstreamFailure) else f"{type(exc).__name__}."
