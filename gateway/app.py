@@ -121,6 +121,9 @@ class Gateway:
         except Exception:
             checks["database"] = False
         checks["spool"] = await self.spool_backlog() == 0
+        redis_ping: Callable[[], Awaitable[bool]] | None = getattr(self.meter, "ping", None)
+        if redis_ping is not None:  # the Redis meter: metered requests need it
+            checks["redis"] = await redis_ping()
         return checks
 
 

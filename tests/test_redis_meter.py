@@ -443,6 +443,8 @@ def test_a_gateway_on_redis_charges_through_it_and_the_ledger_reaches_sql(
         assert r.status_code == 200, r.text
         print(f"\ngateway, Redis paused: metered 503 in {took:.3f}s, "
               f"bookbag-local 200 in {local_took:.3f}s")
+        ready = c.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["degraded"] == ["redis"], ready.text
         server.resume()
         deadline = time.monotonic() + 30
         while (r := c.post("/v1/chat/completions", json=body)).status_code == 503:
@@ -456,6 +458,7 @@ def test_a_gateway_on_redis_charges_through_it_and_the_ledger_reaches_sql(
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert balance["balance"] == 98
+        assert c.get("/readyz").json()["checks"]["redis"] is True
 
 
 def _redis_keys(url: str) -> list[str]:

@@ -132,6 +132,13 @@ class RedisMeter:
             except Exception:
                 log.warning("redis meter job %s failed", getattr(job, "__name__", job), exc_info=True)
 
+    async def ping(self) -> bool:
+        """Whether Redis answers now (`/readyz`); at most about one timeout."""
+        try:
+            return bool(await self._redis.ping())
+        except ERRORS:
+            return False
+
     # --- plumbing -------------------------------------------------------------
 
     async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
