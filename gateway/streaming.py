@@ -58,7 +58,13 @@ def inspect(payload: bytes) -> tuple[bool, dict[str, Any] | None]:
 
 
 def _may_carry_usage(payload: bytes) -> bool:
-    return b'"usage"' in payload and b'"usage":null' not in payload and b'"usage": null' not in payload
+    """False only when the chunk surely has no usage: no `"usage"` key, or it is null.
+
+    With `include_usage` (always asked of the provider) every chunk ends with
+    `"usage":null`: one backward search finds it, then a look at its value.
+    """
+    at = payload.rfind(b'"usage"')
+    return at >= 0 and not payload[at + 7:at + 20].lstrip(b" \t\r\n:").startswith(b"null")
 
 
 class MeteredStream(Response):
