@@ -106,26 +106,30 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--svg", action="store_true", help="also record a flame graph")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--anthropic", action="store_true",
+                        help="request the Anthropic route (litellm) instead of the relayed one")
     parser.add_argument("--gil", action="store_true",
                         help="only samples holding the GIL (Python CPU time, not waits)")
     args = parser.parse_args()
     ensure_wrk()
     os.sched_setaffinity(0, {LOAD_CORE})
     args.out.mkdir(parents=True, exist_ok=True)
-    name = f"{args.variant.replace(' ', '-')}-{args.mode}"
+    name = f"{args.variant.replace(' ', '-')}-{'anthropic-' if args.anthropic else ''}{args.mode}"
+    model = "claude-haiku-4-5" if args.anthropic else "gpt-4o-mini"
     with tempfile.TemporaryDirectory(prefix="bookbag-profile-") as tmp:
         workdir = Path(tmp)
         fake, fast, slow = start_fake(workdir)
         proc = None
         try:
             path = workdir / "body.json"
-            path.write_bytes(body("gpt-4o-mini", args.mode == "stream"))
+            path.write_bytes(body(model, args.mode == "stream"))
             if args.variant == "reference":
                 proc, url = start_relay(workdir, fast, slow)
                 target = Target(url + "/v1/chat/completions", path)
             else:
                 gw = start_gateway(args.variant.replace(" ", "-"), workdir,
-                                   pricing(fast, slow, anthropic=False), VARIANTS[args.variant])
+                                   pricing(fast, slow, anthropic=args.anthropic),
+                                   VARIANTS[args.variant])
                 proc = gw.proc
                 target = Target(gw.url + "/v1/chat/completions", path, gw.auth)
             wrk(target, args.conns, 2)
