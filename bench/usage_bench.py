@@ -6,12 +6,15 @@
 
 Builds a ledger of `--entries` replies over `--days` days across
 `--workspaces` workspaces, the busiest holding `--busiest`, bulk-loads it
-(executemany on SQLite, COPY on PostgreSQL), builds the hourly rollup from it
-with the migration's own statement, then times what the API runs: 30-day
-usage for the busiest workspace grouped every way and in zones on and off
-the hour, the balance's 30-day figure, and a ledger export. It also times
-`apply_entry` (one entry, its rollup upsert, in batches of 100 per commit)
-with and without the rollup, and checks the rollup against the raw ledger.
+(executemany on SQLite, COPY on PostgreSQL), builds the rollups from it with
+the migrations' own statements, then times what the API runs: 30-day usage
+for the busiest workspace grouped every way (conversation alone and with
+each other grouping and filter), in zones on and off the hour, each figure
+the query and its JSON body (what GET /v1/usage does but HTTP; groupings by
+conversation at the API's default `limit` of 1,000 unless a line says
+otherwise), the balance's 30-day figure, and a ledger export. It also times
+`apply_entry` (one entry, its rollup upserts, in batches of 100 per commit)
+against a bare ledger insert, and checks the rollups against the raw ledger.
 Each figure is the median of `--runs` warm runs, in milliseconds.
 """
 
@@ -31,6 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import orjson
 import psycopg
 from sqlalchemy import Engine
 
@@ -45,7 +49,7 @@ from gateway.database import (
     transaction,
 )
 from gateway.ledger.export import ExportQuery, LedgerExport
-from gateway.ledger.usage import Usage, UsageQuery
+from gateway.ledger.usage import CONVERSATION_LIMIT, Usage, UsageQuery
 from gateway.ledger.window import Window, zone
 from gateway.schema import LEDGER_COLUMNS
 from gateway.types import BillingMode, LedgerEntry
@@ -62,14 +66,14 @@ QUARTER_SUMS = ", ".join(
 SUMS = ("credits, replies, entries, credits_15, replies_15, entries_15, credits_30, replies_30, "
         "entries_30, credits_45, replies_45, entries_45")
 CONVERSATION_KEY = ("workspace_id, created_ms - (created_ms % 3600000), COALESCE(conversation_id, ''), "
-                    "COALESCE(agent_id, '')")
-# The statements of migrations 0005 and 0006, which build the rollups from the ledger.
+                    "COALESCE(agent_id, ''), COALESCE(model, ''), COALESCE(billing_mode, '')")
+# The statements of migrations 0005 and 0007, which build the rollups from the ledger.
 ROLLUPS_FROM_LEDGER = (
     f"INSERT INTO usage_rollup (workspace_id, bucket_ms, agent_id, model, billing_mode, {SUMS}) "
     f"SELECT {KEY}, SUM(credits), SUM(replies), COUNT(*), {QUARTER_SUMS} "
     f"FROM ledger WHERE kind = 'reply' GROUP BY {KEY}",
-    f"INSERT INTO usage_conversations (workspace_id, bucket_ms, conversation_id, agent_id, {SUMS}) "
-    f"SELECT {CONVERSATION_KEY}, SUM(credits), SUM(replies), COUNT(*), {QUARTER_SUMS} "
+    "INSERT INTO usage_conversations (workspace_id, bucket_ms, conversation_id, agent_id, model, "
+    f"billing_mode, {SUMS}) SELECT {CONVERSATION_KEY}, SUM(credits), SUM(replies), COUNT(*), {QUARTER_SUMS} "
     f"FROM ledger WHERE kind = 'reply' GROUP BY {CONVERSATION_KEY}",
 )
 
@@ -177,24 +181,40 @@ def queries(engine: Engine, now: int, runs: int, ws: str) -> list[tuple[str, flo
     def last_30_days(tz: str) -> Window:
         return Window(now - 30 * DAY, now, zone(tz))
 
-    for label, group_by, tz in [
-        ("group_by=day (UTC)", ("day",), "UTC"),
-        ("group_by=day (Asia/Kolkata, +05:30)", ("day",), "Asia/Kolkata"),
-        ("group_by=day,agent (America/New_York)", ("day", "agent"), "America/New_York"),
-        ("group_by=agent", ("agent",), "UTC"),
-        ("group_by=model", ("model",), "UTC"),
-        ("group_by=billing_mode", ("billing_mode",), "UTC"),
-        ("group_by=conversation", ("conversation",), "UTC"),
+    def respond(q: UsageQuery) -> bytes:
+        """What GET /v1/usage does but HTTP: the query, then the JSON body."""
+        return orjson.dumps(usage.query(q).as_json())
+
+    every = None  # `limit`: all groups (the API's default caps conversations at 1,000)
+    for label, group_by, tz, agent, model, limit in [
+        ("day (UTC)", ("day",), "UTC", None, None, None),
+        ("day (Asia/Kolkata, +05:30)", ("day",), "Asia/Kolkata", None, None, None),
+        ("day,agent (America/New_York)", ("day", "agent"), "America/New_York", None, None, None),
+        ("agent", ("agent",), "UTC", None, None, None),
+        ("model", ("model",), "UTC", None, None, None),
+        ("billing_mode", ("billing_mode",), "UTC", None, None, None),
+        ("day, agent+model filter", ("day",), "UTC", "agent-3", "gpt-4o", None),
+        ("conversation", ("conversation",), "UTC", None, None, CONVERSATION_LIMIT),
+        ("conversation, agent filter", ("conversation",), "UTC", "agent-3", None, CONVERSATION_LIMIT),
+        ("conversation, model filter", ("conversation",), "UTC", None, "gpt-4o", CONVERSATION_LIMIT),
+        ("conversation, agent+model", ("conversation",), "UTC", "agent-3", "gpt-4o", CONVERSATION_LIMIT),
+        ("day,conversation (Kolkata)", ("day", "conversation"), "Asia/Kolkata", None, None,
+         CONVERSATION_LIMIT),
+        ("conversation,model", ("conversation", "model"), "UTC", None, None, CONVERSATION_LIMIT),
+        ("conversation,billing_mode", ("conversation", "billing_mode"), "UTC", None, None,
+         CONVERSATION_LIMIT),
+        ("conversation,agent,model", ("conversation", "agent", "model"), "UTC", None, None,
+         CONVERSATION_LIMIT),
+        ("conversation, limit=10", ("conversation",), "UTC", None, None, 10),
+        ("conversation, every group", ("conversation",), "UTC", None, None, every),
+        ("conversation,model, every group", ("conversation", "model"), "UTC", None, None, every),
     ]:
-        q = UsageQuery(ws, last_30_days(tz), group_by)
+        q = UsageQuery(ws, last_30_days(tz), group_by, agent, model, limit)
         report = usage.query(q)
-        out.append((f"usage 30d {label}", median_ms(lambda q=q: usage.query(q), runs),
-                    f"{len(report.groups)} groups, {report.total.requests:,} entries"))
-    q = UsageQuery(ws, last_30_days("UTC"), ("day",), agent="agent-3", model="gpt-4o")
-    out.append(("usage 30d day, agent+model filter", median_ms(lambda: usage.query(q), runs), ""))
-    q2 = UsageQuery(ws, last_30_days("UTC"), ("conversation",), model="gpt-4o")
-    out.append(("usage 30d conversation, model filter (ledger)",
-                median_ms(lambda: usage.query(q2), runs), ""))
+        shown = f"{len(report.data)} of {report.group_count}" if report.group_count > len(report.data) \
+            else f"{report.group_count}"
+        out.append((f"usage 30d {label}", median_ms(lambda q=q: respond(q), runs),
+                    f"{shown} groups, {report.total.requests:,} entries"))
     out.append(("balance credits_used_30d", median_ms(
         lambda: usage.credits_since(ws, now - 30 * DAY, now), runs), ""))
     page = ExportQuery(ws, now - 30 * DAY, now, limit=1000)
@@ -214,20 +234,27 @@ def queries(engine: Engine, now: int, runs: int, ws: str) -> list[tuple[str, flo
 
 def check(engine: Engine, now: int, ws: str) -> str:
     usage = Usage(engine, SystemClock())
-    for tz in ("UTC", "Asia/Kolkata"):
+    for tz, group_by, model in (("UTC", ("day", "agent"), None), ("Asia/Kolkata", ("day", "agent"), None),
+                                ("Asia/Kolkata", ("day", "conversation"), "gpt-4o")):
         w = Window(now - 30 * DAY, now, zone(tz))
-        got = usage.query(UsageQuery(ws, w, ("day", "agent"))).total.credits
+        got = usage.query(UsageQuery(ws, w, group_by, model=model, limit=10)).total.credits
         with snapshot(engine) as (cur, sql):
             cur.execute(sql("SELECT SUM(credits) FROM ledger WHERE workspace_id = ? AND kind = 'reply' "
-                            "AND created_ms >= ? AND created_ms < ?"), (ws, w.start_ms, w.end_ms))
+                            "AND created_ms >= ? AND created_ms < ? AND model = COALESCE(?, model)"),
+                        (ws, w.start_ms, w.end_ms, model))
             want = int(cur.fetchone()[0])
         if got != want:
-            raise SystemExit(f"rollup mismatch in {tz}: usage {got} != ledger {want}")
+            raise SystemExit(f"rollup mismatch in {tz} by {group_by}: usage {got} != ledger {want}")
     with snapshot(engine) as (cur, sql):
         cur.execute(sql("SELECT COUNT(*) FROM usage_rollup WHERE workspace_id = ? AND bucket_ms >= ?"),
                     (ws, now - 30 * DAY))
         rollup = int(cur.fetchone()[0])
-    return f"usage totals equal the raw ledger's (UTC, Asia/Kolkata); {rollup:,} rollup rows in 30 days"
+    with snapshot(engine) as (cur, sql):
+        cur.execute(sql("SELECT COUNT(*) FROM usage_conversations WHERE workspace_id = ? AND bucket_ms >= ?"),
+                    (ws, now - 30 * DAY))
+        conversations = int(cur.fetchone()[0])
+    return (f"usage totals equal the raw ledger's (UTC, Asia/Kolkata, conversations by model); "
+            f"{rollup:,} hourly and {conversations:,} conversation rollup rows in 30 days")
 
 
 def settle_cost(engine: Engine, n: int = 5000) -> tuple[float, float]:

@@ -228,7 +228,8 @@ async def build_gateway(settings: Settings, clock: Clock | None = None,
                         after_charge=thresholds.after_charge,
                         crash=crasher(settings.crash_at))  # test-only; a no-op unless set
     metrics = Metrics(holds_counter(meter, engine))
-    writer.on_commit = lambda writes, lag: metrics.ledger_write("embedded", lag, writes)
+    metrics.feed_from("embedded", writer)
+    metrics.feed_from("redis", getattr(meter, "outbox", None))
     gw = Gateway(
         settings=settings, catalog=catalog, clock=clock, engine=engine, writer=writer,
         accounts=accounts, keys=KeyCache(accounts.caller, clock, settings.key_cache_ttl),

@@ -128,9 +128,10 @@ _ROLLUP = (
     + ", ".join(f"{c} = usage_rollup.{c} + excluded.{c}" for c in _ROLLUP_SUMS)
 )
 _CONVERSATIONS = (
-    "INSERT INTO usage_conversations (workspace_id, bucket_ms, conversation_id, agent_id, "
-    f"{', '.join(_ROLLUP_SUMS)}) VALUES (?, ?, ?, ?, {', '.join('?' for _ in _ROLLUP_SUMS)}) "
-    "ON CONFLICT (workspace_id, bucket_ms, conversation_id, agent_id) DO UPDATE SET "
+    "INSERT INTO usage_conversations (workspace_id, bucket_ms, conversation_id, agent_id, model, "
+    f"billing_mode, {', '.join(_ROLLUP_SUMS)}) "
+    f"VALUES (?, ?, ?, ?, ?, ?, {', '.join('?' for _ in _ROLLUP_SUMS)}) "
+    "ON CONFLICT (workspace_id, bucket_ms, conversation_id, agent_id, model, billing_mode) DO UPDATE SET "
     + ", ".join(f"{c} = usage_conversations.{c} + excluded.{c}" for c in _ROLLUP_SUMS)
 )
 
@@ -146,7 +147,7 @@ def _selected(upsert: str, columns: int) -> str:
 _INSERT_REPLY = (
     f"WITH inserted AS ({_INSERT_LEDGER} RETURNING 1), "
     f"hourly AS ({_selected(_ROLLUP, 5 + len(_ROLLUP_SUMS))}) "
-    + _selected(_CONVERSATIONS, 4 + len(_ROLLUP_SUMS))
+    + _selected(_CONVERSATIONS, 6 + len(_ROLLUP_SUMS))
 )
 
 
@@ -156,9 +157,9 @@ def _rollup_params(entry: LedgerEntry) -> tuple[tuple[Any, ...], tuple[Any, ...]
     sums = (entry.credits, entry.replies, 1)
     early = [v if into_hour < q * 60_000 else 0 for q in _QUARTERS for v in sums]
     hour, agent = entry.created_ms - into_hour, entry.agent_id or ""
-    return ((entry.workspace_id, hour, agent, entry.model or "", str(entry.billing_mode or ""),
-             *sums, *early),
-            (entry.workspace_id, hour, entry.conversation_id or "", agent, *sums, *early))
+    model, mode = entry.model or "", str(entry.billing_mode or "")
+    return ((entry.workspace_id, hour, agent, model, mode, *sums, *early),
+            (entry.workspace_id, hour, entry.conversation_id or "", agent, model, mode, *sums, *early))
 
 
 def entry_params(entry: LedgerEntry) -> tuple[Any, ...]:

@@ -5,6 +5,7 @@
     bookbag_credits_charged_total{model}
     bookbag_insufficient_credits_total                      402s
     bookbag_holds_in_flight                                 reservations not yet settled or voided
+                                                            (memory: this process; sql, redis: all)
     bookbag_provider_latency_seconds{model}
     bookbag_gateway_overhead_seconds{route}                 request time minus provider time
     bookbag_ledger_write_lag_seconds{store}                 queued -> committed (embedded);
@@ -40,8 +41,24 @@ class CountsHolds(Protocol):
     def holds_in_flight(self) -> int: ...
 
 
+@runtime_checkable
+class CountsHoldsRemotely(Protocol):
+    """A meter whose holds live in a store it asks (Redis: every gateway's holds)."""
+
+    async def count_holds(self) -> int: ...
+
+
+@runtime_checkable
+class CommitFeed(Protocol):
+    """A ledger writer that reports each commit: (writes, seconds its oldest waited)."""
+
+    on_commit: Callable[[int, float], None] | None
+
+
 def holds_counter(meter: object, engine: Engine) -> HoldsCount:
     """How to count holds in flight: the meter's own count, else the SQL holds table."""
+    if isinstance(meter, CountsHoldsRemotely):
+        return meter.count_holds
     if isinstance(meter, CountsHolds):
         counts = meter
 
@@ -111,6 +128,12 @@ class Metrics:
         """A ledger batch committed `lag_seconds` after its oldest write was queued."""
         self.ledger_lag.labels(store).observe(lag_seconds)
         self.ledger_writes.labels(store).inc(writes)
+
+    def feed_from(self, store: str, writer: CommitFeed | None) -> None:
+        """Count `writer`'s commits as ledger writes of `store` (the group writer: `embedded`;
+        the Redis meter's outbox consumer: `redis`)."""
+        if writer is not None:
+            writer.on_commit = lambda writes, lag: self.ledger_write(store, lag, writes)
 
     async def render(self) -> bytes:
         if self._holds is not None:

@@ -84,7 +84,10 @@ def _v1() -> dict[str, dict[str, Any]]:
                            "billing_mode, comma-separated (default day).", {"type": "string",
                                                                             "example": "day,agent"}),
                     _param("agent", "query", "Only this agent (an agent-bound key: its own)."),
-                    _param("model", "query", "Only this model (id or alias).")))},
+                    _param("model", "query", "Only this model (id or alias)."),
+                    _param("limit", "query", "At most this many groups, those with the most credits "
+                           "(`omitted` sums the rest). Default: every group; 1,000 when grouping by "
+                           "conversation.", {"type": "integer", "minimum": 1, "maximum": 100_000})))},
         "/v1/ledger": {"get": op(
             "Ledger entries, cursor-paginated, as JSON lines or CSV (streamed)", "read", security=READ,
             ok=ref("LedgerEntry"), media="application/jsonl", errors=(400,),

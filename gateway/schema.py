@@ -167,9 +167,11 @@ class UsageRollup(UsageSums, table=True):
 
 
 class UsageConversations(UsageSums, table=True):
-    """The same sums per workspace, hour, conversation and agent: grouping by conversation.
+    """The same sums per workspace, hour, conversation, agent, model and billing mode:
+    every grouping and filter that involves the conversation.
 
-    Conversations are many but short, so an hour holds a few rows per conversation.
+    Conversations are many but short, so an hour holds a few rows per conversation
+    (one per model and billing mode it used).
     """
 
     __tablename__ = "usage_conversations"
@@ -179,6 +181,8 @@ class UsageConversations(UsageSums, table=True):
     bucket_ms: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     conversation_id: str = Field(primary_key=True, max_length=128)
     agent_id: str = Field(primary_key=True, max_length=128)
+    model: str = Field(primary_key=True, max_length=128)
+    billing_mode: str = Field(primary_key=True, max_length=16)
 
 
 class DashboardSession(SQLModel, table=True):

@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from gateway.logs import JsonFormatter
 from tests.conftest import GatewayFactory
 from tests.fake_provider import FakeProvider
 from tests.harness import RunningGateway
+from tests.redis_server import RedisServer
 
 CHAT = {"messages": [{"role": "user", "content": "the secret recipe is 42 cloves"}]}
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -86,7 +88,49 @@ def test_counters_move_with_requests(gateway: RunningGateway, provider: FakeProv
     assert gateway.balance(key)["balance"] == 97
 
 
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_gateway(redis_server: RedisServer, make_gateway: GatewayFactory) -> RunningGateway:
+    """A gateway on the Redis meter (the server outlives it: set up first, stopped last)."""
+    gw = make_gateway(BOOKBAG_REDIS_URL=redis_server.url)
+    assert type(gw.gw.meter).__name__ == "RedisMeter"
+    return gw
+
+
 def test_holds_in_flight_while_a_reply_is_pending(gateway: RunningGateway, provider: FakeProvider) -> None:
+    holds_while_a_reply_hangs(gateway, provider)
+
+
+def test_the_redis_meter_counts_its_holds_in_flight(redis_gateway: RunningGateway,
+                                                     provider: FakeProvider) -> None:
+    holds_while_a_reply_hangs(redis_gateway, provider)
+
+
+def test_the_redis_outbox_feeds_ledger_write_lag(redis_gateway: RunningGateway) -> None:
+    ws, key = redis_gateway.workspace("free")
+    before = scrape(redis_gateway)
+    with redis_gateway.client(key) as c:
+        for _ in range(3):
+            assert c.post("/v1/chat/completions", json={**CHAT, "model": "gpt-4o-mini"}).status_code == 200
+    redis_gateway.wait_ledger(ws, 3)
+    deadline = time.monotonic() + 10  # the consumer counts a batch just after committing it
+    while total(after := scrape(redis_gateway), "bookbag_ledger_writes_total", store="redis") < 3:
+        assert time.monotonic() < deadline, "the outbox's commits never reached /metrics"
+        time.sleep(0.02)
+    assert total(before, "bookbag_ledger_writes_total", store="redis") == 0
+    batches = total(after, "bookbag_ledger_write_lag_seconds_count", store="redis")
+    assert 1 <= batches <= 3
+    assert ("bookbag_ledger_write_lag_seconds_sum", frozenset({("store", "redis")})) in after
+    assert total(after, "bookbag_credits_charged_total", model="gpt-4o-mini") == 3
+
+
+def holds_while_a_reply_hangs(gateway: RunningGateway, provider: FakeProvider) -> None:
     _, key = gateway.workspace("free")
     provider.fail("hang", path="/v1/chat/completions")
     statuses: list[int] = []

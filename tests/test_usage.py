@@ -7,6 +7,7 @@ PostgreSQL, with a brute-force sum over the ledger rows in Python.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import time
@@ -24,11 +25,13 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
+from gateway import migrate
 from gateway.cli import app as cli
 from gateway.clock import SystemClock
+from gateway.database import _INSERT_LEDGER, create_schema, entry_params, make_engine, transaction
 from gateway.database import apply_entry as apply
-from gateway.database import create_schema, make_engine, transaction
-from gateway.ledger.usage import Usage, UsageQuery
+from gateway.errors import InvalidRequest
+from gateway.ledger.usage import CONVERSATION_LIMIT, MAX_LIMIT, Usage, UsageQuery, parse_limit
 from gateway.ledger.window import Window, window
 from gateway.types import BillingMode, EntryKind, LedgerEntry
 from tests.harness import RunningGateway
@@ -101,6 +104,20 @@ def as_groups(usage: Usage, q: UsageQuery) -> dict[tuple[Any, ...], list[int]]:
             if t.requests}
 
 
+def expected_rows(entries: list[LedgerEntry], q: UsageQuery) -> tuple[list[Any], dict[str, int]]:
+    """The groups the API returns, in its order, and what `omitted` says: the `limit` groups
+    with the most credits (then replies, then keys byte-wise, none first), shown by day."""
+    ranked = sorted(brute_force(entries, q).items(), key=lambda kv: (
+        -kv[1][0], -kv[1][1], tuple("" if v is None else v for v in kv[0])))
+    shown = ranked if q.limit is None else ranked[:q.limit]
+    if "day" in q.group_by:
+        shown = sorted(shown, key=lambda kv: kv[0][q.group_by.index("day")])  # stable: by rank within
+    rest = ranked[len(shown):]
+    omitted = {"groups": len(rest), **{m: sum(v[i] for _, v in rest)
+                                       for i, m in enumerate(("credits", "replies", "requests"))}}
+    return [(k, v) for k, v in shown], omitted
+
+
 # Offsets from a pivot (the window's ends, each local midnight in it): right on it, a millisecond
 # either side, whole and partial hours, or anywhere within two days.
 OFFSETS = st.one_of(
@@ -143,11 +160,14 @@ def windows(draw: st.DrawFn, zones: list[str] = ZONES) -> Window:
 @given(data=st.data(), w=windows(),
        group_by=st.lists(st.sampled_from(["day", "agent", "model", "billing_mode", "conversation"]),
                          min_size=0, max_size=3, unique=True),
-       agent=st.sampled_from([None, None, "triage"]), model=st.sampled_from([None, None, "gpt-4o-mini"]))
+       agent=st.sampled_from([None, None, "triage"]), model=st.sampled_from([None, None, "gpt-4o-mini"]),
+       limit=st.sampled_from([None, None, 1, 2, 5]))
 def test_usage_equals_a_brute_force_sum_of_the_ledger(
     engine: Engine, data: st.DataObject, w: Window, group_by: list[str], agent: str | None,
-    model: str | None,
+    model: str | None, limit: int | None,
 ) -> None:
+    """Every grouping (conversation with any other, any filter) from the rollups and the ledger's
+    edges, in the API's order, with `limit` and what it leaves out."""
     ws = "ws_" + uuid.uuid4().hex[:12]
     raw = data.draw(st.lists(entries_near([w.start_ms, w.end_ms, *w.day_starts]), max_size=40))
     entries = [reply(ws, r["at"], agent_id=r["agent"], model=r["model"], billing_mode=r["mode"],
@@ -155,8 +175,15 @@ def test_usage_equals_a_brute_force_sum_of_the_ledger(
                      kind=r["kind"]) for r in raw]
     write(engine, entries)
     usage = Usage(engine, SystemClock())
-    q = UsageQuery(ws, w, tuple(group_by), agent, model)
-    assert as_groups(usage, q) == brute_force(entries, q)
+    q = UsageQuery(ws, w, tuple(group_by), agent, model, limit)
+    report = usage.query(q)
+    shown, omitted = expected_rows(entries, q)
+    assert [(tuple(row[g] for g in group_by), [row["credits"], row["replies"], row["requests"]])
+            for row in report.rows()] == shown
+    body = report.as_json()
+    assert body["omitted"] == omitted
+    everything = brute_force(entries, UsageQuery(ws, w, (), agent, model)).get((), [0, 0, 0])
+    assert [body["total"][m] for m in ("credits", "replies", "requests")] == everything
     # The totals equal the ledger's, whatever the grouping.
     total = usage.query(UsageQuery(ws, w, (), agent, model)).total
     expected = brute_force(entries, UsageQuery(ws, w, (), agent, model)).get((), [0, 0, 0])
@@ -236,6 +263,86 @@ def test_kolkata_days_begin_at_half_past_six_utc(engine: Engine) -> None:
     assert [(r["day"], r["credits"]) for r in rows] == [("2026-05-01", 2), ("2026-05-02", 7)]
     utc = usage.query(UsageQuery(ws, window("2026-05-01", "2026-05-02", "UTC", 0), ("day",))).rows()
     assert [(r["day"], r["credits"]) for r in utc] == [("2026-05-01", 9)]
+
+
+@pytest.mark.parametrize("days", [4, 150])
+def test_midnights_off_the_quarter_hour_are_read_from_the_ledger(engine: Engine, days: int) -> None:
+    """Monrovia was at -0:44:30 until 1972: each of its midnights cuts a UTC hour off the quarter,
+    so that hour comes from the ledger; past 100 such hours the whole window does."""
+    ws = "ws_" + uuid.uuid4().hex[:12]
+    w = window("1971-06-01", (dt.date(1971, 6, 1) + dt.timedelta(days)).isoformat(), "Africa/Monrovia", 0)
+    assert all(cut % 900_000 for cut in w.cuts)
+    entries = [reply(ws, cut + d, credits=1 + i % 3, conversation_id=f"c{i % 2}",
+                     model=("gpt-4o-mini", "gpt-4o")[i % 2])
+               for i, cut in enumerate(w.cuts) for d in (-H // 2, -1, 0, 1, H // 2)]
+    entries += [reply(ws, w.start_ms + d, credits=2, conversation_id="c1") for d in (0, H // 3, 5 * H)]
+    write(engine, entries)
+    usage = Usage(engine, SystemClock())
+    for group_by in (("day",), ("day", "conversation"), ("conversation", "model"), ()):
+        q = UsageQuery(ws, w, group_by)
+        assert as_groups(usage, q) == brute_force(entries, q), group_by
+
+
+def test_limit_keeps_the_most_credits_and_the_default_caps_conversations_only() -> None:
+    assert parse_limit(None, ("day", "agent")) is None
+    assert parse_limit(None, ("conversation",)) == CONVERSATION_LIMIT == 1000
+    assert parse_limit("", ("day", "conversation")) == CONVERSATION_LIMIT
+    assert parse_limit("5", ("agent",)) == 5
+    assert parse_limit(str(MAX_LIMIT), ("conversation",)) == MAX_LIMIT
+    for bad in ("0", "-1", "1.5", "ten", str(MAX_LIMIT + 1), "\u0661"):
+        with pytest.raises(InvalidRequest) as err:
+            parse_limit(bad, ("conversation",))
+        assert err.value.param == "limit"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migration_0007_builds_the_conversation_rollup_from_the_ledger(
+    backend: str, tmp_path: Path,
+) -> None:
+    """A ledger written before 0007 (conversations without model and billing mode) answers
+    conversation groupings with model filters from the rollup 0007 builds."""
+    from alembic import command
+
+    with fresh_database() if backend == "postgresql" else _nothing() as pg_url:
+        eng = make_engine(pg_url or f"sqlite:///{tmp_path / 'old.db'}")
+        try:
+            with eng.begin() as conn:
+                command.upgrade(migrate._config(conn), "0006")
+            ws = "ws_" + uuid.uuid4().hex[:12]
+            base = ANCHORS[4]
+            entries = [reply(ws, base + i * 700_000, credits=i % 4, replies=1 + i % 2,
+                             conversation_id=(None, "c1", "c2")[i % 3], agent_id=(None, "triage")[i % 2],
+                             model=("gpt-4o-mini", "gpt-4o", "claude-haiku-4-5")[i % 5 % 3],
+                             billing_mode=(BillingMode.METERED, BillingMode.BYO)[i % 7 % 2],
+                             kind=EntryKind.TOPUP if i % 11 == 0 else EntryKind.REPLY)
+                       for i in range(120)]
+            with transaction(eng) as (cur, sql):
+                for e in entries:
+                    cur.execute(sql(_INSERT_LEDGER), entry_params(e))
+            migrate.upgrade(eng)
+            assert migrate.current(eng) == migrate.head()
+            usage = Usage(eng, SystemClock())
+            w = window("2026-05-01", "2026-05-03", "Asia/Kolkata", 0)
+            for group_by, model in [(("conversation",), "gpt-4o"), (("conversation", "model"), None),
+                                    (("day", "conversation", "billing_mode"), None),
+                                    (("conversation", "agent"), "claude-haiku-4-5")]:
+                q = UsageQuery(ws, w, group_by, model=model)
+                assert as_groups(usage, q) == brute_force(entries, q), group_by
+            with eng.begin() as conn:  # and back: 0006's rollup, rebuilt from the ledger too
+                command.downgrade(migrate._config(conn), "0006")
+                rows = conn.exec_driver_sql(
+                    f"SELECT COUNT(*), SUM(credits) FROM usage_conversations WHERE workspace_id = '{ws}'"
+                ).one()
+            replies = [e for e in entries if e.kind == EntryKind.REPLY]
+            hours = {(e.created_ms // H, e.conversation_id, e.agent_id) for e in replies}
+            assert (rows[0], rows[1]) == (len(hours), sum(e.credits for e in replies))
+        finally:
+            eng.dispose()
+
+
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
 
 
 def test_a_day_of_23_and_of_25_hours_in_new_york(engine: Engine) -> None:
@@ -373,3 +480,25 @@ def test_usage_of_a_window_ending_now_includes_the_latest_reply(gateway: Running
         r = c.get("/v1/usage", params={"start": str(int(time.time()) - 60), "end": str(int(time.time()) + 1),
                                        "group_by": "model"})
     assert r.json()["data"] == [{"model": "gpt-4o-mini", "credits": 1, "replies": 1, "requests": 1}]
+
+
+def test_usage_limit_returns_the_top_conversations_and_sums_the_rest(gateway: RunningGateway) -> None:
+    ws, key = gateway.workspace("free")
+    now = int(time.time() * 1000)
+    spent = [("a", 5), ("b", 3), ("b", 1), ("c", 2), ("d", 1), (None, 1)]
+    write(gateway.engine, [reply(ws, now - 60_000 * (i + 1), credits=credits, conversation_id=conversation)
+                           for i, (conversation, credits) in enumerate(spent)])
+    with gateway.client(key) as c:
+        top = c.get("/v1/usage", params={"group_by": "conversation", "limit": "2"}).json()
+        default = c.get("/v1/usage", params={"group_by": "conversation"}).json()
+        by_day = c.get("/v1/usage", params={"group_by": "day"}).json()
+        bad = c.get("/v1/usage", params={"group_by": "conversation", "limit": "0"})
+    assert [(r["conversation"], r["credits"], r["requests"]) for r in top["data"]] == \
+        [("a", 5, 1), ("b", 4, 2)]
+    assert top["limit"] == 2
+    assert top["omitted"] == {"groups": 3, "credits": 4, "replies": 3, "requests": 3}
+    assert top["total"] == {"credits": 13, "replies": 6, "requests": 6}
+    assert default["limit"] == 1000 and len(default["data"]) == 5
+    assert default["omitted"] == {"groups": 0, "credits": 0, "replies": 0, "requests": 0}
+    assert by_day["limit"] is None and by_day["omitted"]["groups"] == 0
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit"

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from gateway.endpoints.http import authenticate, endpoint, gateway, json_response
 from gateway.errors import Forbidden, GatewayError, InvalidRequest, ModelNotFound, ServiceUnavailable
-from gateway.ledger.usage import UsageQuery, parse_group_by
+from gateway.ledger.usage import UsageQuery, parse_group_by, parse_limit
 from gateway.ledger.window import window
 from gateway.types import Caller
 from gateway.workspaces import ID_RE
@@ -58,12 +58,14 @@ async def show(request: Request, headers: dict[str, str]) -> Response:
     caller = await authenticate(request, "read")
     gw = gateway(request)
     params = request.query_params
+    group_by = parse_group_by(params.get("group_by"))
     query = UsageQuery(
         workspace_id=caller.workspace_id,
         window=window(params.get("start"), params.get("end"), params.get("tz"), gw.clock.now()),
-        group_by=parse_group_by(params.get("group_by")),
+        group_by=group_by,
         agent=agent_filter(caller, params.get("agent")),
         model=model_filter(request, params.get("model")),
+        limit=parse_limit(params.get("limit"), group_by),
     )
     report = await in_thread(gw.usage.query, query)
     return json_response(report.as_json(), headers=headers)

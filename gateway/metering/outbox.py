@@ -12,6 +12,9 @@ Each step:
   5. ack     XACK and XDEL only after the commit, and drop the request ids from the
              shard's `pending` hash (settled, not yet in SQL: what "was it charged?" reads)
 
+After each commit `on_commit` gets the entries inserted and how long ago the
+oldest of them was settled (`/metrics`: bookbag_ledger_write_lag_seconds{store="redis"}).
+
 Every gateway process runs one; whoever holds a shard's lease drains it. A
 consumer that stops releases its leases; one that dies loses them after
 `lease_ttl`, and the next owner re-applies what it left pending (harmless).
@@ -26,6 +29,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis.exceptions import ResponseError
@@ -73,6 +77,9 @@ class OutboxConsumer:
         self._task: asyncio.Task[None] | None = None
         self.written = 0  # entries inserted in SQL
         self.duplicates = 0  # entries SQL already had (re-applied after a failure)
+        # Called after each commit that inserted entries: (how many, seconds since the oldest of
+        # the batch was settled, i.e. appended to its stream: the time in its stream id).
+        self.on_commit: Callable[[int, float], None] | None = None
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -184,6 +191,11 @@ class OutboxConsumer:
         inserted = await asyncio.to_thread(self._commit, entries)
         self.written += inserted
         self.duplicates += len(entries) - inserted
+        if inserted and self.on_commit is not None:
+            settled_ms = min(_appended_ms(m.id) for m in batch)
+            with contextlib.suppress(Exception):  # metrics never fail the consumer
+                # Redis stamps stream ids with its own clock: a skew below zero reads as no lag.
+                self.on_commit(inserted, max(0.0, time.time() - settled_ms / 1000))
 
     def _commit(self, entries: list[LedgerEntry]) -> int:
         with transaction(self._engine) as (cur, sql):
@@ -201,6 +213,11 @@ class OutboxConsumer:
                 if done := [m.request_id for m in messages if m.request_id]:
                     pipe.hdel(self._pending[stream], *done)  # now SQL answers "charged?"
             await pipe.execute()
+
+
+def _appended_ms(stream_id: str) -> int:
+    """When Redis appended a stream entry: the milliseconds part of its id (`<ms>-<seq>`)."""
+    return int(stream_id.split("-", 1)[0])
 
 
 def _message(stream: str, id_: str, fields: dict[str, str] | None) -> Message:

@@ -332,6 +332,18 @@ class RedisMeter:
 
     # --- background -------------------------------------------------------------
 
+    @property
+    def outbox(self) -> OutboxConsumer | None:
+        """The consumer moving this meter's entries to SQL (`/metrics` counts its commits)."""
+        return self._outbox
+
+    async def count_holds(self) -> int:
+        """Holds in flight, every gateway's: the entries of the shards' holds hashes."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for i in range(SHARDS):
+                pipe.hlen(self.layout.shard(i).holds)
+            return sum(int(n) for n in await pipe.execute())
+
     async def sweep(self) -> None:
         """Void every hold past its expiry: its request never settled or voided it."""
         now = self._clock.now()
