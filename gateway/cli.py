@@ -81,14 +81,21 @@ def emit(data: Any, as_json: bool, title: str | None = None) -> None:
     if as_json:
         print(json.dumps(data, indent=2, default=str))
         return
-    rows = data if isinstance(data, list) else [data]
-    if not rows:
+    if isinstance(data, dict):  # one record: a field per line, values never cut short
+        table = Table(title=title, show_header=False)
+        table.add_column("field", style="bold")
+        table.add_column("value", overflow="fold")
+        for name, value in data.items():
+            table.add_row(str(name), "" if value is None else str(value))
+        console.print(table)
+        return
+    if not data:
         console.print("(none)")
         return
     table = Table(title=title)
-    for column in rows[0]:
-        table.add_column(str(column))
-    for row in rows:
+    for column in data[0]:
+        table.add_column(str(column), overflow="fold")  # wrapped, never an ellipsis
+    for row in data:
         table.add_row(*("" if v is None else str(v) for v in row.values()))
     console.print(table)
 

@@ -205,3 +205,17 @@ def test_cli_errors_are_readable(run: Any, gateway: RunningGateway, pricing: Pat
     result = runner.invoke(cli, ["byo", "set", ws, "openai", "--key", "sk-x"],
                            env={**env, "BOOKBAG_SECRET_KEY": "not-a-fernet-key"})
     assert result.exit_code == 2 and "generate-key" in result.output
+
+
+def test_a_key_printed_as_a_table_is_never_cut_short(gateway: RunningGateway, run: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key is shown once: a narrow terminal wraps it, never replaces its end with '…'."""
+    from gateway import cli as cli_module
+
+    monkeypatch.setattr(cli_module.console, "width", 50)
+    out = run("workspace", "create", "Gamma", "--plan", "free")
+    assert "…" not in out
+    cells = [line.split("│")[2].strip() for line in out.splitlines() if line.count("│") == 3]
+    key = "".join(cells[cells.index(next(c for c in cells if c.startswith("bk_"))):])
+    with gateway.client(key) as c:  # the key as printed works
+        assert c.get("/v1/balance").status_code == 200, key
