@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -85,8 +86,8 @@ def litellm_figures(run: Run, workdir: Path, fast: int, slow: int, seconds: floa
         gw.proc.stop()
 
 
-def start_gateways(run: Run, workdir: Path, fast: int, slow: int,
-                   only: set[str] | None, sources: list[str]) -> list[Gateway]:
+def start_gateways(run: Run, workdir: Path, fast: int, slow: int, only: set[str] | None,
+                   sources: list[str], redis_sources: Sequence[str] = ()) -> list[Gateway]:
     plain = pricing(fast, slow, anthropic=False)
     wanted: list[tuple[str, dict[str, str]]] = [
         ("embedded", {}), ("metering off", {"BOOKBAG_METERING": "off"})]
@@ -102,6 +103,14 @@ def start_gateways(run: Run, workdir: Path, fast: int, slow: int,
         label, _, directory = spec.partition("=")
         gw = start_gateway(f"src-{label}", workdir, plain, {}, Path(directory).resolve())
         gw.name = f"embedded @{label}"
+        gateways.append(gw)
+        run.cold_start[gw.name] = gw.proc.cold_start_s or 0.0
+    for i, spec in enumerate(redis_sources):  # the Redis meter from another tree: its own db
+        label, _, directory = spec.partition("=")
+        url = f"{redis_url.rsplit('/', 1)[0]}/{14 - i}"
+        gw = start_gateway(f"src-redis-{label}", workdir, plain, {"BOOKBAG_REDIS_URL": url},
+                           Path(directory).resolve())
+        gw.name = f"redis @{label}"
         gateways.append(gw)
         run.cold_start[gw.name] = gw.proc.cold_start_s or 0.0
     for name, env in wanted:
@@ -132,6 +141,9 @@ def main() -> None:
     parser.add_argument("--source", action="append", default=[], metavar="LABEL=DIR",
                         help="also run an embedded gateway importing gateway/ from DIR "
                              "(A/B a change in the same run); repeatable")
+    parser.add_argument("--source-redis", action="append", default=[], metavar="LABEL=DIR",
+                        help="also run a Redis-metered gateway importing gateway/ from DIR "
+                             "(on Redis db 14, 13, ...); repeatable")
     args = parser.parse_args()
     seconds = args.seconds or (2.0 if args.quick else 5.0)
     probe_n = args.probe or (200 if args.quick else 2000)
@@ -152,7 +164,8 @@ def main() -> None:
             relay, relay_url = start_relay(workdir, fast, slow)
             procs.append(relay)
             run.cold_start["reference relay"] = relay.cold_start_s or 0.0
-            gateways = start_gateways(run, workdir, fast, slow, only, args.source)
+            gateways = start_gateways(run, workdir, fast, slow, only, args.source,
+                                      args.source_redis)
             procs += [g.proc for g in gateways]
             bodies = {}
             for model in ("gpt-4o-mini", "gpt-4o-mini-50ms"):

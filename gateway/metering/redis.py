@@ -13,13 +13,15 @@
 A workspace missing from Redis is seeded from SQL, set-if-absent. The period
 is computed here from the anchor and the injected clock and passed in, so
 the scripts never read a clock. Only metered requests reach this module.
-Key layout and scripts: `redis_scripts.py`; the SQL side: `redis_sync.py`.
+Key layout and scripts: `redis_scripts.py`; the SQL side: `redis_sync.py`. The scripts
+run over one pipelined connection (`resp.py`); redis-py does the rest (sweep, sync, ping).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import time
 import uuid
@@ -32,7 +34,14 @@ from gateway.clock import Clock
 from gateway.errors import ServiceUnavailable
 from gateway.metering.base import charge, insufficient, renewal_entry
 from gateway.metering.outbox import OutboxConsumer
-from gateway.metering.redis_client import ERRORS, Redis, advise, transient, unavailable
+from gateway.metering.redis_client import (
+    ERRORS,
+    Redis,
+    advise,
+    script_client,
+    transient,
+    unavailable,
+)
 from gateway.metering.redis_scripts import (
     APPLY,
     BALANCE,
@@ -43,6 +52,7 @@ from gateway.metering.redis_scripts import (
     SHARDS,
     VOID,
     Layout,
+    WorkspaceKeys,
     encode_entry,
 )
 from gateway.metering.redis_sync import (
@@ -54,6 +64,7 @@ from gateway.metering.redis_sync import (
     load_seed,
     write_entry,
 )
+from gateway.metering.resp import Script
 from gateway.periods import period_of
 from gateway.types import Balance, Hold, LedgerEntry
 
@@ -89,9 +100,16 @@ class RedisMeter:
         self._breaker = breaker
         self.layout = layout or Layout()
         self._outbox = outbox
-        self._scripts = {name: client.register_script(src) for name, src in (
-            ("reserve", RESERVE), ("settle", SETTLE), ("void", VOID), ("balance", BALANCE),
-            ("apply", APPLY), ("seed", SEED), ("mark", MARK))}
+        sources = {"reserve": RESERVE, "settle": SETTLE, "void": VOID, "balance": BALANCE,
+                   "apply": APPLY, "seed": SEED, "mark": MARK}
+        # The scripts go through the pipelined client (redis-py's per-command cost was most
+        # of a request's); redis-py keeps the rest, and the scripts too over TLS.
+        self._fast = script_client(client)
+        self._lua = {name: Script(src) for name, src in sources.items()}
+        self._scripts = {} if self._fast is not None else {
+            name: client.register_script(src) for name, src in sources.items()}
+        self._keys: dict[str, WorkspaceKeys] = {}
+        self._periods: dict[str, tuple[float, float, str, str]] = {}  # anchor -> the one now
         self._facts: dict[str, Facts] = {}
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._epochs: dict[str, tuple[str, float]] = {}  # request id -> (epoch, expires_at)
@@ -120,6 +138,8 @@ class RedisMeter:
                 await task
         if self._outbox is not None:
             await self._outbox.close()
+        if self._fast is not None:
+            await self._fast.aclose()
         await self._redis.aclose()
 
     async def _every(self, interval: float, job: Callable[[], Awaitable[None]]) -> None:
@@ -143,6 +163,8 @@ class RedisMeter:
 
     async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         try:
+            if self._fast is not None:
+                return await self._fast.evalsha(self._lua[name], keys, args)
             return await self._scripts[name](keys=keys, args=args)
         except ERRORS as exc:
             if transient(exc):
@@ -200,10 +222,25 @@ class RedisMeter:
                 raise ServiceUnavailable(f"the balance of {workspace_id} could not be loaded")
         return result
 
+    def _workspace(self, workspace_id: str) -> WorkspaceKeys:
+        keys = self._keys.get(workspace_id)
+        if keys is None:
+            keys = self._keys[workspace_id] = self.layout.workspace(workspace_id)
+        return keys
+
+    def _current(self, anchor: str, now: float) -> tuple[str, str]:
+        """(start, end) of the period containing `now`, computed once per period."""
+        known = self._periods.get(anchor)
+        if known is not None and known[0] <= now < known[1]:
+            return known[2], known[3]
+        start, end = period_of(anchor, now)
+        self._periods[anchor] = (_midnight(start), _midnight(end), start, end)
+        return start, end
+
     def _period(self, workspace_id: str, facts: Facts) -> tuple[list[Any], str, str]:
         """The renewal arguments for now (period, allotment, entry id, entry), and (start, end)."""
         now = self._clock.now()
-        start, end = period_of(facts.anchor, now)
+        start, end = self._current(facts.anchor, now)
         entry = renewal_entry(workspace_id, start, self._allotment_of(*facts.plan_at(start)),
                               int(now * 1000))
         return [start, entry.credits, entry.request_id, encode_entry(entry)], start, end
@@ -213,15 +250,17 @@ class RedisMeter:
     async def reserve(self, workspace_id: str, credits: int, request_id: str) -> Hold:
         if time.monotonic() < self._down_until:  # Redis just failed: 503 now, no pile-up
             raise ServiceUnavailable("The balance store is unreachable; retry shortly.")
-        facts = await self._facts_of(workspace_id)
-        renewal, start, end = self._period(workspace_id, facts)
-        expires_at = self._clock.now() + self._hold_ttl
-        shard = self.layout.of(workspace_id)
-        keys = [self.layout.bal(workspace_id), self.layout.applied(workspace_id), shard.outbox,
-                shard.holds, shard.exp, shard.epoch]
+        facts = self._facts.get(workspace_id) or await self._facts_of(workspace_id)
+        now = self._clock.now()
+        start, end = self._current(facts.anchor, now)
+        expires_at = now + self._hold_ttl
+        keys = self._workspace(workspace_id).reserve
+        args = [request_id, credits, int(expires_at * 1000), workspace_id]
         try:
-            result = await self._seeded("reserve", workspace_id, keys, [
-                request_id, credits, int(expires_at * 1000), workspace_id, *renewal])
+            result = await self._seeded("reserve", workspace_id, keys, [*args, start])
+            if int(result[0]) == 3:  # a new period: renew with its entry, then reserve
+                renewal, start, end = self._period(workspace_id, facts)
+                result = await self._seeded("reserve", workspace_id, keys, [*args, *renewal])
         except ServiceUnavailable as exc:
             if transient(exc.__cause__ or exc):
                 # The script may still run once Redis answers again: void it then (the sweep).
@@ -239,9 +278,7 @@ class RedisMeter:
     async def settle(self, hold: Hold, entry: LedgerEntry) -> Balance | None:
         charge(entry, hold)
         epoch = self._epochs.pop(hold.request_id, ("", 0.0))
-        shard = self.layout.of(hold.workspace_id)
-        keys = [self.layout.bal(hold.workspace_id), shard.holds, shard.exp, shard.outbox,
-                shard.epoch, shard.pending]
+        keys = self._workspace(hold.workspace_id).settle
         args = [hold.request_id, encode_entry(entry), epoch[0], hold.credits,
                 hold.from_allotment, hold.from_topups, hold.period_start]
         for attempt in range(SETTLE_ATTEMPTS):
@@ -264,7 +301,7 @@ class RedisMeter:
         if facts is None or len(result) < 6:
             return None
         _, period, allotment, allot_rem, top_rem, reserved = result
-        start, end = period_of(facts.anchor, self._clock.now())
+        start, end = self._current(facts.anchor, self._clock.now())
         if str(period) != start:  # a renewal is due: balance() applies it first
             return None
         return Balance(workspace_id, facts.plan_at(start)[0], int(allotment), int(allot_rem),
@@ -395,3 +432,7 @@ class RedisMeter:
             log.info("applied %s from SQL to Redis", grant.request_id)
         return applied
 
+
+def _midnight(day: str) -> float:
+    """Epoch seconds of an ISO date's start, UTC (where `period_of` draws its lines)."""
+    return dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp()

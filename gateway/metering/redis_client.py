@@ -13,16 +13,29 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import BusyLoadingError, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import ServiceUnavailable
+
+if TYPE_CHECKING:
+    from gateway.metering.resp import RespClient
+
+# The errors `resp.py` raises: redis-py's own, so that one translation covers both clients.
+__all__ = ["AuthenticationError", "BusyLoadingError", "NoScriptError", "RedisConnectionError",
+           "RedisTimeoutError", "ResponseError"]
 
 log = logging.getLogger("bookbag.meter")
 
@@ -52,6 +65,27 @@ def connect(url: str, *, timeout: float, read_timeout: float | None = None,
     )
     client: Any = aioredis.Redis  # `from_pool` (the client owns and closes its pool) postdates the stubs
     return client.from_pool(pool)
+
+
+def script_client(client: Redis) -> RespClient | None:
+    """A pipelined client for the meter's scripts, to the server `client` talks to, with its
+    timeouts; None over TLS (or any other connection class): redis-py runs the scripts then."""
+    from gateway.metering.resp import RespClient
+
+    pool = client.connection_pool
+    kwargs: dict[str, Any] = pool.connection_kwargs
+    if pool.connection_class is aioredis.Connection:
+        address: dict[str, Any] = {"host": kwargs["host"], "port": kwargs["port"]}
+    elif pool.connection_class is aioredis.UnixDomainSocketConnection:
+        address = {"path": kwargs["path"]}
+    else:
+        return None
+    if kwargs.get("credential_provider") is not None:
+        return None
+    return RespClient(**address, db=int(kwargs.get("db") or 0), username=kwargs.get("username"),
+                      password=kwargs.get("password"),
+                      connect_timeout=kwargs["socket_connect_timeout"],
+                      timeout=kwargs["socket_timeout"])
 
 
 def transient(exc: BaseException) -> bool:

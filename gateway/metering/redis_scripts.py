@@ -53,6 +53,15 @@ class ShardKeys:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkspaceKeys:
+    """The keys of one workspace's scripts, in the order each script takes them."""
+
+    reserve: list[str]  # bal, applied, outbox, holds, exp, epoch
+    settle: list[str]  # bal, holds, exp, outbox, epoch, pending
+    shard: ShardKeys
+
+
+@dataclass(frozen=True, slots=True)
 class Layout:
     prefix: str = "bk"
 
@@ -70,6 +79,13 @@ class Layout:
     def of(self, workspace_id: str) -> ShardKeys:
         return self.shard(shard_of(workspace_id))
 
+    def workspace(self, workspace_id: str) -> WorkspaceKeys:
+        bal, applied, shard = self.bal(workspace_id), self.applied(workspace_id), \
+            self.of(workspace_id)
+        return WorkspaceKeys([bal, applied, shard.outbox, shard.holds, shard.exp, shard.epoch],
+                             [bal, shard.holds, shard.exp, shard.outbox, shard.epoch,
+                              shard.pending], shard)
+
     @property
     def sync_mark(self) -> str:
         """The ledger seq up to which grants written straight to SQL have been applied."""
@@ -79,16 +95,23 @@ class Layout:
 # --- entries in the outbox ------------------------------------------------------
 
 
+_FIELDS = tuple(f.name for f in fields(LedgerEntry))
+
+
 def encode_entry(entry: LedgerEntry) -> bytes:
-    values = ((f.name, getattr(entry, f.name)) for f in fields(entry))
-    return orjson.dumps({k: v for k, v in values if v is not None})
+    return orjson.dumps({k: v for k in _FIELDS if (v := getattr(entry, k)) is not None})
+
+
+_KINDS = {kind.value: kind for kind in EntryKind}
+_MODES = {mode.value: mode for mode in BillingMode}
 
 
 def decode_entry(raw: str | bytes) -> LedgerEntry:
+    """The entry `encode_entry` stored; raises on anything else (an unknown kind or mode)."""
     data: dict[str, Any] = orjson.loads(raw)
-    data["kind"] = EntryKind(data.get("kind", EntryKind.REPLY))
+    data["kind"] = _KINDS[data.get("kind", EntryKind.REPLY)]
     mode = data.get("billing_mode")
-    data["billing_mode"] = BillingMode(mode) if mode else None
+    data["billing_mode"] = _MODES[mode] if mode else None
     return LedgerEntry(**data)
 
 
@@ -97,28 +120,32 @@ def decode_entry(raw: str | bytes) -> LedgerEntry:
 # refusal leaves nothing behind. A renewal is its own idempotent step (the
 # entry `allotment:<ws>:<period>` marked in `applied`), done before the check.
 
-# KEYS bal, applied, outbox; ARGV (from `first`) period, allotment, renewal id, renewal JSON
+# KEYS bal, applied, outbox; ARGV (from `first`) period, allotment, renewal id, renewal JSON.
+# Given the period alone, it renews nothing and answers true when a renewal is due: the
+# caller then sends the entry (the hot path need not build one per request).
 _RENEW = """
 local function renew(first)
   local period = ARGV[first]
   if period ~= '' and period > redis.call('HGET', KEYS[1], 'period') then
+    if ARGV[first + 3] == nil then return true end
     redis.call('HSET', KEYS[1], 'period', period, 'allotment', ARGV[first + 1],
                'allot_rem', ARGV[first + 1])
     if redis.call('SADD', KEYS[2], ARGV[first + 2]) == 1 then
       redis.call('XADD', KEYS[3], '*', 'e', ARGV[first + 3])
     end
   end
+  return false
 end
 """
 
 # KEYS bal, applied, outbox, holds, exp, epoch
-# ARGV request id, credits, expires ms, workspace, then the renewal (4)
+# ARGV request id, credits, expires ms, workspace, then the period now, or the renewal (4)
 # -> {0} not seeded | {-1} request id already holds | {-2, available, period}
-#    | {1, from allotment, from top-ups, period, epoch}
+#    | {3} a renewal is due: send it | {1, from allotment, from top-ups, period, epoch}
 RESERVE = _RENEW + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
 if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return {-1} end
-renew(5)
+if renew(5) then return {3} end
 local b = redis.call('HMGET', KEYS[1], 'period', 'allot_rem', 'top_rem')
 local credits, ar, tr = tonumber(ARGV[2]), tonumber(b[2]), tonumber(b[3])
 if credits > ar + tr then return {-2, ar + tr, b[1]} end
