@@ -165,8 +165,12 @@ def start_gateway(name: str, workdir: Path, pricing_text: str,
         **(env or {}),
     })
     url = f"http://127.0.0.1:{port}"
-    wait_first_reply(proc, url + "/v1/chat/completions", body("gpt-4o-mini", False),
-                     {"Authorization": f"Bearer {key}"})
+    try:
+        wait_first_reply(proc, url + "/v1/chat/completions", body("gpt-4o-mini", False),
+                         {"Authorization": f"Bearer {key}"})
+    except BaseException:
+        proc.stop()  # the caller never gets it: do not leave it running
+        raise
     return Gateway(name, proc, url, key)
 
 
