@@ -5,7 +5,14 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.endpoints.http import authenticate, endpoint, gateway, json_response, read_body
+from gateway.endpoints.http import (
+    authenticate,
+    endpoint,
+    gateway,
+    headers_of,
+    json_response,
+    read_body,
+)
 from gateway.idempotency import key_of
 from gateway.logs import record_of
 from gateway.validation import chat_request, parse_json
@@ -16,9 +23,10 @@ async def completions(request: Request, headers: dict[str, str]) -> Response:
     raw = await read_body(request)
     caller = await authenticate(request, "inference")
     body = parse_json(raw)
-    idempotency_key = key_of(request.headers, body)  # hashed before Bookbag's metadata leaves it
-    req = chat_request(body, request.headers, caller)
-    return await gateway(request).pipeline.chat(caller, req, request.headers, headers,
+    given = headers_of(request)
+    idempotency_key = key_of(given, body)  # hashed before Bookbag's metadata leaves it
+    req = chat_request(body, given, caller)
+    return await gateway(request).pipeline.chat(caller, req, given, headers,
                                                 idempotency_key, record=record_of(request))
 
 
@@ -26,6 +34,7 @@ async def completions(request: Request, headers: dict[str, str]) -> Response:
 async def preview(request: Request, headers: dict[str, str]) -> Response:
     raw = await read_body(request)
     caller = await authenticate(request, "inference")
-    req = chat_request(parse_json(raw), request.headers, caller)
-    return json_response(await gateway(request).pipeline.preview(caller, req, request.headers),
+    given = headers_of(request)
+    req = chat_request(parse_json(raw), given, caller)
+    return json_response(await gateway(request).pipeline.preview(caller, req, given),
                          headers=headers)
