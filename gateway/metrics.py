@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import Engine
@@ -105,29 +105,49 @@ class Metrics:
         self.ledger_writes = Counter("bookbag_ledger_writes", "Ledger writes committed.", ["store"],
                                      registry=r)
         self._holds = holds
+        # `.labels()` validates and locks on every call: each child is looked up once per
+        # label tuple and kept (labels are bounded, see above), created when first used.
+        # The writer thread uses it too: `.labels()` returns the same child to both threads.
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def observe(self, record: RequestRecord) -> None:
         """Count one finished request (called by the request observer)."""
         entry = record.entry
-        model = entry.model or "" if entry else ""
-        mode = str(entry.billing_mode or "") if entry else ""
-        self.requests.labels(record.route, model, mode, str(record.status)).inc()
-        self.duration.labels(record.route).observe(record.total_ms / 1000)
-        if record.status == 402:
+        route = record.route
+        status = record.status
+        model = (entry.model or "") if entry else ""
+        key = (route, model, entry.billing_mode if entry else None, status)
+        counter = self._children.get(key)
+        if counter is None:
+            mode = str(entry.billing_mode or "") if entry else ""
+            counter = self._children[key] = self.requests.labels(route, model, mode, str(status))
+        counter.inc()
+        self._child(self.duration, route).observe(record.total_ms / 1000)
+        if status == 402:
             self.insufficient.inc()
-        if entry is None or record.provider_ms is None:
+        if entry is None:
             return
-        self.provider_latency.labels(model).observe(record.provider_ms / 1000)
+        provider_ms = record.provider_ms
+        if provider_ms is None:
+            return
+        self._child(self.provider_latency, model).observe(provider_ms / 1000)
         overhead = record.gateway_ms
         if overhead is not None:
-            self.overhead.labels(record.route).observe(overhead / 1000)
-        if record.status == 200 and entry.credits:  # set by the settle; 0 when voided
-            self.credits.labels(model).inc(entry.credits)
+            self._child(self.overhead, route).observe(overhead / 1000)
+        if status == 200 and entry.credits:  # set by the settle; 0 when voided
+            self._child(self.credits, model).inc(entry.credits)
 
     def ledger_write(self, store: str, lag_seconds: float, writes: int = 1) -> None:
         """A ledger batch committed `lag_seconds` after its oldest write was queued."""
-        self.ledger_lag.labels(store).observe(lag_seconds)
-        self.ledger_writes.labels(store).inc(writes)
+        self._child(self.ledger_lag, store).observe(lag_seconds)
+        self._child(self.ledger_writes, store).inc(writes)
 
     def feed_from(self, store: str, writer: CommitFeed | None) -> None:
         """Count `writer`'s commits as ledger writes of `store` (the group writer: `embedded`;
