@@ -106,30 +106,39 @@ class MeteredStream(Response):
         self.client_gone = False
         self.error: GatewayError | None = None
         self.usage: dict[str, Any] | None = None
+        self._relaying = True  # until `_relay` returns: the watcher may cancel it
+        self._cut = False  # the watcher cancelled the relay (the client left)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code,
                     "headers": self.raw_headers})
-        relay = asyncio.ensure_future(self._relay(send))
-        watcher = asyncio.ensure_future(self._watch(receive))
+        # The relay runs in this task; a watcher task reads `receive` and, when the client
+        # leaves mid-relay, cancels this task (one task per stream, no `asyncio.wait`).
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        watcher = asyncio.ensure_future(self._watch(receive, task))
         try:
-            await asyncio.wait({relay, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if watcher.done() and not relay.done():
-                self.client_gone = True
-                relay.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay
+            try:
+                await self._relay(send)
+            finally:
+                self._relaying = False
+        except asyncio.CancelledError:
+            # Only the watcher's cancel ends here quietly; any other is passed on.
+            if not (self._cut and task.uncancel() <= cancelling):
+                raise
         finally:
             watcher.cancel()
-            if not relay.done():
-                relay.cancel()
             await asyncio.shield(self._end(send))
 
-    async def _watch(self, receive: Receive) -> None:
+    async def _watch(self, receive: Receive, relay: asyncio.Task[Any]) -> None:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 self.client_gone = True
+                if self._relaying:
+                    self._cut = True
+                    relay.cancel()
                 return
 
     async def _relay(self, send: Send) -> None:

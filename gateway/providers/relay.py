@@ -132,10 +132,7 @@ class RelayProvider:
                     buffer = buffer.replace(b"\r\n", b"\n")
                 if b"\n\n" not in buffer:
                     continue
-                *events, buffer = buffer.split(b"\n\n")
-                # comments (keep-alives), event names and ids are skipped
-                payloads = [line[5:].strip() for event in events for line in event.split(b"\n")
-                            if line.startswith(b"data:")]
+                payloads, buffer = split_events(buffer)
                 for i, payload in enumerate(payloads):
                     if payload == b"[DONE]":
                         return
@@ -176,6 +173,19 @@ class SsePayloads:
 
     async def aclose(self) -> None:
         await self._events.aclose()
+
+
+def split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """The `data:` payloads of the complete events in `buffer` (`\n` line ends), and the
+    rest. Comments (keep-alives), event names and ids are skipped."""
+    # Every newline one of an event-ending pair: each event is one line, no need to split
+    # the events into lines (the usual case: a provider sends `data: {...}\n\n`).
+    one_line = buffer.count(b"\n") == 2 * buffer.count(b"\n\n")
+    *events, rest = buffer.split(b"\n\n")
+    if one_line:
+        return [event[5:].strip() for event in events if event.startswith(b"data:")], rest
+    return [line[5:].strip() for event in events for line in event.split(b"\n")
+            if line.startswith(b"data:")], rest
 
 
 def _inband(payload: bytes, call: ProviderCall) -> GatewayError:
