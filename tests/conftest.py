@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from gateway.clock import Clock
 from tests.fake_provider import FakeProvider
 from tests.harness import RunningGateway, sqlite_settings, test_pricing
+
+if TYPE_CHECKING:
+    from tests.redis_server import RedisServer
 
 REQUIRE_SERVICES = os.environ.get("BOOKBAG_TEST_REQUIRE_SERVICES") == "1"
 
@@ -64,6 +67,17 @@ def make_gateway(tmp_path: Path, pricing: Path) -> Iterator[GatewayFactory]:
 @pytest.fixture
 def gateway(make_gateway: GatewayFactory) -> RunningGateway:
     return make_gateway()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own (a missing redis-server fails in CI). Ask for it
+    before `make_gateway`, so that it outlives the gateways (stopped last)."""
+    from tests.redis_server import RedisServer  # it imports this module
+
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
 
 
 def service_missing(what: str) -> None:

@@ -12,7 +12,6 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -484,14 +483,6 @@ def _hash(body: dict[str, Any]) -> str:
 
 
 # --- Redis ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own (a missing redis-server fails in CI)."""
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

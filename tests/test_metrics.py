@@ -6,7 +6,6 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +85,6 @@ def test_counters_move_with_requests(gateway: RunningGateway, provider: FakeProv
     assert total(after, "bookbag_ledger_writes_total", store="embedded") >= 4  # 3 settles, 1 local
     assert value(after, "bookbag_holds_in_flight") == 0
     assert gateway.balance(key)["balance"] == 97
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
