@@ -138,7 +138,7 @@ def serve(
         loop="uvloop",
         http=GatewayHttpProtocol,  # httptools; malformed HTTP refused in the OpenAI error shape
         access_log=False,
-        proxy_headers=False,  # the client address and scheme are never read: skip the rewrite
+        proxy_headers=False,  # no client address is read; the dashboard reads X-Forwarded-Proto itself
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.shutdown_grace),
     )
