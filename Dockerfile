@@ -7,9 +7,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml README.md pricing.toml ./
+COPY pyproject.toml README.md pricing.toml requirements.lock ./
 COPY gateway ./gateway
-RUN pip install . \
+RUN pip install -c requirements.lock . \
     && useradd --system --create-home --home-dir /var/lib/bookbag bookbag
 
 USER bookbag

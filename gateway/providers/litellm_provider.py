@@ -322,35 +322,55 @@ def _provider_error(exc: BaseException) -> tuple[str, str | None]:
 
 
 def translate_error(litellm: Any, exc: BaseException, call: ProviderCall) -> GatewayError:
-    """The gateway error for an exception raised by a litellm call (most specific first)."""
+    """The gateway error for an exception raised by a litellm call.
+
+    Classified by meaning, not by name, so that a class a newer litellm adds
+    still lands right: first its base class (litellm's exceptions derive from
+    the OpenAI SDK's, one per HTTP meaning), then its HTTP status. Most
+    specific first; whatever is left (connection errors, 5xx, 529 overloaded,
+    in-band stream errors, litellm's proxy-side exceptions) is a 502.
+    """
     if isinstance(exc, GatewayError):
         return exc
     e = litellm.exceptions
     provider = call.model.provider
     message, kind = _provider_error(exc)
     message = _scrub(message, call.api_key)
-    status = getattr(exc, "status_code", None)
+    # An HTTP status counts where it is the provider's answer (the OpenAI SDK's APIError
+    # family, which litellm's provider exceptions derive from), not on litellm's own
+    # proxy-side exceptions (guardrails, budgets), which a plain call never configures.
+    status = _http_status(exc) if isinstance(exc, getattr(e, "openai", e).APIError) else None
     # litellm reports some provider 4xx as 400; the error type keeps the real status.
     status = _STATUS_BY_TYPE.get(kind or "", status) if status == 400 else status
-    if isinstance(exc, TimeoutError | e.Timeout):
+    if isinstance(exc, TimeoutError | e.Timeout) or status == 408:
         return UpstreamTimeout(f"{provider} did not answer within the time limit")
-    if isinstance(exc, e.AuthenticationError):
+    if isinstance(exc, e.AuthenticationError) or status == 401:
+        # CallerCredentialAuthenticationError included: the caller's key is a BYO key.
         if call.byo:
             return ProviderAuthFailed(f"{provider} rejected the provider key: {message}")
         return UpstreamError(f"{provider} rejected the gateway's provider key")
-    if isinstance(exc, e.PermissionDeniedError | e.PaymentRequiredError) and not call.byo:
-        # A refusal of the gateway's own provider account is not the client's to fix.
-        return UpstreamError(f"{provider} refused the gateway's provider account: {message}")
-    if isinstance(exc, e.RateLimitError):
+    if isinstance(exc, e.RateLimitError) or status == 429:
         return ProviderRejected(429, message, type_="rate_limit_error")
     if isinstance(exc, e.ContextWindowExceededError):
         return ProviderRejected(400, message, code="context_length_exceeded")
-    if (
-        isinstance(exc, e.BadRequestError | e.InvalidRequestError | e.NotFoundError
-                   | e.UnprocessableEntityError | e.PermissionDeniedError | e.APIError)
-        and isinstance(status, int) and 400 <= status < 500
-    ):
+    if isinstance(exc, e.PermissionDeniedError | e.PaymentRequiredError) or status in (402, 403):
+        if not call.byo:
+            # A refusal of the gateway's own provider account is not the client's to fix.
+            return UpstreamError(f"{provider} refused the gateway's provider account: {message}")
+        return ProviderRejected(status if status in (402, 403) else 403, message)
+    if isinstance(status, int) and 400 <= status < 500:
         return ProviderRejected(status, message)
-    # Connection errors, 5xx, 529 overloaded, in-band stream errors, and litellm's
-    # own proxy-side exceptions, which a plain call never configures.
+    for base, default in ((e.NotFoundError, 404), (e.UnprocessableEntityError, 422),
+                          (e.BadRequestError, 400)):
+        if isinstance(exc, base) and status is None:
+            return ProviderRejected(default, message)
     return UpstreamError(f"{provider} failed: {message}")
+
+
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status litellm (or the OpenAI SDK under it) attached to an exception."""
+    status = getattr(exc, "status_code", None)
+    if not isinstance(status, int):
+        response = getattr(exc, "response", None)
+        status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) and 100 <= status < 600 else None
