@@ -193,6 +193,18 @@ class UpstreamTimeout(GatewayError):
     code = "upstream_timeout"
 
 
+class DeadlineExceeded(UpstreamTimeout):
+    """The gateway's own total deadline (`BOOKBAG_PROVIDER_TIMEOUT`'s total) ended the
+    request, not the provider: a stream it ends after output reached the client is charged
+    (SPEC "One deadline per request"); the provider falling silent is `UpstreamTimeout`."""
+
+
+def deadline_exceeded(model_id: str, total: float) -> DeadlineExceeded:
+    return DeadlineExceeded(
+        f"The request reached the gateway's time limit ({total:g} s) for `{model_id}`. "
+        "A streamed reply whose output had reached the client is charged.")
+
+
 def render(error: GatewayError) -> bytes:
     """The OpenAI-shaped body of an error."""
     return orjson.dumps(error.body())

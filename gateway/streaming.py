@@ -4,14 +4,16 @@
    that is an ordinary HTTP error, handled by the pipeline).
 2. Each chunk is written as `data: ...\\n\\n`; chunks the provider sent together
    (the provider's iterator says how many more are `ready`) go out as one
-   message. The reply counts as delivered once a chunk with content, tool
-   calls or a refusal has been written.
+   message. The reply counts as delivered once a chunk with any output has
+   been written: any non-empty delta field beyond the role (content, tool
+   calls, refusal, reasoning, audio, or a field a provider adds).
 3. The usage chunk (the gateway always asks for it) is passed on only when
    the client asked, with `credits` added.
 4. When the provider finishes: settle (durable), then `data: [DONE]`.
    A provider error: an in-band `data: {"error": ...}`, no [DONE], void.
-   The client leaving: settle if delivered (the provider bills it), else
-   void; the upstream is cancelled either way.
+   The gateway's total deadline (DeadlineExceeded): the in-band error too, but
+   settled if delivered. The client leaving: settle if delivered (the provider
+   bills it), else void; the upstream is cancelled either way.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.crashpoints import Crash, no_crash
-from gateway.errors import GatewayError, UpstreamError, sse_error
+from gateway.errors import DeadlineExceeded, GatewayError, UpstreamError, sse_error
 
 log = logging.getLogger("bookbag.stream")
 
@@ -36,7 +38,11 @@ Finish = Callable[[bool, dict[str, Any] | None], Awaitable[None]]
 
 
 def inspect(payload: bytes) -> tuple[bool, dict[str, Any] | None]:
-    """(carries content, usage if this is the usage-only chunk) of one chunk payload."""
+    """(carries output, usage if this is the usage-only chunk) of one chunk payload.
+
+    Output is any delta field beyond `role` with a value (SPEC: "any delta beyond the role"):
+    `content`, `tool_calls`, `refusal`, `reasoning_content` / `reasoning` (DeepSeek, vLLM),
+    `audio`, `function_call`, and whatever a provider adds."""
     try:
         chunk = orjson.loads(payload)
     except orjson.JSONDecodeError:
@@ -49,12 +55,15 @@ def inspect(payload: bytes) -> tuple[bool, dict[str, Any] | None]:
         return False, usage if isinstance(usage, dict) else None
     for choice in choices:
         delta = choice.get("delta") if isinstance(choice, dict) else None
-        if isinstance(delta, dict) and (
-            delta.get("content") or delta.get("tool_calls") or delta.get("refusal")
-            or delta.get("function_call")
+        if isinstance(delta, dict) and any(
+            key != "role" and value not in _EMPTY for key, value in delta.items()
         ):
             return True, None
     return False, None
+
+
+# A delta's value that carries nothing: the opening chunk's `"content": ""`, `"refusal": null`.
+_EMPTY: tuple[object, ...] = (None, "", [], {})
 
 
 def _may_carry_usage(payload: bytes) -> bool:
@@ -205,7 +214,10 @@ class MeteredStream(Response):
             self._events.append(event)
 
     async def _end(self, send: Send) -> None:
-        charge = self.completed or (self.client_gone and self.delivered)
+        # Delivered output is charged unless the provider broke off: the client leaving and
+        # the gateway's own deadline are not the provider's failure (it bills both).
+        charge = self.completed or (self.delivered and (
+            self.client_gone or isinstance(self.error, DeadlineExceeded)))
         try:
             await self._finish(charge, self.usage)
         except GatewayError as exc:

@@ -33,7 +33,16 @@ failure matching a request's path is used (and counted down):
                 (no [DONE] / message_stop). Non-stream: a 500 error reply.
                 Optional message=, and type= for Anthropic (default overloaded_error).
   slow_stream   interval=<seconds> between stream events; non-stream: one wait.
+  stall         after=N: a stream sends its opening chunk(s) and N output chunks, then
+                nothing more (the connection stays open) until reset() or stop().
+                Non-stream: hang.
+  cut, inband_error and stall also take interval= (paced like slow_stream).
 `delay` (seconds) is waited before handling every request.
+`output` (streams, text replies) emulates a kind of model: "content" (the default),
+"refusal" (refusal deltas instead of content), "reasoning" (a reasoning model of the
+OpenAI-compatible kind, DeepSeek / vLLM: `reasoning_content` deltas, then the content) or
+"audio" (`audio` deltas: id and transcript pieces, then data, then expires_at).
+Output chunks are what cut / inband_error / stall count with after=N.
 
 Standalone (benchmarks): `python tests/fake_provider.py --port 9100 [--fast]`
 prints `READY <port>` once listening; `--fast` skips byte splitting and counting.
@@ -90,7 +99,9 @@ ANTHROPIC_PARAMS = frozenset({
 ANTHROPIC_BLOCK_TYPES = (
     "text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking",
 )
-FAILURE_MODES = frozenset({"status", "hang", "drop", "cut", "inband_error", "slow_stream"})
+FAILURE_MODES = frozenset({"status", "hang", "drop", "cut", "inband_error", "slow_stream",
+                           "stall"})
+OUTPUTS = ("content", "refusal", "reasoning", "audio")
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 OPENAI_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "text-embedding-3-small")
 
@@ -676,6 +687,7 @@ class FakeProvider:
         )
         self.fast = fast
         self.delay: float = 0.0
+        self.output: str = "content"
         self.received: list[Received] = []
         self.port: int = port
         self._lock = threading.Lock()
@@ -772,6 +784,7 @@ class FakeProvider:
             self.received.clear()
             self._failures.clear()
         self.delay = 0.0
+        self.output = "content"
         self._release_hung()
 
     def fail(
@@ -831,8 +844,10 @@ class FakeProvider:
         if failure is not None:
             if failure.mode == "status":
                 return self._status_failure(failure, anthropic, ctx.seq)
-            if failure.mode in ("hang", "drop"):
-                if failure.mode == "hang":
+            stalled = failure.mode == "stall" and not (
+                isinstance(body, dict) and body.get("stream"))
+            if failure.mode in ("hang", "drop") or stalled:
+                if failure.mode != "drop":
                     await self._hang()
                 return self._drop(request)
         try:
@@ -1041,9 +1056,7 @@ class FakeProvider:
             for i in range(n):
                 delta = {"role": "assistant", "content": "", "refusal": None}
                 events.append((chunk([choice(i, delta)]), False))
-            for piece in _pieces(text):
-                for i in range(n):
-                    events.append((chunk([choice(i, {"content": piece}, piece=piece)]), True))
+            events += [(chunk([c]), True) for c in self._output_deltas(text, n, ctx.seq, choice)]
         for i in range(n):
             events.append((chunk([choice(i, {}, finish)]), False))
         if include_usage:
@@ -1055,6 +1068,34 @@ class FakeProvider:
             "type": "server_error", "param": None, "code": None,
         }})
         return await self._stream(ctx, events, error, headers)
+
+    def _output_deltas(self, text: str, n: int, seq: int,
+                       choice: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
+        """The output choices of a text reply for `self.output`, in order."""
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, not {self.output!r}")
+        pieces = _pieces(text)
+        out: list[dict[str, Any]] = []
+        if self.output == "reasoning":
+            for piece in _pieces("Let me think about what to answer."):
+                out += [choice(i, {"content": None, "reasoning_content": piece}) for i in range(n)]
+        if self.output == "refusal":
+            for piece in _pieces("I'm sorry, I cannot help with that."):
+                out += [choice(i, {"refusal": piece}) for i in range(n)]
+        elif self.output == "audio":
+            for k, piece in enumerate(pieces):
+                for i in range(n):
+                    audio = {"transcript": piece} if k else \
+                        {"id": f"audio_fake{seq}x{i}", "transcript": piece}
+                    out.append(choice(i, {"audio": audio}))
+            data = base64.b64encode(b"\0\0" * 240).decode()
+            out += [choice(i, {"audio": {"data": data}}) for i in range(n)]
+            out += [choice(i, {"audio": {"expires_at": int(time.time()) + 3600}})
+                    for i in range(n)]
+        else:
+            for piece in pieces:
+                out += [choice(i, {"content": piece}, piece=piece) for i in range(n)]
+        return out
 
     @staticmethod
     def _pick_openai_tool(body: dict[str, Any]) -> str | None:
@@ -1252,7 +1293,7 @@ class FakeProvider:
         })
         mode = ctx.failure.mode if ctx.failure else None
         opts = ctx.failure.opts if ctx.failure else {}
-        if mode in ("cut", "inband_error"):
+        if mode in ("cut", "inband_error", "stall"):
             after, seen, kept = int(opts.get("after", 0)), 0, []
             for data, is_content in events:
                 if is_content:
@@ -1264,7 +1305,7 @@ class FakeProvider:
         rng = random.Random(ctx.seq)
         try:
             await resp.prepare(ctx.request)
-            if mode == "slow_stream":
+            if opts.get("interval") is not None:
                 for k, (data, _) in enumerate(events):
                     if k:
                         await asyncio.sleep(float(opts["interval"]))
@@ -1274,7 +1315,9 @@ class FakeProvider:
                     await self._write(resp, data, rng)
             else:
                 await self._write(resp, b"".join(data for data, _ in events), rng)
-            if mode == "cut":
+            if mode == "stall":
+                await self._hang()  # silent, the connection open, until reset() or stop()
+            if mode in ("cut", "stall"):
                 self._drop(ctx.request)  # no terminating chunk: the client sees a broken body
                 return resp
             await resp.write_eof()

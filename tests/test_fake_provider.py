@@ -583,3 +583,43 @@ def test_standalone_process() -> None:
         assert proc.wait(5) == 0
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@pytest.mark.parametrize("output", ["content", "refusal", "reasoning", "audio"])
+def test_stream_output_kinds_are_valid_chunks(provider: FakeProvider, client: openai.OpenAI,
+                                              output: str) -> None:
+    """Each `output` streams chunks the OpenAI SDK parses, with the deltas of its kind."""
+    provider.output = output
+    chunks = list(client.chat.completions.create(model="gpt-4o", messages=USER, stream=True))
+    deltas = [c.choices[0].delta.model_dump(exclude_none=True) for c in chunks if c.choices]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    fields = {key for d in deltas[1:] for key in d}
+    want = {"content": {"content"}, "refusal": {"refusal"},
+            "reasoning": {"reasoning_content", "content"}, "audio": {"audio"}}[output]
+    assert fields == want
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_fail_stall_sends_after_n_then_stays_silent(provider: FakeProvider) -> None:
+    provider.fail("stall", after=2)
+    body = {"model": "m", "messages": USER, "stream": True}
+
+    async def main() -> bytes:
+        async with aiohttp.ClientSession() as session, session.post(
+            provider.openai_base + "/chat/completions", json=body,
+            headers={"authorization": f"Bearer {OPENAI_KEY}"},
+        ) as resp:
+            got = b""
+
+            async def read() -> None:
+                nonlocal got
+                async for data in resp.content.iter_any():
+                    got += data
+
+            with pytest.raises(TimeoutError):  # silent: the stream never ends
+                await asyncio.wait_for(read(), 0.5)
+            return got
+
+    lines = data_lines(asyncio.run(main()))
+    contents = [json.loads(line)["choices"][0]["delta"].get("content") for line in lines]
+    assert contents[0] == "" and len([c for c in contents[1:] if c]) == 2

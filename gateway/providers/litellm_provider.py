@@ -39,6 +39,7 @@ from gateway.errors import (
     UnsupportedParameter,
     UpstreamError,
     UpstreamTimeout,
+    deadline_exceeded,
 )
 from gateway.types import Completion, ModelEntry, ProviderCall
 
@@ -164,6 +165,10 @@ class LitellmProvider:
                             chunk = await chunks.__anext__()
                     except StopAsyncIteration:
                         break
+                    except TimeoutError:
+                        if loop.time() >= deadline:  # the gateway's own deadline, not silence
+                            raise deadline_exceeded(call.model.id, call.timeouts.total) from None
+                        raise
                     payload = _chunk(chunk)
                     if payload is not None:
                         finishes = any(c["finish_reason"] for c in payload["choices"])
@@ -173,6 +178,8 @@ class LitellmProvider:
                     if getattr(chunk, "usage", None) is not None:
                         usage = orjson.dumps({**_head(chunk), "choices": [],
                                               "usage": _usage(chunk.usage)})
+            except GatewayError:
+                raise
             except Exception as exc:
                 raise translate_error(litellm, exc, call) from exc
             if not getattr(wrapper, "received_finish_reason", None):
@@ -274,6 +281,10 @@ def _chunk(chunk: Any) -> dict[str, Any] | None:
             delta["role"] = d.role
         if d.content:
             delta["content"] = d.content
+        # Thinking (Anthropic) as the OpenAI-compatible `reasoning_content` (DeepSeek, vLLM):
+        # output the provider bills, so it reaches the client and counts as delivered.
+        if reasoning := getattr(d, "reasoning_content", None):
+            delta["reasoning_content"] = reasoning
         if d.tool_calls:
             delta["tool_calls"] = _tool_calls(d.tool_calls, streamed=True)
         if delta or c.finish_reason:

@@ -4,7 +4,8 @@ The reply body is passed on unchanged; only what metering needs is read
 (the number of choices, usage). Streams are split into SSE events and each
 event's payload handed on as bytes. The HTTP client is `upstream.py` (pooled
 keep-alive connections on httptools; cheaper than aiohttp per request); its
-timeouts and failures become UpstreamTimeout / UpstreamError here.
+timeouts and failures become UpstreamTimeout / UpstreamError here; the request's total
+deadline passing mid-stream becomes DeadlineExceeded (a delivered stream is charged).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from gateway.errors import (
     ProviderRejected,
     UpstreamError,
     UpstreamTimeout,
+    deadline_exceeded,
 )
-from gateway.providers.upstream import Response, UpstreamClient, UpstreamFailure
+from gateway.providers.upstream import DeadlineReached, Response, UpstreamClient, UpstreamFailure
 from gateway.types import Completion, ProviderCall
 
 OPENAI_BASE = "https://api.openai.com/v1"
@@ -143,6 +145,8 @@ class RelayProvider:
             raise UpstreamError("The provider ended the stream before it was complete.")
         except GatewayError:
             raise
+        except DeadlineReached as exc:
+            raise deadline_exceeded(call.model.id, call.timeouts.total) from exc
         except TimeoutError as exc:
             raise UpstreamTimeout(f"The provider stopped sending for `{call.model.id}`.") from exc
         except OSError as exc:
