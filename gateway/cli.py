@@ -113,7 +113,7 @@ def serve(
     """Run the gateway (creates the schema of an empty database)."""
     import uvicorn
 
-    from gateway.http_protocol import GatewayHttpProtocol
+    from gateway.http_protocol import protocol_for
 
     flags = {"BOOKBAG_HOST": host, "BOOKBAG_PORT": port, "BOOKBAG_DATABASE_URL": database_url,
              "BOOKBAG_PRICING": pricing, "BOOKBAG_REDIS_URL": redis_url,
@@ -136,7 +136,7 @@ def serve(
         port=settings.port,
         workers=workers if workers > 1 else None,
         loop="uvloop",
-        http=GatewayHttpProtocol,  # httptools; malformed HTTP refused in the OpenAI error shape
+        http=protocol_for(settings),  # httptools; malformed HTTP refused in the OpenAI error shape
         access_log=False,
         proxy_headers=False,  # no client address is read; the dashboard reads X-Forwarded-Proto itself
         log_level=settings.log_level,

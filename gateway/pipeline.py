@@ -41,6 +41,7 @@ from gateway.idempotency import Claim, Idempotency, IdempotencyKey, Replay
 from gateway.idempotency import json_response as stored_json
 from gateway.idempotency import sse_response as stored_sse
 from gateway.idempotency_store import StoredResponse
+from gateway.inflight import InFlight
 from gateway.ledger.recorder import Recorder
 from gateway.logs import RequestRecord
 from gateway.metering.base import Meter
@@ -105,6 +106,7 @@ class Pipeline:
         self.idempotency = idempotency
         self._after_charge = after_charge
         self._crash = crash  # test-only crash points (crashpoints.py); a no-op in production
+        self.inflight = InFlight(settings.max_inflight_per_workspace)
 
     # --- decisions ------------------------------------------------------
 
@@ -186,7 +188,10 @@ class Pipeline:
                 return claimed.render(response_headers)
             claim = claimed
             self._crash("after_claim")
+        release = _nothing
         try:
+            if model.provider != "local":  # the in-flight cap, before anything is reserved
+                release = self.inflight.acquire(caller.workspace_id)
             entry = self._entry(request_id, caller, req, model, decision)
             if record is not None:
                 record.entry = entry  # the request's log line and metrics read it when it ends
@@ -199,10 +204,14 @@ class Pipeline:
             provider = self.providers.for_model(model)
             if req.stream:
                 return await self._stream(provider, call, req, hold, entry, cost, response_headers,
-                                          started, claim)
-            return await self._complete(provider, call, hold, entry, cost, response_headers,
-                                        started, claim)
+                                          started, claim, release)
+            try:
+                return await self._complete(provider, call, hold, entry, cost, response_headers,
+                                            started, claim)
+            finally:
+                release()
         except BaseException:
+            release()
             if claim is not None:  # failed before a reply existed: the key can be used again
                 await claim.release()
             raise
@@ -311,7 +320,8 @@ class Pipeline:
     async def _stream(self, provider: Any, call: ProviderCall, req: ChatRequest,
                       hold: Hold | None, entry: LedgerEntry, cost: int,
                       headers: dict[str, str], started: float,
-                      claim: Claim | None = None) -> Response:
+                      claim: Claim | None = None,
+                      release: Callable[[], None] | None = None) -> Response:
         provider_started = time.perf_counter()
         chunks: AsyncIterator[bytes] = provider.stream(call)
         try:
@@ -328,6 +338,8 @@ class Pipeline:
             raise
 
         async def finish(charge: bool, usage: dict[str, Any] | None) -> None:
+            if release is not None:
+                release()  # the stream has ended: its in-flight slot is free
             entry.latency_ms = int((time.perf_counter() - provider_started) * 1000)
             if usage:
                 entry.prompt_tokens = usage.get("prompt_tokens")
@@ -389,8 +401,16 @@ class Pipeline:
         self._own_key_required(model, decision)
         call = ProviderCall(model, {**body, "model": model.upstream_model}, decision.api_key,
                             decision.mode is BillingMode.BYO, self.settings.provider_timeouts)
-        result: bytes = await self.providers.for_model(model).embed(call)
+        release = self.inflight.acquire(caller.workspace_id)
+        try:
+            result: bytes = await self.providers.for_model(model).embed(call)
+        finally:
+            release()
         return result
+
+
+def _nothing() -> None:
+    return None
 
 
 def new_request_id() -> str:

@@ -98,6 +98,11 @@ class Settings:
     webhook_timeout: float = 10.0
     spool_path: Path | None = None  # None: next to the SQLite file, else ./bookbag-spool.jsonl
     litellm_preload: bool = False  # import litellm after startup, not at a litellm route's first use
+    # --- stalls (issue 12 points 4-6): per-workspace cap on provider calls in flight ---
+    max_inflight_per_workspace: int = 64  # per process; 0 = no cap (gateway/inflight.py)
+    max_header_bytes: int = 64 * 1024  # request head size; over it 431 (gateway/http_protocol.py)
+    max_headers: int = 100  # header lines; over it 431
+    header_timeout: float = 10.0  # seconds from a head's first byte to its end; over it 408
     crash_at: str | None = None  # BOOKBAG_TEST_CRASH_AT: TEST-ONLY, see gateway/crashpoints.py
 
     def __post_init__(self) -> None:
@@ -160,6 +165,11 @@ class Settings:
             "webhook_timeout": _float(env, "BOOKBAG_WEBHOOK_TIMEOUT", 10.0),
             "spool_path": Path(env["BOOKBAG_SPOOL_PATH"]) if env.get("BOOKBAG_SPOOL_PATH") else None,
             "litellm_preload": (env.get("BOOKBAG_LITELLM_PRELOAD") or "").lower() in ("1", "true", "on"),
+            # stalls (issue 12 points 4-6): per-workspace in-flight cap
+            "max_inflight_per_workspace": _int(env, "BOOKBAG_MAX_INFLIGHT_PER_WORKSPACE", 64),
+            "max_header_bytes": _int(env, "BOOKBAG_MAX_HEADER_BYTES", 64 * 1024),
+            "max_headers": _int(env, "BOOKBAG_MAX_HEADERS", 100),
+            "header_timeout": _float(env, "BOOKBAG_HEADER_TIMEOUT", 10.0),
             "crash_at": env.get("BOOKBAG_TEST_CRASH_AT") or None,  # test-only (crashpoints.py)
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

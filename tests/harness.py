@@ -23,7 +23,7 @@ from gateway.app import Gateway, create_app
 from gateway.catalog import load
 from gateway.clock import Clock, SystemClock
 from gateway.database import create_schema, make_engine
-from gateway.http_protocol import GatewayHttpProtocol
+from gateway.http_protocol import protocol_for
 from gateway.settings import Settings
 from gateway.workspaces import Accounts
 from tests.fake_provider import ANTHROPIC_KEY, OPENAI_KEY, FakeProvider
@@ -100,7 +100,7 @@ class RunningGateway:
         self.url = f"http://127.0.0.1:{self.port}"
         self.base_url = self.url + "/v1"
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on", loop="asyncio", http=GatewayHttpProtocol,
+                                lifespan="on", loop="asyncio", http=protocol_for(settings),
                                 timeout_graceful_shutdown=5)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

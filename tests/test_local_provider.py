@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 import pytest
 
 from gateway.errors import InvalidRequest, UnsupportedParameter
-from gateway.providers.local import NO_ANSWER, LocalProvider, answer, check_request
+from gateway.providers.local import (
+    MAX_QUESTIONS,
+    NO_ANSWER,
+    READ_LIMIT,
+    LocalProvider,
+    answer,
+    check_request,
+)
 from gateway.types import Completion, ModelEntry, ProviderCall, Timeouts
 
 MODEL = ModelEntry(
@@ -230,3 +238,58 @@ def test_invalid_values_are_refused(param: str, value: Any) -> None:
 async def test_embed_is_refused() -> None:
     with pytest.raises(InvalidRequest):
         await LocalProvider().embed(call({"input": "x"}))
+
+
+# Issue 12 point 4: the local model never stalls the server.
+
+
+def test_answer_reads_at_most_read_limit_characters() -> None:
+    """A matching sentence beyond the read budget is not read at all."""
+    filler = "Nothing to see here. " * (READ_LIMIT // 20 + 1)
+    late = "The library opens at 9 am on weekdays."
+    messages = [
+        {"role": "system", "content": filler + late},
+        {"role": "user", "content": "When does the library open?"},
+    ]
+    assert answer(messages) == NO_ANSWER
+    messages[0]["content"] = late + " " + filler
+    assert answer(messages) == late
+
+
+def test_many_question_sentences_use_only_the_last_few() -> None:
+    questions = " ".join(f"Question number {i} about topic{i}?" for i in range(1000))
+    messages = [
+        {"role": "system", "content": "Facts about topic3 are here. Facts about topic999 too."},
+        {"role": "user", "content": questions},
+    ]
+    # Only the last MAX_QUESTIONS questions are asked: topic3 is not among them.
+    assert answer(messages) == "Facts about topic999 too."
+    assert MAX_QUESTIONS < 1000
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_extraction_runs_off_the_event_loop(stream: bool) -> None:
+    """While the reply is computed, other tasks on the loop keep running."""
+    ticks = 0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    before = ticks
+    provider = LocalProvider()
+    if stream:
+        agen = provider.stream(call(ask("When does the library open?")))
+        await agen.__anext__()  # the first chunk comes after the reply is computed
+        await agen.aclose()
+    else:
+        await provider.complete(call(ask("When does the library open?")))
+    during = ticks - before
+    done = True
+    await task
+    assert during >= 1

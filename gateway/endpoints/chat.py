@@ -20,8 +20,8 @@ from gateway.validation import chat_request, parse_json
 
 @endpoint
 async def completions(request: Request, headers: dict[str, str]) -> Response:
+    caller = await authenticate(request, "inference")  # from the headers, before the body
     raw = await read_body(request)
-    caller = await authenticate(request, "inference")
     body = parse_json(raw)
     given = headers_of(request)
     idempotency_key = key_of(given, body)  # hashed before Bookbag's metadata leaves it
@@ -32,8 +32,8 @@ async def completions(request: Request, headers: dict[str, str]) -> Response:
 
 @endpoint
 async def preview(request: Request, headers: dict[str, str]) -> Response:
+    caller = await authenticate(request, "inference")  # from the headers, before the body
     raw = await read_body(request)
-    caller = await authenticate(request, "inference")
     given = headers_of(request)
     req = chat_request(parse_json(raw), given, caller)
     return json_response(await gateway(request).pipeline.preview(caller, req, given),

@@ -11,7 +11,7 @@ from gateway.validation import parse_json
 
 @endpoint
 async def create(request: Request, headers: dict[str, str]) -> Response:
+    caller = await authenticate(request, "inference")  # from the headers, before the body
     raw = await read_body(request)
-    caller = await authenticate(request, "inference")
     body = await gateway(request).pipeline.embeddings(caller, parse_json(raw), request.headers)
     return Response(body, 200, headers=headers, media_type="application/json")

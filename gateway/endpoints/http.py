@@ -147,6 +147,13 @@ def _rate_limit_headers(request: Request) -> dict[str, str]:
     return found
 
 
+def _body_unread(request: Request) -> bool:
+    if getattr(request, "_stream_consumed", False):
+        return False
+    given = headers_of(request)
+    return given.get("content-length", "0") not in ("", "0") or "transfer-encoding" in given
+
+
 def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """Give the handler a fresh X-Request-Id and render any GatewayError in OpenAI shape."""
 
@@ -159,6 +166,10 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         try:
             response = await handler(request, headers)
         except GatewayError as exc:
+            if _body_unread(request):
+                # Answered before the body was read: close rather than drain it, so the
+                # connection is not left mid-request (uvicorn honours `connection: close`).
+                headers["connection"] = "close"
             return error_response(exc, {**headers, **_rate_limit_headers(request)})
         limit_headers = _rate_limit_headers(request)
         if limit_headers:

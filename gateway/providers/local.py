@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -27,6 +28,13 @@ from gateway.types import Completion, ProviderCall
 
 NO_ANSWER = "I could not find an answer to that in the conversation."
 MAX_SENTENCES = 3
+# Bounds on the work one request can cause (the model is free and has no rate
+# limit by default): characters of text read (the last user message first, then
+# the others in order, until the budget is spent) and question sentences used.
+READ_LIMIT = 64 * 1024
+MAX_QUESTIONS = 32
+# The extraction runs here, off the event loop; two workers bound the CPU it takes.
+_WORKERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bookbag-local")
 
 # Accepted and ignored: they change nothing a deterministic extractor does.
 _IGNORED = frozenset({
@@ -143,20 +151,34 @@ def _terms(text: str) -> list[str]:
 
 
 def _split_question(messages: list[Any]) -> tuple[str, list[str]]:
-    """The question (the last user message) and the context sentences around it."""
+    """The question (the last user message) and the context sentences around it.
+
+    At most READ_LIMIT characters are read: the last user message first, then
+    the other messages in order until the budget is spent.
+    """
     last = max((i for i, m in enumerate(messages)
                 if isinstance(m, dict) and m.get("role") == "user"), default=None)
+    budget = READ_LIMIT
+    own_text = ""
+    if last is not None:
+        own_text = _text(messages[last])[:budget]
+        budget -= len(own_text)
     context: list[str] = []
     for i, message in enumerate(messages):
+        if budget <= 0:
+            break
         if i != last:
-            context.extend(_sentences(_text(message)))
+            text = _text(message)[:budget]
+            budget -= len(text)
+            context.extend(_sentences(text))
     if last is None:
         return "", context
-    own = _sentences(_text(messages[last]))
+    own = _sentences(own_text)
     # A user turn that pastes passages and then asks: the question is its "?"
     # sentences (or its last one), the rest is context.
-    asked = [s for s in own if s.endswith("?")] or own[-1:]
-    context.extend(s for s in own if s not in asked)
+    asked = [s for s in own if s.endswith("?")][-MAX_QUESTIONS:] or own[-1:]
+    asked_set = set(asked)
+    context.extend(s for s in own if s not in asked_set)
     return " ".join(asked), context
 
 
@@ -175,7 +197,8 @@ def answer(messages: list[Any]) -> str:
     scores = []
     for d in docs:
         norm = k1 * (1 - b + b * sum(d.values()) / avg)
-        scores.append(sum(idf[t] * d[t] * (k1 + 1) / (d[t] + norm) for t in idf if t in d))
+        shared = d.keys() & idf.keys()  # linear in the sentence, not in the question
+        scores.append(sum(idf[t] * d[t] * (k1 + 1) / (d[t] + norm) for t in shared))
     ranked = sorted((i for i, s in enumerate(scores) if s > 0), key=lambda i: (-scores[i], i))
     if not ranked:
         return NO_ANSWER
@@ -211,8 +234,12 @@ class LocalProvider:
             pieces[-1] = pieces[-1].rstrip()
         return pieces, finish, sum(_count(_text(m)) for m in messages)
 
+    async def _reply_off_loop(self, call: ProviderCall) -> tuple[list[str], str, int]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_WORKERS, self._reply, call)
+
     async def complete(self, call: ProviderCall) -> Completion:
-        pieces, finish, prompt = self._reply(call)
+        pieces, finish, prompt = await self._reply_off_loop(call)
         body = {
             "id": f"chatcmpl-local-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -229,7 +256,7 @@ class LocalProvider:
         return Completion(orjson.dumps(body), 1, prompt, len(pieces))
 
     async def stream(self, call: ProviderCall) -> AsyncIterator[bytes]:
-        pieces, finish, prompt = self._reply(call)
+        pieces, finish, prompt = await self._reply_off_loop(call)
         options = call.body.get("stream_options")
         with_usage = isinstance(options, dict) and options.get("include_usage") is True
         head: dict[str, Any] = {
