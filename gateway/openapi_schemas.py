@@ -54,7 +54,9 @@ SCHEMAS: dict[str, Any] = {
     "Balance": obj({"object": {"const": "balance"}, "workspace_id": STR, "plan": STR, "allotment": INT,
                     "allotment_remaining": INT, "topups_remaining": INT, "balance": INT,
                     "reserved": INT, "period_start": DATE, "period_end": DATE,
-                    "credits_used_30d": INT},
+                    "credits_used_30d": INT,
+                    "agent_id": {**STR, "description": "Only for a key bound to an agent: "
+                                 "credits_used_30d is then that agent's."}},
                    ["allotment", "allotment_remaining", "topups_remaining", "balance", "reserved",
                     "period_start", "period_end", "plan", "credits_used_30d"], extra=True),
     "UsageRow": obj({"day": DATE, "agent": NSTR, "model": NSTR, "conversation": NSTR,
