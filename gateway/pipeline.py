@@ -393,6 +393,7 @@ class Pipeline:
         if model.kind != "embedding":
             raise InvalidRequest(f"`{model.id}` is not an embedding model.", param="model")
         decision = await self.decide(model, caller, headers)
+        await self.providers.check(model, body)  # litellm: the same parameter allowlist as chat
         self._own_key_required(model, decision)
         call = ProviderCall(model, {**body, "model": model.upstream_model}, decision.api_key,
                             decision.mode is BillingMode.BYO, self.settings.provider_timeouts)
