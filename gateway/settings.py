@@ -99,6 +99,10 @@ class Settings:
     spool_path: Path | None = None  # None: next to the SQLite file, else ./bookbag-spool.jsonl
     litellm_preload: bool = False  # import litellm after startup, not at a litellm route's first use
     crash_at: str | None = None  # BOOKBAG_TEST_CRASH_AT: TEST-ONLY, see gateway/crashpoints.py
+    # --- input checks (issue 12): webhook targets -------------------------------------
+    # Webhook URLs at private, loopback, link-local, unspecified or multicast addresses
+    # are refused (at create and at delivery) unless the operator allows them.
+    webhook_allow_private: bool = False
 
     def __post_init__(self) -> None:
         if self.hold_ttl <= self.provider_timeouts.total:
@@ -161,6 +165,9 @@ class Settings:
             "spool_path": Path(env["BOOKBAG_SPOOL_PATH"]) if env.get("BOOKBAG_SPOOL_PATH") else None,
             "litellm_preload": (env.get("BOOKBAG_LITELLM_PRELOAD") or "").lower() in ("1", "true", "on"),
             "crash_at": env.get("BOOKBAG_TEST_CRASH_AT") or None,  # test-only (crashpoints.py)
+            # --- input checks (issue 12): webhook targets
+            "webhook_allow_private": (env.get("BOOKBAG_WEBHOOK_ALLOW_PRIVATE") or "").lower()
+            in ("1", "true", "on"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
