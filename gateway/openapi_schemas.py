@@ -30,6 +30,10 @@ BUDGET = {"type": "integer", "minimum": 1,
 BILLED_TOOLS = ("Tools of type function or custom; a hosted tool type only where the model's "
                 "`hosted_tools` list it (else 400 unsupported_parameter).")
 
+HOOK_URL = {"type": "string", "description": "An http(s) URL at a public address: a host that is "
+            "or resolves to a private, loopback, link-local, unspecified or multicast address is "
+            "refused (400) unless the operator sets BOOKBAG_WEBHOOK_ALLOW_PRIVATE."}
+
 SCHEMAS: dict[str, Any] = {
     "Error": obj({"error": obj({"message": STR, "type": STR, "param": NSTR, "code": NSTR},
                                ["message", "type", "param", "code"])}, ["error"]),
@@ -117,8 +121,9 @@ SCHEMAS: dict[str, Any] = {
     "Grant": obj({"credits": INT, "ref": STR, "actor": STR}, ["credits"]),
     "Recharge": obj({"threshold": INT, "amount": INT, "monthly_cap": INT, "enabled": BOOL},
                     ["threshold", "amount", "monthly_cap"]),
-    "WebhookCreate": obj({"url": STR, "events": {"type": "array", "items": STR}}, ["url"]),
-    "WebhookUpdate": obj({"url": STR, "events": {"type": "array", "items": STR}, "enabled": BOOL}),
+    "WebhookCreate": obj({"url": HOOK_URL, "events": {"type": "array", "items": STR}}, ["url"]),
+    "WebhookUpdate": obj({"url": HOOK_URL, "events": {"type": "array", "items": STR},
+                          "enabled": BOOL}),
 }
 
 _ERROR_CODES = {
