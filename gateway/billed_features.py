@@ -31,6 +31,7 @@ STANDARD_TIERS = frozenset({"auto", "default"})
 CLIENT_TOOLS = frozenset({"function", "custom"})
 OUTPUT_BUDGETS = ("max_tokens", "max_completion_tokens")
 WEB_SEARCH = "web_search"
+BILLED_KEYS = frozenset({"tools", "web_search_options", "service_tier", *OUTPUT_BUDGETS})
 
 
 def _enable_hint(field: str) -> str:
@@ -84,8 +85,13 @@ def _output_budget(model: ModelEntry, body: dict[str, Any]) -> None:
                 param=name)
         given = True
     if cap is not None and not given:
-        body["max_completion_tokens" if model.relayed and model.api_base is None
-             else "max_tokens"] = cap
+        body[_budget_key(model)] = cap
+
+
+def _budget_key(model: ModelEntry) -> str:
+    """OpenAI itself takes max_completion_tokens (its reasoning models refuse max_tokens);
+    OpenAI-compatible servers and litellm take max_tokens."""
+    return "max_completion_tokens" if model.relayed and model.api_base is None else "max_tokens"
 
 
 def check(model: ModelEntry, body: dict[str, Any], *, house_pays: bool) -> None:
@@ -94,6 +100,10 @@ def check(model: ModelEntry, body: dict[str, Any], *, house_pays: bool) -> None:
     `body` is the request's own dict: the cap is added to it when the client set none.
     """
     if not house_pays:
+        return
+    if BILLED_KEYS.isdisjoint(body):  # the usual request: nothing to check, perhaps a cap to add
+        if model.max_output_tokens is not None:
+            body[_budget_key(model)] = model.max_output_tokens
         return
     _tools(model, body)
     _service_tier(model, body)
