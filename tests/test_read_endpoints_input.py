@@ -55,3 +55,18 @@ def test_an_agent_bound_keys_balance_counts_its_agents_credits(gateway: RunningG
     assert whole["credits_used_30d"] == 7
     assert mine["credits_used_30d"] == 2
     assert mine["agent_id"] == "triage" and "agent_id" not in whole
+
+
+def test_a_database_failure_is_still_a_503(gateway: RunningGateway) -> None:
+    _, key = gateway.workspace("free")
+    with gateway.engine.begin() as conn:  # the ledger gone: every read of it fails in the database
+        conn.exec_driver_sql("ALTER TABLE ledger RENAME TO ledger_elsewhere")
+    try:
+        with gateway.client(key) as c:
+            for path in ("/v1/usage?start=2026-11-01T00:30:00", "/v1/ledger"):  # odd hour: ledger
+                r = c.get(path)
+                assert r.status_code == 503, (path, r.text)
+                assert r.json()["error"]["code"] == "service_unavailable"
+    finally:
+        with gateway.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE ledger_elsewhere RENAME TO ledger")
