@@ -209,13 +209,14 @@ async def build_gateway(settings: Settings, clock: Clock | None = None,
     keyring = Keyring(settings.secret_key)
     byo = ByoKeys(engine, keyring, clock, ttl=settings.key_cache_ttl, providers=frozenset(
         {"openai", "anthropic"} | {m.provider for m in catalog.models.values() if m.byo}))
-    webhooks = Webhooks(engine, keyring, clock)
+    webhooks = Webhooks(engine, keyring, clock, allow_private=settings.webhook_allow_private)
     recharges = Recharges(engine, clock, webhooks)
     thresholds = Thresholds(engine, clock, meter, recharges, webhooks, ttl=settings.key_cache_ttl)
     dispatcher = Dispatcher(engine, keyring, clock, interval=settings.webhook_interval,
                             backoff=settings.webhook_backoff,
                             max_attempts=settings.webhook_max_attempts,
-                            timeout=settings.webhook_timeout)
+                            timeout=settings.webhook_timeout,
+                            allow_private=settings.webhook_allow_private)
     await dispatcher.start()
     limits: LimitStore = MemoryLimits()
     if settings.redis_url:

@@ -17,7 +17,7 @@ from gateway.types import ModelEntry, Plan
 
 _MODEL_KEYS = {
     "provider", "credits", "upstream", "aliases", "metered", "byo", "api_base",
-    "api_key_env", "kind",
+    "api_key_env", "kind", "max_output_tokens", "service_tiers", "hosted_tools",
 }
 _PLAN_KEYS = {"credits", "rate_limit"}
 _RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*s\s*$")
@@ -99,9 +99,7 @@ def _model(model_id: str, raw: Any) -> ModelEntry:
     api_base = string("api_base")
     if api_base is not None and not re.match(r"^https?://", api_base):
         raise CatalogError(f"{where}: field 'api_base' must be an http(s) URL, got {api_base!r}")
-    aliases = raw.get("aliases", [])
-    if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
-        raise CatalogError(f"{where}: field 'aliases' must be a list of non-empty strings")
+    aliases = _strings(where, raw, "aliases")
     for flag in ("metered", "byo"):
         if flag in raw and not isinstance(raw[flag], bool):
             raise CatalogError(f"{where}: field {flag!r} must be true or false")
@@ -118,7 +116,35 @@ def _model(model_id: str, raw: Any) -> ModelEntry:
         api_base=api_base.rstrip("/") if api_base else None,
         api_key_env=string("api_key_env"),
         aliases=tuple(aliases),
+        **_billed_features(where, raw, kind),
     )
+
+
+def _strings(where: str, raw: dict[str, Any], name: str) -> list[str]:
+    value = raw.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise CatalogError(f"{where}: field {name!r} must be a list of non-empty strings")
+    return value
+
+
+def _billed_features(where: str, raw: dict[str, Any], kind: str) -> dict[str, Any]:
+    """max_output_tokens, service_tiers, hosted_tools: what may raise the provider's bill."""
+    cap = raw.get("max_output_tokens")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise CatalogError(f"{where}: field 'max_output_tokens' must be a whole number >= 1, "
+                           f"got {cap!r}")
+    tiers = _strings(where, raw, "service_tiers")
+    tools = _strings(where, raw, "hosted_tools")
+    if kind != "chat" and (cap is not None or tiers or tools):
+        raise CatalogError(f"{where}: max_output_tokens, service_tiers and hosted_tools are "
+                           "for chat models")
+    if set(tiers) & {"auto", "default"}:
+        raise CatalogError(f"{where}: field 'service_tiers' lists the tiers beyond auto and "
+                           "default (always allowed), e.g. [\"flex\", \"priority\"]")
+    if set(tools) & {"function", "custom"}:
+        raise CatalogError(f"{where}: field 'hosted_tools' lists hosted tool types such as "
+                           "\"web_search\" (function and custom tools are always allowed)")
+    return {"max_output_tokens": cap, "service_tiers": tuple(tiers), "hosted_tools": tuple(tools)}
 
 
 def _plan(name: str, raw: Any) -> tuple[Plan, RateLimit | None]:

@@ -71,7 +71,7 @@ def register(app: typer.Typer, workspace_app: typer.Typer, h: Helpers) -> None:
             die(str(exc))
         engine = h.engine(settings.database_url)
         clock = SystemClock()
-        webhooks = Webhooks(engine, keyring, clock)
+        webhooks = Webhooks(engine, keyring, clock, allow_private=settings.webhook_allow_private)
         recharges = Recharges(engine, clock, webhooks)
         providers = frozenset({"openai", "anthropic"}
                               | {m.provider for m in catalog.models.values() if m.byo})

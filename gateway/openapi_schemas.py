@@ -23,6 +23,17 @@ def obj(props: dict[str, Any], required: list[str] | None = None, *, extra: bool
     return out
 
 
+BUDGET = {"type": "integer", "minimum": 1,
+          "description": "At most the model's `max_output_tokens` (GET /v1/models) on the house's "
+                         "key, else 400 unsupported_parameter; when neither budget is set, that "
+                         "cap is sent."}
+BILLED_TOOLS = ("Tools of type function or custom; a hosted tool type only where the model's "
+                "`hosted_tools` list it (else 400 unsupported_parameter).")
+
+HOOK_URL = {"type": "string", "description": "An http(s) URL at a public address: a host that is "
+            "or resolves to a private, loopback, link-local, unspecified or multicast address is "
+            "refused (400) unless the operator sets BOOKBAG_WEBHOOK_ALLOW_PRIVATE."}
+
 SCHEMAS: dict[str, Any] = {
     "Error": obj({"error": obj({"message": STR, "type": STR, "param": NSTR, "code": NSTR},
                                ["message", "type", "param", "code"])}, ["error"]),
@@ -33,7 +44,12 @@ SCHEMAS: dict[str, Any] = {
         {"model": STR, "messages": {"type": "array", "items": {"type": "object"}, "minItems": 1},
          "stream": BOOL, "n": {"type": "integer", "minimum": 1},
          "stream_options": obj({"include_usage": BOOL}, extra=True),
-         "tools": {"type": "array", "items": {"type": "object"}},
+         "tools": {"type": "array", "items": {"type": "object"}, "description": BILLED_TOOLS},
+         "max_tokens": BUDGET, "max_completion_tokens": BUDGET,
+         "service_tier": {**STR, "description": "auto or default; other tiers only where the "
+                          "model's `service_tiers` list them (else 400 unsupported_parameter)."},
+         "web_search_options": {"type": "object", "description": "Only where the model's "
+                                "`hosted_tools` list web_search (else 400 unsupported_parameter)."},
          "metadata": obj({"agent_id": STR, "conversation_id": STR}, extra=True)},
         ["model", "messages"], extra=True),  # every OpenAI parameter passes through
     "ChatCompletion": {"description": "The OpenAI chat.completion object (with `stream`: "
@@ -46,7 +62,15 @@ SCHEMAS: dict[str, Any] = {
                     "would_be_refused"]),
     "Model": obj({"id": STR, "object": {"const": "model"}, "created": INT, "owned_by": STR,
                   "kind": {"enum": ["chat", "embedding"]}, "credits_per_reply": INT, "metered": BOOL,
-                  "byo": BOOL, "aliases": {"type": "array", "items": STR}},
+                  "byo": BOOL, "aliases": {"type": "array", "items": STR},
+                  "max_output_tokens": {**NINT, "description": "Cap on max_tokens / "
+                                        "max_completion_tokens on the house's key; sent when the "
+                                        "request sets neither. null: no cap."},
+                  "service_tiers": {"type": "array", "items": STR,
+                                    "description": "The service_tier values allowed."},
+                  "hosted_tools": {"type": "array", "items": STR,
+                                   "description": "Hosted tool types allowed beyond function "
+                                   "and custom (web_search also allows web_search_options)."}},
                  ["id", "object", "credits_per_reply", "metered", "aliases"], extra=True),
     "ModelList": obj({"object": {"const": "list"}, "data": {"type": "array", "items": ref("Model")}},
                      ["object", "data"]),
@@ -54,7 +78,9 @@ SCHEMAS: dict[str, Any] = {
     "Balance": obj({"object": {"const": "balance"}, "workspace_id": STR, "plan": STR, "allotment": INT,
                     "allotment_remaining": INT, "topups_remaining": INT, "balance": INT,
                     "reserved": INT, "period_start": DATE, "period_end": DATE,
-                    "credits_used_30d": INT},
+                    "credits_used_30d": INT,
+                    "agent_id": {**STR, "description": "Only for a key bound to an agent: "
+                                 "credits_used_30d is then that agent's."}},
                    ["allotment", "allotment_remaining", "topups_remaining", "balance", "reserved",
                     "period_start", "period_end", "plan", "credits_used_30d"], extra=True),
     "UsageRow": obj({"day": DATE, "agent": NSTR, "model": NSTR, "conversation": NSTR,
@@ -95,8 +121,9 @@ SCHEMAS: dict[str, Any] = {
     "Grant": obj({"credits": INT, "ref": STR, "actor": STR}, ["credits"]),
     "Recharge": obj({"threshold": INT, "amount": INT, "monthly_cap": INT, "enabled": BOOL},
                     ["threshold", "amount", "monthly_cap"]),
-    "WebhookCreate": obj({"url": STR, "events": {"type": "array", "items": STR}}, ["url"]),
-    "WebhookUpdate": obj({"url": STR, "events": {"type": "array", "items": STR}, "enabled": BOOL}),
+    "WebhookCreate": obj({"url": HOOK_URL, "events": {"type": "array", "items": STR}}, ["url"]),
+    "WebhookUpdate": obj({"url": HOOK_URL, "events": {"type": "array", "items": STR},
+                          "enabled": BOOL}),
 }
 
 _ERROR_CODES = {

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
+from gateway import billed_features
 from gateway.catalog import Catalog
 from gateway.clock import Clock, now_ms
 from gateway.crashpoints import Crash, no_crash
@@ -71,6 +72,11 @@ class Decision:
     mode: BillingMode
     api_key: str | None
     reason: str | None
+
+    @property
+    def house_pays(self) -> bool:
+        """The gateway's own provider key pays (metered or not): billed_features apply."""
+        return self.mode in (BillingMode.METERED, BillingMode.UNMETERED)
 
     @property
     def metered(self) -> bool:
@@ -177,6 +183,7 @@ class Pipeline:
         decision = await self.decide(model, caller, headers)
         if decision.metered and caller.rate_unchecked:
             raise ServiceUnavailable("The rate-limit store is unavailable; retry shortly.")
+        billed_features.check(model, req.body, house_pays=decision.house_pays)
         await self.providers.check(model, req.body)
         self._own_key_required(model, decision)
         request_id = response_headers["x-request-id"]
@@ -398,6 +405,7 @@ class Pipeline:
         if model.kind != "embedding":
             raise InvalidRequest(f"`{model.id}` is not an embedding model.", param="model")
         decision = await self.decide(model, caller, headers)
+        await self.providers.check(model, body)  # litellm: the same parameter allowlist as chat
         self._own_key_required(model, decision)
         call = ProviderCall(model, {**body, "model": model.upstream_model}, decision.api_key,
                             decision.mode is BillingMode.BYO, self.settings.provider_timeouts)

@@ -104,6 +104,10 @@ class Settings:
     max_headers: int = 100  # header lines; over it 431
     header_timeout: float = 10.0  # seconds from a head's first byte to its end; over it 408
     crash_at: str | None = None  # BOOKBAG_TEST_CRASH_AT: TEST-ONLY, see gateway/crashpoints.py
+    # --- input checks (issue 12): webhook targets -------------------------------------
+    # Webhook URLs at private, loopback, link-local, unspecified or multicast addresses
+    # are refused (at create and at delivery) unless the operator allows them.
+    webhook_allow_private: bool = False
 
     def __post_init__(self) -> None:
         if self.hold_ttl <= self.provider_timeouts.total:
@@ -171,6 +175,9 @@ class Settings:
             "max_headers": _int(env, "BOOKBAG_MAX_HEADERS", 100),
             "header_timeout": _float(env, "BOOKBAG_HEADER_TIMEOUT", 10.0),
             "crash_at": env.get("BOOKBAG_TEST_CRASH_AT") or None,  # test-only (crashpoints.py)
+            # --- input checks (issue 12): webhook targets
+            "webhook_allow_private": (env.get("BOOKBAG_WEBHOOK_ALLOW_PRIVATE") or "").lower()
+            in ("1", "true", "on"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -52,6 +52,10 @@ class ModelEntry:
     api_base: str | None = None
     api_key_env: str | None = None
     aliases: tuple[str, ...] = ()
+    # What may raise the provider's bill behind the fixed price (billed_features.py).
+    max_output_tokens: int | None = None  # None: no cap (the client's budget, or the provider's)
+    service_tiers: tuple[str, ...] = ()  # beyond auto/default
+    hosted_tools: tuple[str, ...] = ()  # tool `type`s beyond function/custom; web_search too
 
     @property
     def relayed(self) -> bool:

@@ -19,12 +19,14 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from sqlalchemy import Engine
 
 from gateway.clock import Clock, now_ms
 from gateway.database import snapshot, transaction
 from gateway.keyring import Keyring, KeyringError
+from gateway.webhook_targets import is_public, literal, public_resolver, refuse
 from gateway.webhooks import SIGNATURE_HEADER, sign
 
 if TYPE_CHECKING:
@@ -57,7 +59,7 @@ class _Outcome:
 class Dispatcher:
     def __init__(self, engine: Engine, keyring: Keyring, clock: Clock, *, interval: float = 1.0,
                  backoff: float = 5.0, max_attempts: int = 12, timeout: float = 10.0,
-                 batch: int = 32) -> None:
+                 batch: int = 32, allow_private: bool = False) -> None:
         self._engine = engine
         self._keyring = keyring
         self._clock = clock
@@ -66,6 +68,7 @@ class Dispatcher:
         self._max_attempts = max_attempts
         self._timeout = timeout
         self._batch = batch
+        self._allow_private = allow_private  # BOOKBAG_WEBHOOK_ALLOW_PRIVATE (webhook_targets.py)
         self._session: aiohttp.ClientSession | None = None  # made by the first delivery
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -140,8 +143,12 @@ class Dispatcher:
         import aiohttp
 
         if self._session is None:
+            # Public addresses only: the resolver drops the others, so the connection
+            # goes to an address that was checked, whatever DNS answers next.
+            connector = None if self._allow_private else aiohttp.TCPConnector(
+                resolver=public_resolver())
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout),
                 headers={"User-Agent": "Bookbag-Webhooks/1"},
             )
         return self._session
@@ -163,6 +170,11 @@ class Dispatcher:
             SIGNATURE_HEADER: sign(secret, int(self._clock.now()), body),
         }
         try:
+            if not self._allow_private:
+                host = urlsplit(due.url).hostname or ""
+                address = literal(host)  # the resolver never sees an IP literal
+                if address is not None and not is_public(address):
+                    raise refuse(host, address)
             async with session.post(due.url, data=body, headers=headers,
                                           allow_redirects=False) as resp:
                 await resp.read()

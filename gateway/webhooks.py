@@ -34,6 +34,7 @@ from gateway.clock import Clock, now_ms
 from gateway.database import transaction
 from gateway.keyring import Keyring, KeyringError, fingerprint
 from gateway.schema import WebhookDelivery, WebhookEndpoint, WebhookEvent, Workspace
+from gateway.webhook_targets import PrivateTarget, check_url
 from gateway.workspaces import AccountError, UnknownAccount
 
 CREDITS_LOW = "credits.low"
@@ -80,10 +81,19 @@ class CreatedEndpoint:
     secret: str  # shown once; the receiver verifies signatures with it
 
 
-def _check_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc or len(url) > 2000:
+def _check_url(url: str, *, allow_private: bool = False) -> str:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port out of range)
+    except ValueError:
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2000:
         raise AccountError(f"a webhook URL must be an http(s) URL, got {url[:100]!r}")
+    if not allow_private:
+        try:
+            check_url(url)  # webhook_targets: public addresses only
+        except PrivateTarget as exc:
+            raise AccountError(str(exc)) from None
     return url
 
 
@@ -109,10 +119,12 @@ def describe(row: WebhookEndpoint, keyring: Keyring) -> dict[str, Any]:
 class Webhooks:
     """Endpoint administration (synchronous SQL) and the outbox writer."""
 
-    def __init__(self, engine: Engine, keyring: Keyring, clock: Clock) -> None:
+    def __init__(self, engine: Engine, keyring: Keyring, clock: Clock, *,
+                 allow_private: bool = False) -> None:
         self._engine = engine
         self.keyring = keyring
         self._clock = clock
+        self._allow_private = allow_private  # BOOKBAG_WEBHOOK_ALLOW_PRIVATE
 
     # --- endpoints ------------------------------------------------------------
 
@@ -123,8 +135,9 @@ class Webhooks:
             ciphertext = self.keyring.encrypt(secret)
         except KeyringError as exc:
             raise AccountError(str(exc)) from None
+        checked = _check_url(url, allow_private=self._allow_private)
         row = WebhookEndpoint(id="wh_" + uuid.uuid4().hex[:16], workspace_id=workspace_id,
-                              url=_check_url(url), secret_ciphertext=ciphertext, events=subscribed,
+                              url=checked, secret_ciphertext=ciphertext, events=subscribed,
                               created_ms=now_ms(self._clock))
         with Session(self._engine, expire_on_commit=False) as session:
             if session.get(Workspace, workspace_id) is None:
@@ -154,7 +167,7 @@ class Webhooks:
             if row is None:
                 raise UnknownAccount(f"no webhook endpoint {endpoint_id!r}")
             if url is not None:
-                row.url = _check_url(url)
+                row.url = _check_url(url, allow_private=self._allow_private)
             if events is not None:
                 row.events = _check_events(events)
             if enabled is not None:

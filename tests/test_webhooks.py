@@ -23,7 +23,9 @@ from tests.conftest import GatewayFactory
 from tests.harness import RunningGateway
 from tests.lifecycle_support import admin, chat, fire, shared_store_settings, ts, wait_for
 
-FAST = {"BOOKBAG_WEBHOOK_INTERVAL": "0.05", "BOOKBAG_WEBHOOK_BACKOFF": "0.1"}
+# The receiver listens on loopback: the gateway must be allowed private webhook targets.
+FAST = {"BOOKBAG_WEBHOOK_INTERVAL": "0.05", "BOOKBAG_WEBHOOK_BACKOFF": "0.1",
+        "BOOKBAG_WEBHOOK_ALLOW_PRIVATE": "1"}
 
 
 @dataclass

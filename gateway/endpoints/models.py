@@ -25,6 +25,10 @@ def describe(model: ModelEntry, created: int) -> dict[str, Any]:
         "metered": model.metered,
         "byo": model.byo,
         "aliases": list(model.aliases),
+        # What the house's key allows beyond the fixed price (billed_features.py).
+        "max_output_tokens": model.max_output_tokens,
+        "service_tiers": ["auto", "default", *model.service_tiers],
+        "hosted_tools": list(model.hosted_tools),
     }
 
 

@@ -44,10 +44,14 @@ def model_filter(request: Request, requested: str | None) -> str | None:
 
 
 async def in_thread(fn: Callable[..., T], *args: object) -> T:
-    """Run a database read off the loop; a database failure becomes a 503."""
+    """Run a database read off the loop; a database failure becomes a 503.
+
+    A value error is a bug in what reached the query (input is checked before),
+    never an outage: it stays a 500 rather than hide behind "unavailable".
+    """
     try:
         return await asyncio.to_thread(fn, *args)
-    except GatewayError:
+    except (GatewayError, ArithmeticError, LookupError, TypeError, ValueError):
         raise
     except Exception as exc:
         raise ServiceUnavailable("The ledger database is unavailable; retry shortly.") from exc

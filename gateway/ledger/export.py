@@ -41,6 +41,7 @@ FIELDS = ("request_id", "created_at", *COLUMNS[1:])  # what a client sees, in th
 FORMATS = {"jsonl": "application/jsonl", "csv": "text/csv; charset=utf-8"}
 KINDS = ("reply", "allotment", "topup", "adjustment")
 Key = tuple[int, int]  # (created_ms, seq)
+MAX_KEY = 2**63 - 1  # a BIGINT: a larger cursor part is none this gateway handed out
 
 
 def encode_cursor(key: Key) -> str:
@@ -51,9 +52,10 @@ def decode_cursor(token: str) -> Key:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         version, created, seq = raw.split(":")
-        if version != "v1":
+        key = int(created), int(seq)
+        if version != "v1" or not all(0 <= part <= MAX_KEY for part in key):
             raise ValueError(version)
-        return int(created), int(seq)
+        return key
     except (ValueError, UnicodeDecodeError, binascii.Error):
         raise InvalidRequest("`cursor` is not a cursor this gateway handed out.", param="cursor") from None
 

@@ -334,11 +334,14 @@ class Usage:
 
     # --- the balance's 30-day figure ---------------------------------------
 
-    def credits_since(self, workspace_id: str, since_ms: int, until_ms: int) -> int:
-        q = UsageQuery(workspace_id, Window(since_ms, until_ms, zone("UTC")), group_by=())
+    def credits_since(self, workspace_id: str, since_ms: int, until_ms: int,
+                      agent: str | None = None) -> int:
+        q = UsageQuery(workspace_id, Window(since_ms, until_ms, zone("UTC")), group_by=(),
+                       agent=agent)
         return self.query(q).total.credits
 
-    async def credits_used_30d(self, workspace_id: str) -> int:
-        """Settled reply credits in the trailing 30 days (UTC)."""
+    async def credits_used_30d(self, workspace_id: str, agent: str | None = None) -> int:
+        """Settled reply credits in the trailing 30 days (UTC), of one agent when given."""
         now = now_ms(self._clock)
-        return await asyncio.to_thread(self.credits_since, workspace_id, now - 30 * DAY_MS, now + 1)
+        return await asyncio.to_thread(self.credits_since, workspace_id, now - 30 * DAY_MS,
+                                       now + 1, agent)

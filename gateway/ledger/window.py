@@ -39,6 +39,9 @@ def zone(name: str | None) -> ZoneInfo:
 
 
 MAX_EPOCH = 32_503_680_000  # 3000-01-01: far enough, and every date computed from it is valid
+# Any instant a window names lies within 1970..3000 give or take a day of time zone: years
+# 1 and 9999 overflow once a zone's offset or a day is added (a 400, never a database error).
+LOWEST_MS, HIGHEST_MS = -DAY_MS, MAX_EPOCH * 1000 + DAY_MS
 
 
 def local_midnight(day: dt.date, tz: ZoneInfo) -> int:
@@ -61,7 +64,7 @@ def _parse(value: str, tz: ZoneInfo, param: str, *, is_end: bool) -> int:
     try:
         if len(value) == 10:
             day = dt.date.fromisoformat(value)
-            return local_midnight(day + DAY if is_end else day, tz)
+            return _bounded(local_midnight(day + DAY if is_end else day, tz), param)
         moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except (ValueError, OverflowError):  # OverflowError: the day after 9999-12-31
         raise InvalidRequest(
@@ -70,7 +73,13 @@ def _parse(value: str, tz: ZoneInfo, param: str, *, is_end: bool) -> int:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=tz)
-    return int(moment.timestamp() * 1000)
+    return _bounded(int(moment.timestamp() * 1000), param)
+
+
+def _bounded(ms: int, param: str) -> int:
+    if not LOWEST_MS <= ms <= HIGHEST_MS:
+        raise InvalidRequest(f"`{param}` must fall between the years 1970 and 3000.", param=param)
+    return ms
 
 
 @dataclass(frozen=True)
