@@ -13,12 +13,13 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import Engine
 
 from gateway import migrate
 from gateway.catalog import CatalogError, load
-from gateway.cli_lifecycle import Helpers
+from gateway.cli_lifecycle import Helpers, cli_message
 from gateway.cli_lifecycle import register as register_lifecycle
 from gateway.cli_usage import register as register_usage
 from gateway.clock import SystemClock
@@ -44,7 +45,8 @@ PricingFlag = Annotated[str | None, typer.Option("--pricing", help="Overrides BO
 
 
 def fail(message: str) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    """One line on stderr (never wrapped, never read as markup), exit 2."""
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(2)
 
 
@@ -168,7 +170,7 @@ def workspace_create(
         ws = accounts.create_workspace(name, plan, custom_allotment=credits, anchor_date=anchor)
         key = accounts.create_key(ws.id, agent_id=agent)
     except AccountError as exc:
-        fail(str(exc))
+        fail(cli_message(exc, plan="--plan"))
     data = {"workspace_id": ws.id, "name": ws.name, "plan": ws.plan,
             "anchor_date": ws.anchor_date, "key_id": key.id, "key": key.key}
     emit(data, as_json, "workspace created: the key is shown once")
@@ -187,14 +189,22 @@ def workspace_show(workspace: str, as_json: JsonFlag = False, database_url: DbFl
     try:
         emit(_accounts(database_url).workspace(workspace).model_dump(), as_json, "workspace")
     except AccountError as exc:
-        fail(str(exc))
+        fail(cli_message(exc))
+
+
+def scopes_of(given: list[str] | None) -> tuple[str, ...]:
+    """`--scope inference --scope read` or `--scope inference,read`."""
+    if not given:
+        return ("inference", "read")
+    return tuple(part.strip() for item in given for part in item.split(",") if part.strip())
 
 
 @key_app.command("create")
 def key_create(
     workspace: Annotated[str, typer.Option(help="The workspace id.")],
     agent: Annotated[str | None, typer.Option(help="Bind the key to this agent.")] = None,
-    scope: Annotated[list[str] | None, typer.Option(help="inference and/or read.")] = None,
+    scope: Annotated[list[str] | None, typer.Option(
+        help="inference and/or read: repeat it or give a comma list (default both).")] = None,
     rate_limit: Annotated[str | None, typer.Option(help='This key\'s own limit, e.g. "100/10s".')] = None,
     as_json: JsonFlag = False,
     database_url: DbFlag = None,
@@ -202,10 +212,10 @@ def key_create(
     """Create a key (printed once; stored as a SHA-256 hash)."""
     try:
         key = _accounts(database_url).create_key(
-            workspace, agent_id=agent, scopes=tuple(scope or ("inference", "read")),
+            workspace, agent_id=agent, scopes=scopes_of(scope),
             rate_limit=rate_limit)
     except AccountError as exc:
-        fail(str(exc))
+        fail(cli_message(exc))
     emit(dataclasses.asdict(key), as_json, "key created: shown once")
 
 
@@ -223,7 +233,7 @@ def key_revoke(key_id: str, as_json: JsonFlag = False, database_url: DbFlag = No
     try:
         row = _accounts(database_url).revoke_key(key_id)
     except AccountError as exc:
-        fail(str(exc))
+        fail(cli_message(exc))
     emit({"key_id": row.id, "revoked_ms": row.revoked_ms}, as_json, "key revoked")
 
 
@@ -238,7 +248,7 @@ def balance(
     try:
         data = _accounts(database_url, pricing).balance(workspace)
     except AccountError as exc:
-        fail(str(exc))
+        fail(cli_message(exc))
     emit(data, as_json, "balance")
 
 
@@ -257,7 +267,7 @@ def topup(
     try:
         entry = accounts.topup_entry(workspace, credits, kind=kind, ref=ref, actor="cli")
     except AccountError as exc:
-        fail(str(exc))
+        fail(cli_message(exc, credits="CREDITS"))
     inserted = accounts.apply(entry)
     emit({"workspace_id": workspace, "kind": str(kind), "credits": credits, "ref": entry.ref,
           "applied": inserted}, as_json, "granted" if inserted else "already granted")

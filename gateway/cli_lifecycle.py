@@ -19,6 +19,7 @@ from gateway.byo import ByoKeys
 from gateway.catalog import Catalog, CatalogError, load
 from gateway.clock import SystemClock
 from gateway.keyring import Keyring, KeyringError, generate_key
+from gateway.operator_input import InputError
 from gateway.plans import Plans
 from gateway.recharge import Recharges
 from gateway.settings import Settings
@@ -30,6 +31,21 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a 
 DbFlag = Annotated[str | None, typer.Option("--database-url", help="Overrides BOOKBAG_DATABASE_URL.")]
 PricingFlag = Annotated[str | None, typer.Option("--pricing", help="Overrides BOOKBAG_PRICING.")]
 Ws = Annotated[str, typer.Argument(help="The workspace id.")]
+
+# The API's field names as the CLI's flags say them (errors speak the CLI's language).
+FLAGS = {"name": "NAME", "anchor_date": "--anchor", "credits": "--credits", "plan": "PLAN",
+         "threshold": "--threshold", "amount": "--amount", "monthly_cap": "--cap",
+         "events": "--event", "scopes": "--scope", "kind": "--kind", "agent_id": "--agent",
+         "model": "--model", "rate_limit": "--rate-limit"}
+
+
+def cli_message(exc: Exception, **flags: str) -> str:
+    """An operator error as one line; a bad input names the CLI flag, not the API field."""
+    if isinstance(exc, InputError):
+        base, _, index = exc.field.partition("[")
+        flag = flags.get(base) or FLAGS.get(base) or exc.field
+        return exc.for_flag(flag + (f" (item {int(index.rstrip(']')) + 1})" if index else ""))
+    return str(exc)
 
 
 @dataclass(frozen=True)
@@ -83,7 +99,7 @@ def register(app: typer.Typer, workspace_app: typer.Typer, h: Helpers) -> None:
         try:
             return fn()
         except (AccountError, KeyringError) as exc:
-            die(str(exc))
+            die(cli_message(exc))
 
     # --- workspace plan / suspend / resume / set ----------------------------------------
 

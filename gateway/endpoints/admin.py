@@ -21,6 +21,7 @@ from gateway.auth import check_admin
 from gateway.endpoints.http import endpoint, gateway, json_response, read_body
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.keyring import KeyringError
+from gateway.operator_input import InputError
 from gateway.types import EntryKind
 from gateway.validation import parse_json
 from gateway.workspaces import AccountError, UnknownAccount
@@ -41,6 +42,8 @@ def admin(status: int = 200) -> Callable[[AdminHandler], Callable[[Request], Awa
                 result = await handler(request)
             except UnknownAccount as exc:
                 raise NotFound(str(exc)) from None
+            except InputError as exc:
+                raise InvalidRequest(str(exc), param=exc.field) from None
             except (AccountError, KeyringError) as exc:
                 raise InvalidRequest(str(exc)) from None
             if isinstance(result, Response):
@@ -186,7 +189,8 @@ async def list_keys(request: Request) -> Any:
 @admin(201)
 async def create_key(request: Request) -> Any:
     data = await body(request)
-    scopes = field(data, "scopes", list) or ["inference", "read"]
+    scopes = field(data, "scopes", list)
+    scopes = ["inference", "read"] if scopes is None else scopes
     key = await run_sync(gateway(request).accounts.create_key, ws_id(request),
                          agent_id=field(data, "agent_id", str), scopes=tuple(scopes),
                          rate_limit=field(data, "rate_limit", str))
@@ -207,8 +211,6 @@ async def _grant(request: Request, kind: EntryKind) -> Any:
     data = await body(request)
     gw = gateway(request)
     credits = field(data, "credits", int, required=True)
-    if kind == EntryKind.ADJUSTMENT and credits == 0:
-        raise InvalidRequest("An adjustment must move at least one credit.", param="credits")
     entry = await run_sync(gw.accounts.topup_entry, ws_id(request), credits, kind=kind,
                            ref=field(data, "ref", str), actor=field(data, "actor", str) or ACTOR)
     applied = await gw.meter.grant(entry)
