@@ -21,15 +21,18 @@ from gateway import migrate
 from gateway.catalog import CatalogError, load
 from gateway.cli_lifecycle import Helpers, cli_message
 from gateway.cli_lifecycle import register as register_lifecycle
+from gateway.cli_serve import register as register_serve
+from gateway.cli_serve import shown_url
 from gateway.cli_usage import register as register_usage
 from gateway.clock import SystemClock
 from gateway.database import create_schema, make_engine
 from gateway.reconcile import ReconcileError, SqlBalances, reconcile_all, rows
-from gateway.settings import Settings, SettingsError, export_env
+from gateway.settings import Settings, SettingsError
 from gateway.types import EntryKind
 from gateway.workspaces import AccountError, Accounts
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
                   help="Bookbag Gateway: an OpenAI-compatible proxy that meters credits.")
 workspace_app = typer.Typer(no_args_is_help=True, help="Create and inspect workspaces.")
 key_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
@@ -68,14 +71,26 @@ def _accounts(database_url: str | None, pricing: str | None = None) -> Accounts:
     return Accounts(_engine(settings.database_url), catalog, SystemClock())
 
 
-def _engine(database_url: str) -> Engine:
-    """An engine on a database at the schema's head (an empty one gets the schema)."""
+def _engine_new(database_url: str) -> tuple[Engine, bool]:
+    """An engine on a database at the schema's head, and whether it was empty (now created)."""
     engine = make_engine(database_url)
     try:
-        create_schema(engine)
+        created = create_schema(engine)
     except migrate.SchemaError as exc:
         engine.dispose()
         fail(str(exc))
+        raise  # unreachable: fail exits
+    return engine, created
+
+
+def _engine(database_url: str) -> Engine:
+    """As `_engine_new`; a new, empty database is said on stderr (a command run elsewhere
+    than intended, or with BOOKBAG_DATABASE_URL unset, would otherwise show nothing)."""
+    engine, created = _engine_new(database_url)
+    if created:
+        Console(stderr=True, soft_wrap=True).print(
+            f"note: {escape(shown_url(database_url))} was a new, empty database: "
+            "its schema was just created (set BOOKBAG_DATABASE_URL or --database-url to use another)")
     return engine
 
 
@@ -100,50 +115,6 @@ def emit(data: Any, as_json: bool, title: str | None = None) -> None:
     for row in data:
         table.add_row(*("" if v is None else str(v) for v in row.values()))
     console.print(table)
-
-
-@app.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="Overrides BOOKBAG_HOST.")] = None,
-    port: Annotated[int | None, typer.Option(help="Overrides BOOKBAG_PORT.")] = None,
-    workers: Annotated[int, typer.Option(help="Gateway processes.")] = 1,
-    database_url: DbFlag = None,
-    pricing: PricingFlag = None,
-    redis_url: Annotated[str | None, typer.Option(help="Overrides BOOKBAG_REDIS_URL.")] = None,
-    metering: Annotated[str | None, typer.Option(help="on | off (BOOKBAG_METERING).")] = None,
-) -> None:
-    """Run the gateway (creates the schema of an empty database)."""
-    import uvicorn
-
-    from gateway.http_protocol import GatewayHttpProtocol
-
-    flags = {"BOOKBAG_HOST": host, "BOOKBAG_PORT": port, "BOOKBAG_DATABASE_URL": database_url,
-             "BOOKBAG_PRICING": pricing, "BOOKBAG_REDIS_URL": redis_url,
-             "BOOKBAG_METERING": metering}
-    export_env(flags)
-    settings = _settings()
-    if workers > 1 and not settings.redis_url and settings.meter in ("auto", "memory"):
-        # One process owns balances in the embedded meter; several share SQL rows instead.
-        export_env({"BOOKBAG_METER": "sql"})
-        settings = _settings()
-    try:
-        load(settings.pricing_path)
-    except CatalogError as exc:
-        fail(str(exc))
-    _engine(settings.database_url).dispose()  # refuses an outdated schema before forking
-    uvicorn.run(
-        "gateway.cli:app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=workers if workers > 1 else None,
-        loop="uvloop",
-        http=GatewayHttpProtocol,  # httptools; malformed HTTP refused in the OpenAI error shape
-        access_log=False,
-        proxy_headers=False,  # no client address is read; the dashboard reads X-Forwarded-Proto itself
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_grace),
-    )
 
 
 def app_from_env() -> Any:
@@ -350,10 +321,12 @@ def reconcile(
 
 
 # plan changes, suspension, BYO keys, auto-recharge, webhooks (gateway/cli_lifecycle.py)
-register_lifecycle(app, workspace_app, Helpers(fail=fail, emit=emit, settings=_settings,
-                                               engine=_engine))
+HELPERS = Helpers(fail=fail, emit=emit, settings=_settings, engine=_engine, engine_new=_engine_new)
+register_lifecycle(app, workspace_app, HELPERS)
 # usage and ledger export (gateway/cli_usage.py)
-register_usage(app, Helpers(fail=fail, emit=emit, settings=_settings, engine=_engine))
+register_usage(app, HELPERS)
+# serve: its checks and startup summary (gateway/cli_serve.py)
+register_serve(app, HELPERS)
 
 
 def main() -> None:

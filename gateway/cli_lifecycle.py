@@ -54,6 +54,7 @@ class Helpers:
     emit: Callable[[Any, bool, str | None], None]
     settings: Callable[..., Settings]
     engine: Callable[[str], Engine]
+    engine_new: Callable[[str], tuple[Engine, bool]]
 
 
 @dataclass(frozen=True)
