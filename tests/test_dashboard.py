@@ -204,3 +204,22 @@ def test_session_cookie_reads_but_never_runs_inference(gateway: RunningGateway) 
     with gateway.client() as c:
         c.cookies.set("bookbag_session", form.cookies["bookbag_session"])
         assert c.get("/v1/balance").status_code == 401  # the session died with its key
+
+
+def test_a_cross_site_sign_in_post_is_refused(gateway: RunningGateway) -> None:
+    """Login CSRF: another site's form posting a key of its own signs nobody in here."""
+    _, key = gateway.workspace("free")
+    own = gateway.url  # http://127.0.0.1:<port>, the Host the client sends
+    with gateway.client() as c:
+        for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"},
+                        {"Origin": own.replace("127.0.0.1", "localhost")},
+                        {"Sec-Fetch-Site": "cross-site"}):
+            r = c.post("/dashboard/session", data={"key": key}, headers=headers,
+                       follow_redirects=False)
+            assert r.status_code == 403, (headers, r.status_code)
+            assert r.json()["error"]["code"] == "cross_origin"
+            assert "set-cookie" not in r.headers
+        same = c.post("/dashboard/session", data={"key": key}, follow_redirects=False,
+                      headers={"Origin": own, "Sec-Fetch-Site": "same-origin"})
+        assert same.status_code == 303 and "bookbag_session" in same.headers["set-cookie"]
+        assert c.post("/dashboard/session", json={"key": key}).status_code == 200  # no Origin

@@ -10,7 +10,7 @@ HTTPS) and the key is dropped.
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from starlette.requests import Request
@@ -20,7 +20,7 @@ from starlette.staticfiles import StaticFiles
 from gateway.auth import require_scope
 from gateway.dashboard.sessions import COOKIE
 from gateway.endpoints.http import endpoint, gateway, json_response, read_body
-from gateway.errors import InvalidRequest
+from gateway.errors import Forbidden, InvalidRequest
 
 STATIC = Path(__file__).resolve().parent.parent / "dashboard" / "static"
 SECURITY_HEADERS = {
@@ -59,12 +59,29 @@ def _key_from(request: Request, raw: bytes) -> str:
     return key.strip()
 
 
+def same_origin(request: Request) -> None:
+    """Refuse a browser's cross-site form post (login CSRF): a present `Origin` must be this
+    host, and `Sec-Fetch-Site` must not say cross-site. Clients that are not browsers send
+    neither and are not at risk."""
+    origin = request.headers.get("origin")
+    host = request.headers.get("x-forwarded-host") or request.headers.get("host") or ""
+    cross = request.headers.get("sec-fetch-site") == "cross-site"
+    if origin is not None:
+        parts = urlsplit(origin)
+        cross = cross or parts.scheme not in ("http", "https") or \
+            parts.netloc.lower() != host.lower()
+    if cross:
+        raise Forbidden("Sign in from the dashboard's own page: this form was posted from "
+                        "another site.", code="cross_origin")
+
+
 def _secure(request: Request) -> bool:
     return request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
 
 
 @endpoint
 async def sign_in(request: Request, headers: dict[str, str]) -> Response:
+    same_origin(request)
     raw = await read_body(request)
     gw = gateway(request)
     caller = await gw.keys.authenticate(f"Bearer {_key_from(request, raw)}")
@@ -84,6 +101,7 @@ async def sign_in(request: Request, headers: dict[str, str]) -> Response:
 
 @endpoint
 async def sign_out(request: Request, headers: dict[str, str]) -> Response:
+    same_origin(request)
     token = request.cookies.get(COOKIE)
     if token:
         await gateway(request).sessions.end(token)
