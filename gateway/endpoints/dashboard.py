@@ -9,6 +9,7 @@ HTTPS) and the key is dropped.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,7 +21,8 @@ from starlette.staticfiles import StaticFiles
 from gateway.auth import require_scope
 from gateway.dashboard.sessions import COOKIE
 from gateway.endpoints.http import endpoint, gateway, json_response, read_body
-from gateway.errors import Forbidden, InvalidRequest
+from gateway.errors import Forbidden, InvalidApiKey, InvalidRequest
+from gateway.workspaces import AccountError
 
 STATIC = Path(__file__).resolve().parent.parent / "dashboard" / "static"
 SECURITY_HEADERS = {
@@ -89,7 +91,9 @@ async def sign_in(request: Request, headers: dict[str, str]) -> Response:
     token = await gw.sessions.create(caller)
     response: Response
     if _wants_json(request):
-        response = json_response({"object": "dashboard.session", "workspace_id": caller.workspace_id,
+        response = json_response({"object": "dashboard.session", "signed_in": True,
+                                  "workspace_id": caller.workspace_id,
+                                  "workspace_name": await _name(request, caller.workspace_id),
                                   "expires_in": int(gw.sessions.ttl)}, headers=headers)
     else:
         response = RedirectResponse("/dashboard", status_code=303, headers=headers)
@@ -97,6 +101,33 @@ async def sign_in(request: Request, headers: dict[str, str]) -> Response:
                         samesite="strict", secure=_secure(request))
     response.headers["cache-control"] = "no-store"
     return response
+
+
+async def _name(request: Request, workspace_id: str) -> str:
+    try:
+        workspace = await asyncio.to_thread(gateway(request).accounts.workspace, workspace_id)
+    except AccountError:
+        return workspace_id
+    return workspace.name
+
+
+@endpoint
+async def session(request: Request, headers: dict[str, str]) -> Response:
+    """Who the page is signed in as, 200 either way: the page asks this first, so a visitor
+    who has not signed in causes no 401s (nor console errors) before the form."""
+    token = request.cookies.get(COOKIE)
+    caller = None
+    if token:
+        try:
+            caller = await gateway(request).sessions.authenticate(token)
+        except (InvalidApiKey, Forbidden):
+            caller = None
+    if caller is None:
+        return json_response({"object": "dashboard.session", "signed_in": False}, headers=headers)
+    return json_response({"object": "dashboard.session", "signed_in": True,
+                          "workspace_id": caller.workspace_id,
+                          "workspace_name": await _name(request, caller.workspace_id)},
+                         headers=headers)
 
 
 @endpoint
