@@ -21,6 +21,14 @@ from gateway import migrate
 from gateway.catalog import CatalogError, load
 from gateway.cli_lifecycle import Helpers, cli_message
 from gateway.cli_lifecycle import register as register_lifecycle
+from gateway.cli_records import (
+    WORKSPACE_COLUMNS,
+    cell,
+    display,
+    key_record,
+    ordered,
+    workspace_record,
+)
 from gateway.cli_serve import register as register_serve
 from gateway.cli_serve import shown_url
 from gateway.cli_usage import register as register_usage
@@ -42,6 +50,21 @@ db_app = typer.Typer(no_args_is_help=True, help="Schema migrations (SQLite and P
 app.add_typer(db_app, name="db")
 
 console = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"bookbag-gateway {version('bookbag-gateway')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+         ) -> None:
+    """Bookbag Gateway: an OpenAI-compatible proxy that meters credits."""
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 DbFlag = Annotated[str | None, typer.Option("--database-url", help="Overrides BOOKBAG_DATABASE_URL.")]
 PricingFlag = Annotated[str | None, typer.Option("--pricing", help="Overrides BOOKBAG_PRICING.")]
@@ -96,24 +119,26 @@ def _engine(database_url: str) -> Engine:
 
 def emit(data: Any, as_json: bool, title: str | None = None) -> None:
     if as_json:
-        print(json.dumps(data, indent=2, default=str))
+        print(json.dumps(ordered(data), indent=2, default=str))
         return
     if isinstance(data, dict):  # one record: a field per line, values never cut short
         table = Table(title=title, show_header=False)
         table.add_column("field", style="bold")
         table.add_column("value", overflow="fold")
-        for name, value in data.items():
-            table.add_row(str(name), "" if value is None else str(value))
+        for name, value in display(data).items():
+            table.add_row(str(name), escape(cell(value)))
         console.print(table)
         return
     if not data:
         console.print("(none)")
         return
+    rows = [display(row) for row in data]
     table = Table(title=title)
-    for column in data[0]:
-        table.add_column(str(column), overflow="fold")  # wrapped, never an ellipsis
-    for row in data:
-        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    for column in rows[0]:
+        # ids never wrap; other values wrap, never an ellipsis
+        table.add_column(str(column), overflow="fold", no_wrap=column in ("id", "workspace_id"))
+    for row in rows:
+        table.add_row(*(escape(cell(v)) for v in row.values()))
     console.print(table)
 
 
@@ -150,17 +175,10 @@ def workspace_create(
 @workspace_app.command("list")
 def workspace_list(as_json: JsonFlag = False, database_url: DbFlag = None) -> None:
     """List workspaces."""
-    rows = [ws.model_dump() for ws in _accounts(database_url).workspaces()]
+    rows = [workspace_record(ws) for ws in _accounts(database_url).workspaces()]
+    if not as_json:  # the columns that tell workspaces apart; `show` has every field
+        rows = [{k: row[k] for k in WORKSPACE_COLUMNS} for row in rows]
     emit(rows, as_json, "workspaces")
-
-
-@workspace_app.command("show")
-def workspace_show(workspace: str, as_json: JsonFlag = False, database_url: DbFlag = None) -> None:
-    """Show one workspace."""
-    try:
-        emit(_accounts(database_url).workspace(workspace).model_dump(), as_json, "workspace")
-    except AccountError as exc:
-        fail(cli_message(exc))
 
 
 def scopes_of(given: list[str] | None) -> tuple[str, ...]:
@@ -194,8 +212,12 @@ def key_create(
 def key_list(workspace: Annotated[str, typer.Option()], as_json: JsonFlag = False,
              database_url: DbFlag = None) -> None:
     """List a workspace's keys (never the keys themselves)."""
-    rows = [k.model_dump(exclude={"key_hash"}) for k in _accounts(database_url).keys(workspace)]
-    emit(rows, as_json, "keys")
+    accounts = _accounts(database_url)
+    try:
+        accounts.workspace(workspace)
+    except AccountError as exc:
+        fail(cli_message(exc))
+    emit([key_record(k) for k in accounts.keys(workspace)], as_json, "keys")
 
 
 @key_app.command("revoke")
@@ -228,7 +250,9 @@ def topup(
     workspace: Annotated[str, typer.Option(help="The workspace id.")],
     credits: Annotated[int, typer.Argument(help="Credits to add to the top-up bucket.")],
     ref: Annotated[str | None, typer.Option(help="Your reference (makes the grant idempotent).")] = None,
-    adjustment: Annotated[bool, typer.Option(help="Record as an adjustment (may be negative).")] = False,
+    adjustment: Annotated[bool, typer.Option(
+        "--adjustment", help="Record as an adjustment (either sign, not 0; put a negative amount "
+        "after --, e.g. `-- -300`).")] = False,
     as_json: JsonFlag = False,
     database_url: DbFlag = None,
 ) -> None:

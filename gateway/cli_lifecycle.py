@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 from gateway.byo import ByoKeys
 from gateway.catalog import Catalog, CatalogError, load
+from gateway.cli_records import workspace_view
 from gateway.clock import SystemClock
 from gateway.keyring import Keyring, KeyringError, generate_key
 from gateway.operator_input import InputError
@@ -67,6 +68,15 @@ class _Ops:
     engine: Engine
 
 
+def delivery_text(d: dict[str, Any]) -> str:
+    """`wh_1: failed after 12 attempts (last error: HTTP 500)`."""
+    attempts = f"{d['attempts']} attempt{'s' if d['attempts'] != 1 else ''}"
+    text = f"{d['endpoint_id']}: {d['status']} after {attempts}"
+    if d["status"] != "delivered" and d.get("last_error"):
+        text += f" (last error: {d['last_error']})"
+    return text
+
+
 def register(app: typer.Typer, workspace_app: typer.Typer, h: Helpers) -> None:
     byo_app = typer.Typer(no_args_is_help=True, help="Workspace BYO provider keys and toggle.")
     recharge_app = typer.Typer(no_args_is_help=True, help="Auto-recharge settings.")
@@ -115,6 +125,16 @@ def register(app: typer.Typer, workspace_app: typer.Typer, h: Helpers) -> None:
         o = ops(database_url, pricing)
         change = attempt(lambda: o.plans.change(workspace, plan, custom=credits, actor="cli"))
         h.emit(change.as_dict(), as_json, f"plan change: {change.kind}")
+
+    @workspace_app.command("show")
+    def workspace_show(workspace: Ws, as_json: JsonFlag = False, database_url: DbFlag = None,
+                       pricing: PricingFlag = None) -> None:
+        """Show one workspace as GET /admin/workspaces/{id} does: settings, balance, recharge, BYO."""
+        o = ops(database_url, pricing)
+        ws = attempt(lambda: o.accounts.workspace(workspace))
+        byo = [{"provider": k.provider, "fingerprint": k.fingerprint} for k in o.byo.keys(ws.id)]
+        h.emit(workspace_view(ws, o.accounts.balance(ws.id), o.recharges.status(ws.id, ws.anchor_date),
+                              byo), as_json, "workspace")
 
     def set_suspended(workspace: str, suspended: bool, as_json: bool, database_url: str | None) -> None:
         o = ops(database_url)
@@ -297,7 +317,6 @@ def register(app: typer.Typer, workspace_app: typer.Typer, h: Helpers) -> None:
             h.emit(events, True, None)
             return
         h.emit([{"id": e["id"], "type": e["type"], "created_ms": e["created_ms"],
-                 "deliveries": ", ".join(f"{d['endpoint_id']}: {d['status']} ({d['attempts']})"
-                                         for d in e["deliveries"])} for e in events],
-               False, "webhook events")
+                 "deliveries": "; ".join(delivery_text(d) for d in e["deliveries"]) or "(none)"}
+                for e in events], False, "webhook events")
 
