@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 
 from gateway.byo import ByoKeys
 from gateway.catalog import Catalog, CatalogError, load
-from gateway.cli_records import workspace_view
+from gateway.cli_records import workspace_record, workspace_view
 from gateway.clock import SystemClock
 from gateway.keyring import Keyring, KeyringError, generate_key
 from gateway.operator_input import InputError
@@ -167,7 +167,7 @@ def register(app: typer.Typer, workspace_app: typer.Typer, h: Helpers) -> None:
             workspace, name=name, rate_limit=rate_limit, clear_rate_limit=clear_rate_limit))
         if low_fractions is not None:
             attempt(lambda: store_low_fractions(o.engine, workspace, low_fractions))
-        data = o.accounts.workspace(ws.id).model_dump()
+        data = workspace_record(o.accounts.workspace(ws.id))
         data["low_fractions"] = ",".join(parse_fractions(data["low_fractions"]))
         h.emit(data, as_json, "workspace")
 
