@@ -23,9 +23,12 @@ NO_JSON = {"serve", "ledger export", "byo generate-key"}
 
 
 @pytest.fixture
-def env(gateway: RunningGateway, pricing: Path) -> dict[str, str]:
+def env(gateway: RunningGateway, pricing: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    from gateway import cli as cli_module
+
+    monkeypatch.setattr(cli_module.console, "width", 200)  # wide enough that no cell wraps
     return {"BOOKBAG_DATABASE_URL": gateway.settings.database_url, "BOOKBAG_PRICING": str(pricing),
-            "BOOKBAG_SECRET_KEY": generate_key(), "COLUMNS": "200"}
+            "BOOKBAG_SECRET_KEY": generate_key()}
 
 
 def run(env: dict[str, str], *args: str) -> Any:

@@ -17,7 +17,7 @@ def python_blocks(path: Path, after: str) -> list[str]:
 
 
 def test_the_documented_attribution_examples_tag_replies(gateway: RunningGateway) -> None:
-    ws, key = gateway.workspace("hobby")
+    _ws, key = gateway.workspace("hobby")
     readme = python_blocks(ROOT / "README.md", "or from Python:")
     usage = python_blocks(ROOT / "docs" / "usage.md", "## Attribution")
     assert "X-Bookbag-Agent-Id" in readme[1] and "metadata=" in usage[0]
