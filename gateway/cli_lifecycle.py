@@ -37,7 +37,7 @@ Ws = Annotated[str, typer.Argument(help="The workspace id.")]
 FLAGS = {"name": "NAME", "anchor_date": "--anchor", "credits": "--credits", "plan": "PLAN",
          "threshold": "--threshold", "amount": "--amount", "monthly_cap": "--cap",
          "events": "--event", "scopes": "--scope", "kind": "--kind", "agent_id": "--agent",
-         "model": "--model", "rate_limit": "--rate-limit"}
+         "model": "--model", "rate_limit": "--rate-limit", "ref": "--ref"}
 
 
 def cli_message(exc: Exception, **flags: str) -> str:

@@ -15,6 +15,9 @@ from typing import Any
 
 MAX_CREDITS = 10**15
 MAX_NAME = 200
+MAX_WORKSPACE_ID = 40  # the column's length
+MAX_REF = 64  # `<kind>:<workspace id>:<ref>` is a ledger request id (at most 128)
+MAX_ACTOR = 100
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -66,6 +69,15 @@ def anchor_date(value: Any, field: str = "anchor_date") -> str:
         dt.date.fromisoformat(value)
     except ValueError:
         raise InputError(field, f"is not a calendar date: {value}") from None
+    return value
+
+
+def text(value: Any, field: str, max_length: int) -> str:
+    """A non-empty string of at most `max_length` characters."""
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(field, "must be a non-empty string")
+    if len(value) > max_length:
+        raise InputError(field, f"must be at most {max_length} characters")
     return value
 
 

@@ -20,7 +20,17 @@ from gateway.catalog import Catalog, CatalogError, parse_rate_limit
 from gateway.clock import Clock, now_ms
 from gateway.database import apply_entry, transaction
 from gateway.metering.base import plan_at, renewal_entry
-from gateway.operator_input import MAX_CREDITS, InputError, credits, string_list, workspace_name
+from gateway.operator_input import (
+    MAX_ACTOR,
+    MAX_CREDITS,
+    MAX_REF,
+    MAX_WORKSPACE_ID,
+    InputError,
+    credits,
+    string_list,
+    text,
+    workspace_name,
+)
 from gateway.operator_input import AccountError as AccountError  # re-exported
 from gateway.operator_input import UnknownAccount as UnknownAccount  # re-exported
 from gateway.operator_input import anchor_date as check_anchor
@@ -90,8 +100,8 @@ class Accounts:
         period_start, _ = period_of(anchor, now)
         allotment = allotment_of(self._catalog, plan, custom_allotment)
         ws_id = workspace_id or "ws_" + uuid.uuid4().hex[:16]
-        if not ID_RE.match(ws_id):
-            raise AccountError("workspace id must match ^[A-Za-z0-9._-]{1,128}$")
+        if not ID_RE.match(ws_id) or len(ws_id) > MAX_WORKSPACE_ID:
+            raise InputError("id", f"must match ^[A-Za-z0-9._-]{{1,{MAX_WORKSPACE_ID}}}$")
         workspace = Workspace(
             id=ws_id, name=name, plan=plan, custom_allotment=custom_allotment,
             anchor_date=anchor, created_ms=now_ms(self._clock),
@@ -208,8 +218,9 @@ class Accounts:
         """A top-up (credits > 0) or adjustment (any sign) of the top-up bucket."""
         # an adjustment moves the bucket either way, never by 0
         amount = credits(amount, minimum=1 if kind == EntryKind.TOPUP else -MAX_CREDITS)
+        ref = uuid.uuid4().hex if ref is None else text(ref, "ref", MAX_REF)
+        text(actor, "actor", MAX_ACTOR)
         self.workspace(workspace_id)
-        ref = ref or uuid.uuid4().hex
         return LedgerEntry(
             request_id=f"{kind}:{workspace_id}:{ref}", workspace_id=workspace_id, kind=kind,
             billing_mode=None, credits=amount, topup_delta=amount, ref=ref, actor=actor,

@@ -134,3 +134,22 @@ def test_list_items_are_validated_one_by_one(gateway: RunningGateway,
         assert c.get(f"/admin/workspaces/{ws}/webhooks").json()["data"] == []
     out = refused(cli_env, "webhook", "create", ws, "https://h.example/x", "--event", "nope")
     assert "--event" in out
+
+
+def test_refs_actors_and_ids_fit_their_columns(gateway: RunningGateway,
+                                               cli_env: dict[str, str]) -> None:
+    """Longer values would be a database error (a 500) on PostgreSQL, not a 400."""
+    ws, key = gateway.workspace("free")
+    with admin(gateway) as c:
+        for path, body, param in [
+            (f"/admin/workspaces/{ws}/topups", {"credits": 5, "ref": "r" * 65}, "ref"),
+            (f"/admin/workspaces/{ws}/topups", {"credits": 5, "ref": ""}, "ref"),
+            (f"/admin/workspaces/{ws}/topups", {"credits": 5, "actor": "a" * 101}, "actor"),
+            ("/admin/workspaces", {"name": "X", "id": "w" * 41}, "id"),
+        ]:
+            r = c.post(path, json=body)
+            assert (r.status_code, r.json()["error"]["param"]) == (400, param), r.text
+        assert c.post(f"/admin/workspaces/{ws}/topups",
+                      json={"credits": 5, "ref": "r" * 64}).status_code == 201
+    assert "--ref" in refused(cli_env, "topup", "--workspace", ws, "5", "--ref", "r" * 65)
+    assert gateway.balance(key)["balance"] == 105
