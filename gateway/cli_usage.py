@@ -49,6 +49,13 @@ Agent = Annotated[str | None, typer.Option(help="Only this agent.")]
 Model = Annotated[str | None, typer.Option(help="Only this model (an id or an alias).")]
 
 
+def flagged(exc: GatewayError) -> str:
+    """The API's message with its parameter named as the CLI's flag (`group_by` -> --group-by)."""
+    if not exc.param:
+        return exc.message
+    return exc.message.replace(f"`{exc.param}`", "--" + exc.param.replace("_", "-"))
+
+
 def register(app: typer.Typer, h: Helpers) -> None:
     ledger_app = typer.Typer(no_args_is_help=True, help="Read the ledger.")
     app.add_typer(ledger_app, name="ledger")
@@ -93,7 +100,7 @@ def register(app: typer.Typer, h: Helpers) -> None:
             query = UsageQuery(workspace, window(start, end, tz, time.time()), parse_group_by(group_by),
                                agent, model_id(settings, model))
         except GatewayError as exc:
-            h.fail(exc.message)
+            h.fail(flagged(exc))
             raise  # unreachable: fail exits
         report = Usage(engine, SystemClock()).query(query)
         if as_json:
@@ -143,7 +150,7 @@ def register(app: typer.Typer, h: Helpers) -> None:
             span = window(start or "0", end, tz, time.time(), max_days=None)
             after = decode_cursor(cursor) if cursor else None
         except GatewayError as exc:
-            h.fail(exc.message)
+            h.fail(flagged(exc))
             raise  # unreachable: fail exits
         ledger = LedgerExport(engine)
         query = ExportQuery(workspace, span.start_ms, span.end_ms, after=after, limit=MAX_LIMIT,

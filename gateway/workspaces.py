@@ -62,8 +62,8 @@ def _check_rate_limit(raw: str | None) -> None:
     if raw is not None:
         try:
             parse_rate_limit("rate_limit", raw)
-        except CatalogError as exc:
-            raise AccountError(str(exc)) from None
+        except CatalogError:
+            raise InputError("rate_limit", f'must look like "100/10s", got {raw[:40]!r}') from None
 
 
 @dataclass(frozen=True, slots=True)

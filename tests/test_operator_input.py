@@ -69,6 +69,11 @@ def test_the_cli_and_the_api_refuse_the_same_inputs(gateway: RunningGateway,
     assert "--kind" in refused(cli_env, "ledger", "export", "--workspace", ws, "--kind", "refund")
     assert "NAME" in refused(cli_env, "workspace", "create", "  ")
     assert "--plan" in refused(cli_env, "workspace", "create", "B", "--plan", "platinum")
+    assert "--rate-limit must look like" in refused(cli_env, "key", "create", "--workspace", ws,
+                                                    "--rate-limit", "abc")
+    assert "--group-by takes" in refused(cli_env, "usage", "--workspace", ws, "--group-by", "x")
+    assert "--scope (item 2)" in refused(cli_env, "key", "create", "--workspace", ws,
+                                         "--scope", "read,write")
     with admin(gateway) as c:
         r = c.post(f"/admin/workspaces/{ws}/adjustments", json={"credits": 0})
         assert (r.status_code, r.json()["error"]["param"]) == (400, "credits")
@@ -76,6 +81,8 @@ def test_the_cli_and_the_api_refuse_the_same_inputs(gateway: RunningGateway,
         assert (r.status_code, r.json()["error"]["param"]) == (400, "name")
         r = c.patch(f"/admin/workspaces/{ws}", json={"name": " "})
         assert (r.status_code, r.json()["error"]["param"]) == (400, "name")
+        r = c.post(f"/admin/workspaces/{ws}/keys", json={"rate_limit": "abc"})
+        assert (r.status_code, r.json()["error"]["param"]) == (400, "rate_limit")
     with gateway.client(key) as c:
         r = c.get("/v1/ledger", params={"kind": "refund"})
         assert (r.status_code, r.json()["error"]["param"]) == (400, "kind")
