@@ -14,21 +14,13 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from sqlalchemy import Engine
 
 from gateway import migrate
 from gateway.catalog import CatalogError, load
 from gateway.cli_lifecycle import Helpers, cli_message
 from gateway.cli_lifecycle import register as register_lifecycle
-from gateway.cli_records import (
-    WORKSPACE_COLUMNS,
-    cell,
-    display,
-    key_record,
-    ordered,
-    workspace_record,
-)
+from gateway.cli_records import WORKSPACE_COLUMNS, console, emit, key_record, workspace_record
 from gateway.cli_serve import register as register_serve
 from gateway.cli_serve import shown_url
 from gateway.cli_usage import register as register_usage
@@ -49,7 +41,6 @@ app.add_typer(key_app, name="key")
 db_app = typer.Typer(no_args_is_help=True, help="Schema migrations (SQLite and PostgreSQL).")
 app.add_typer(db_app, name="db")
 
-console = Console()
 
 
 def _version(value: bool) -> None:
@@ -115,31 +106,6 @@ def _engine(database_url: str) -> Engine:
             f"note: {escape(shown_url(database_url))} was a new, empty database: "
             "its schema was just created (set BOOKBAG_DATABASE_URL or --database-url to use another)")
     return engine
-
-
-def emit(data: Any, as_json: bool, title: str | None = None) -> None:
-    if as_json:
-        print(json.dumps(ordered(data), indent=2, default=str))
-        return
-    if isinstance(data, dict):  # one record: a field per line, values never cut short
-        table = Table(title=title, show_header=False)
-        table.add_column("field", style="bold")
-        table.add_column("value", overflow="fold")
-        for name, value in display(data).items():
-            table.add_row(str(name), escape(cell(value)))
-        console.print(table)
-        return
-    if not data:
-        console.print("(none)")
-        return
-    rows = [display(row) for row in data]
-    table = Table(title=title)
-    for column in rows[0]:
-        # ids never wrap; other values wrap, never an ellipsis
-        table.add_column(str(column), overflow="fold", no_wrap=column in ("id", "workspace_id"))
-    for row in rows:
-        table.add_row(*(escape(cell(v)) for v in row.values()))
-    console.print(table)
 
 
 def app_from_env() -> Any:

@@ -8,10 +8,17 @@ dates, lists as comma lists, nested records as `field value` pairs.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping
 from typing import Any
 
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
 from gateway.schema import ApiKey, Workspace
+
+console = Console()  # the CLI's stdout (tests narrow or widen it)
 
 FIRST = ("id", "workspace_id", "name")
 WORKSPACE_FIELDS = ("id", "name", "plan", "custom_allotment", "suspended", "anchor_date",
@@ -76,3 +83,28 @@ def display(record: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def emit(data: Any, as_json: bool, title: str | None = None) -> None:
+    if as_json:
+        print(json.dumps(ordered(data), indent=2, default=str))
+        return
+    if isinstance(data, dict):  # one record: a field per line, values never cut short
+        table = Table(title=title, show_header=False)
+        table.add_column("field", style="bold")
+        table.add_column("value", overflow="fold")
+        for name, value in display(data).items():
+            table.add_row(str(name), escape(cell(value)))
+        console.print(table)
+        return
+    if not data:
+        console.print("(none)")
+        return
+    rows = [display(row) for row in data]
+    table = Table(title=title)
+    for column in rows[0]:
+        # ids never wrap; other values wrap, never an ellipsis
+        table.add_column(str(column), overflow="fold", no_wrap=column in ("id", "workspace_id"))
+    for row in rows:
+        table.add_row(*(escape(cell(v)) for v in row.values()))
+    console.print(table)

@@ -7,19 +7,12 @@ summary, which warns about every model it cannot reach.
 
 from __future__ import annotations
 
-from gateway.errors import InvalidRequest
+from gateway.errors import ProviderKeyMissing
 from gateway.settings import Settings
 from gateway.types import ModelEntry
 
 # The variables `Settings.from_env` reads for the providers it knows by name.
 HOUSE_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
-
-
-class ProviderKeyMissing(InvalidRequest):
-    """No key for the model's provider: an operator's setting (or the caller's BYO key) fixes it,
-    a retry does not, so it is a 400 (SDKs do not retry it), never a 502."""
-
-    code = "provider_key_missing"
 
 
 def house_key_env(model: ModelEntry) -> str:
