@@ -13,22 +13,26 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 from sqlalchemy import Engine
 
 from gateway import migrate
 from gateway.catalog import CatalogError, load
-from gateway.cli_lifecycle import Helpers
+from gateway.cli_lifecycle import Helpers, cli_message
 from gateway.cli_lifecycle import register as register_lifecycle
+from gateway.cli_records import WORKSPACE_COLUMNS, console, emit, key_record, workspace_record
+from gateway.cli_serve import register as register_serve
+from gateway.cli_serve import shown_url
 from gateway.cli_usage import register as register_usage
 from gateway.clock import SystemClock
 from gateway.database import create_schema, make_engine
 from gateway.reconcile import ReconcileError, SqlBalances, reconcile_all, rows
-from gateway.settings import Settings, SettingsError, export_env
+from gateway.settings import Settings, SettingsError
 from gateway.types import EntryKind
 from gateway.workspaces import AccountError, Accounts
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
                   help="Bookbag Gateway: an OpenAI-compatible proxy that meters credits.")
 workspace_app = typer.Typer(no_args_is_help=True, help="Create and inspect workspaces.")
 key_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
@@ -37,14 +41,29 @@ app.add_typer(key_app, name="key")
 db_app = typer.Typer(no_args_is_help=True, help="Schema migrations (SQLite and PostgreSQL).")
 app.add_typer(db_app, name="db")
 
-console = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"bookbag-gateway {version('bookbag-gateway')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+         ) -> None:
+    """Bookbag Gateway: an OpenAI-compatible proxy that meters credits."""
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 DbFlag = Annotated[str | None, typer.Option("--database-url", help="Overrides BOOKBAG_DATABASE_URL.")]
 PricingFlag = Annotated[str | None, typer.Option("--pricing", help="Overrides BOOKBAG_PRICING.")]
 
 
 def fail(message: str) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    """One line on stderr (never wrapped, never read as markup), exit 2."""
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(2)
 
 
@@ -66,82 +85,27 @@ def _accounts(database_url: str | None, pricing: str | None = None) -> Accounts:
     return Accounts(_engine(settings.database_url), catalog, SystemClock())
 
 
-def _engine(database_url: str) -> Engine:
-    """An engine on a database at the schema's head (an empty one gets the schema)."""
+def _engine_new(database_url: str) -> tuple[Engine, bool]:
+    """An engine on a database at the schema's head, and whether it was empty (now created)."""
     engine = make_engine(database_url)
     try:
-        create_schema(engine)
+        created = create_schema(engine)
     except migrate.SchemaError as exc:
         engine.dispose()
         fail(str(exc))
+        raise  # unreachable: fail exits
+    return engine, created
+
+
+def _engine(database_url: str) -> Engine:
+    """As `_engine_new`; a new, empty database is said on stderr (a command run elsewhere
+    than intended, or with BOOKBAG_DATABASE_URL unset, would otherwise show nothing)."""
+    engine, created = _engine_new(database_url)
+    if created:
+        Console(stderr=True, soft_wrap=True).print(
+            f"note: {escape(shown_url(database_url))} was a new, empty database: "
+            "its schema was just created (set BOOKBAG_DATABASE_URL or --database-url to use another)")
     return engine
-
-
-def emit(data: Any, as_json: bool, title: str | None = None) -> None:
-    if as_json:
-        print(json.dumps(data, indent=2, default=str))
-        return
-    if isinstance(data, dict):  # one record: a field per line, values never cut short
-        table = Table(title=title, show_header=False)
-        table.add_column("field", style="bold")
-        table.add_column("value", overflow="fold")
-        for name, value in data.items():
-            table.add_row(str(name), "" if value is None else str(value))
-        console.print(table)
-        return
-    if not data:
-        console.print("(none)")
-        return
-    table = Table(title=title)
-    for column in data[0]:
-        table.add_column(str(column), overflow="fold")  # wrapped, never an ellipsis
-    for row in data:
-        table.add_row(*("" if v is None else str(v) for v in row.values()))
-    console.print(table)
-
-
-@app.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="Overrides BOOKBAG_HOST.")] = None,
-    port: Annotated[int | None, typer.Option(help="Overrides BOOKBAG_PORT.")] = None,
-    workers: Annotated[int, typer.Option(help="Gateway processes.")] = 1,
-    database_url: DbFlag = None,
-    pricing: PricingFlag = None,
-    redis_url: Annotated[str | None, typer.Option(help="Overrides BOOKBAG_REDIS_URL.")] = None,
-    metering: Annotated[str | None, typer.Option(help="on | off (BOOKBAG_METERING).")] = None,
-) -> None:
-    """Run the gateway (creates the schema of an empty database)."""
-    import uvicorn
-
-    from gateway.http_protocol import protocol_for
-
-    flags = {"BOOKBAG_HOST": host, "BOOKBAG_PORT": port, "BOOKBAG_DATABASE_URL": database_url,
-             "BOOKBAG_PRICING": pricing, "BOOKBAG_REDIS_URL": redis_url,
-             "BOOKBAG_METERING": metering}
-    export_env(flags)
-    settings = _settings()
-    if workers > 1 and not settings.redis_url and settings.meter in ("auto", "memory"):
-        # One process owns balances in the embedded meter; several share SQL rows instead.
-        export_env({"BOOKBAG_METER": "sql"})
-        settings = _settings()
-    try:
-        load(settings.pricing_path)
-    except CatalogError as exc:
-        fail(str(exc))
-    _engine(settings.database_url).dispose()  # refuses an outdated schema before forking
-    uvicorn.run(
-        "gateway.cli:app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=workers if workers > 1 else None,
-        loop="uvloop",
-        http=protocol_for(settings),  # httptools; malformed HTTP refused in the OpenAI error shape
-        access_log=False,
-        proxy_headers=False,  # no client address is read; the dashboard reads X-Forwarded-Proto itself
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_grace),
-    )
 
 
 def app_from_env() -> Any:
@@ -168,7 +132,7 @@ def workspace_create(
         ws = accounts.create_workspace(name, plan, custom_allotment=credits, anchor_date=anchor)
         key = accounts.create_key(ws.id, agent_id=agent)
     except AccountError as exc:
-        fail(str(exc))
+        fail(cli_message(exc, plan="--plan"))
     data = {"workspace_id": ws.id, "name": ws.name, "plan": ws.plan,
             "anchor_date": ws.anchor_date, "key_id": key.id, "key": key.key}
     emit(data, as_json, "workspace created: the key is shown once")
@@ -177,24 +141,25 @@ def workspace_create(
 @workspace_app.command("list")
 def workspace_list(as_json: JsonFlag = False, database_url: DbFlag = None) -> None:
     """List workspaces."""
-    rows = [ws.model_dump() for ws in _accounts(database_url).workspaces()]
+    rows = [workspace_record(ws) for ws in _accounts(database_url).workspaces()]
+    if not as_json:  # the columns that tell workspaces apart; `show` has every field
+        rows = [{k: row[k] for k in WORKSPACE_COLUMNS} for row in rows]
     emit(rows, as_json, "workspaces")
 
 
-@workspace_app.command("show")
-def workspace_show(workspace: str, as_json: JsonFlag = False, database_url: DbFlag = None) -> None:
-    """Show one workspace."""
-    try:
-        emit(_accounts(database_url).workspace(workspace).model_dump(), as_json, "workspace")
-    except AccountError as exc:
-        fail(str(exc))
+def scopes_of(given: list[str] | None) -> tuple[str, ...]:
+    """`--scope inference --scope read` or `--scope inference,read`."""
+    if not given:
+        return ("inference", "read")
+    return tuple(part.strip() for item in given for part in item.split(",") if part.strip())
 
 
 @key_app.command("create")
 def key_create(
     workspace: Annotated[str, typer.Option(help="The workspace id.")],
     agent: Annotated[str | None, typer.Option(help="Bind the key to this agent.")] = None,
-    scope: Annotated[list[str] | None, typer.Option(help="inference and/or read.")] = None,
+    scope: Annotated[list[str] | None, typer.Option(
+        help="inference and/or read: repeat it or give a comma list (default both).")] = None,
     rate_limit: Annotated[str | None, typer.Option(help='This key\'s own limit, e.g. "100/10s".')] = None,
     as_json: JsonFlag = False,
     database_url: DbFlag = None,
@@ -202,10 +167,10 @@ def key_create(
     """Create a key (printed once; stored as a SHA-256 hash)."""
     try:
         key = _accounts(database_url).create_key(
-            workspace, agent_id=agent, scopes=tuple(scope or ("inference", "read")),
+            workspace, agent_id=agent, scopes=scopes_of(scope),
             rate_limit=rate_limit)
     except AccountError as exc:
-        fail(str(exc))
+        fail(cli_message(exc))
     emit(dataclasses.asdict(key), as_json, "key created: shown once")
 
 
@@ -213,8 +178,12 @@ def key_create(
 def key_list(workspace: Annotated[str, typer.Option()], as_json: JsonFlag = False,
              database_url: DbFlag = None) -> None:
     """List a workspace's keys (never the keys themselves)."""
-    rows = [k.model_dump(exclude={"key_hash"}) for k in _accounts(database_url).keys(workspace)]
-    emit(rows, as_json, "keys")
+    accounts = _accounts(database_url)
+    try:
+        accounts.workspace(workspace)
+    except AccountError as exc:
+        fail(cli_message(exc))
+    emit([key_record(k) for k in accounts.keys(workspace)], as_json, "keys")
 
 
 @key_app.command("revoke")
@@ -223,7 +192,7 @@ def key_revoke(key_id: str, as_json: JsonFlag = False, database_url: DbFlag = No
     try:
         row = _accounts(database_url).revoke_key(key_id)
     except AccountError as exc:
-        fail(str(exc))
+        fail(cli_message(exc))
     emit({"key_id": row.id, "revoked_ms": row.revoked_ms}, as_json, "key revoked")
 
 
@@ -238,7 +207,7 @@ def balance(
     try:
         data = _accounts(database_url, pricing).balance(workspace)
     except AccountError as exc:
-        fail(str(exc))
+        fail(cli_message(exc))
     emit(data, as_json, "balance")
 
 
@@ -247,7 +216,9 @@ def topup(
     workspace: Annotated[str, typer.Option(help="The workspace id.")],
     credits: Annotated[int, typer.Argument(help="Credits to add to the top-up bucket.")],
     ref: Annotated[str | None, typer.Option(help="Your reference (makes the grant idempotent).")] = None,
-    adjustment: Annotated[bool, typer.Option(help="Record as an adjustment (may be negative).")] = False,
+    adjustment: Annotated[bool, typer.Option(
+        "--adjustment", help="Record as an adjustment (either sign, not 0; put a negative amount "
+        "after --, e.g. `-- -300`).")] = False,
     as_json: JsonFlag = False,
     database_url: DbFlag = None,
 ) -> None:
@@ -257,7 +228,7 @@ def topup(
     try:
         entry = accounts.topup_entry(workspace, credits, kind=kind, ref=ref, actor="cli")
     except AccountError as exc:
-        fail(str(exc))
+        fail(cli_message(exc, credits="CREDITS"))
     inserted = accounts.apply(entry)
     emit({"workspace_id": workspace, "kind": str(kind), "credits": credits, "ref": entry.ref,
           "applied": inserted}, as_json, "granted" if inserted else "already granted")
@@ -340,10 +311,12 @@ def reconcile(
 
 
 # plan changes, suspension, BYO keys, auto-recharge, webhooks (gateway/cli_lifecycle.py)
-register_lifecycle(app, workspace_app, Helpers(fail=fail, emit=emit, settings=_settings,
-                                               engine=_engine))
+HELPERS = Helpers(fail=fail, emit=emit, settings=_settings, engine=_engine, engine_new=_engine_new)
+register_lifecycle(app, workspace_app, HELPERS)
 # usage and ledger export (gateway/cli_usage.py)
-register_usage(app, Helpers(fail=fail, emit=emit, settings=_settings, engine=_engine))
+register_usage(app, HELPERS)
+# serve: its checks and startup summary (gateway/cli_serve.py)
+register_serve(app, HELPERS)
 
 
 def main() -> None:

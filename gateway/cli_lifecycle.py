@@ -17,8 +17,10 @@ from sqlalchemy import Engine
 
 from gateway.byo import ByoKeys
 from gateway.catalog import Catalog, CatalogError, load
+from gateway.cli_records import workspace_record, workspace_view
 from gateway.clock import SystemClock
 from gateway.keyring import Keyring, KeyringError, generate_key
+from gateway.operator_input import InputError
 from gateway.plans import Plans
 from gateway.recharge import Recharges
 from gateway.settings import Settings
@@ -31,6 +33,21 @@ DbFlag = Annotated[str | None, typer.Option("--database-url", help="Overrides BO
 PricingFlag = Annotated[str | None, typer.Option("--pricing", help="Overrides BOOKBAG_PRICING.")]
 Ws = Annotated[str, typer.Argument(help="The workspace id.")]
 
+# The API's field names as the CLI's flags say them (errors speak the CLI's language).
+FLAGS = {"name": "NAME", "anchor_date": "--anchor", "credits": "--credits", "plan": "PLAN",
+         "threshold": "--threshold", "amount": "--amount", "monthly_cap": "--cap",
+         "events": "--event", "scopes": "--scope", "kind": "--kind", "agent_id": "--agent",
+         "model": "--model", "rate_limit": "--rate-limit", "ref": "--ref"}
+
+
+def cli_message(exc: Exception, **flags: str) -> str:
+    """An operator error as one line; a bad input names the CLI flag, not the API field."""
+    if isinstance(exc, InputError):
+        base, _, index = exc.field.partition("[")
+        flag = flags.get(base) or FLAGS.get(base) or exc.field
+        return exc.for_flag(flag + (f" (item {int(index.rstrip(']')) + 1})" if index else ""))
+    return str(exc)
+
 
 @dataclass(frozen=True)
 class Helpers:
@@ -38,6 +55,7 @@ class Helpers:
     emit: Callable[[Any, bool, str | None], None]
     settings: Callable[..., Settings]
     engine: Callable[[str], Engine]
+    engine_new: Callable[[str], tuple[Engine, bool]]
 
 
 @dataclass(frozen=True)
@@ -48,6 +66,15 @@ class _Ops:
     webhooks: Webhooks
     recharges: Recharges
     engine: Engine
+
+
+def delivery_text(d: dict[str, Any]) -> str:
+    """`wh_1: failed after 12 attempts (last error: HTTP 500)`."""
+    attempts = f"{d['attempts']} attempt{'s' if d['attempts'] != 1 else ''}"
+    text = f"{d['endpoint_id']}: {d['status']} after {attempts}"
+    if d["status"] != "delivered" and d.get("last_error"):
+        text += f" (last error: {d['last_error']})"
+    return text
 
 
 def register(app: typer.Typer, workspace_app: typer.Typer, h: Helpers) -> None:
@@ -83,7 +110,7 @@ def register(app: typer.Typer, workspace_app: typer.Typer, h: Helpers) -> None:
         try:
             return fn()
         except (AccountError, KeyringError) as exc:
-            die(str(exc))
+            die(cli_message(exc))
 
     # --- workspace plan / suspend / resume / set ----------------------------------------
 
@@ -98,6 +125,16 @@ def register(app: typer.Typer, workspace_app: typer.Typer, h: Helpers) -> None:
         o = ops(database_url, pricing)
         change = attempt(lambda: o.plans.change(workspace, plan, custom=credits, actor="cli"))
         h.emit(change.as_dict(), as_json, f"plan change: {change.kind}")
+
+    @workspace_app.command("show")
+    def workspace_show(workspace: Ws, as_json: JsonFlag = False, database_url: DbFlag = None,
+                       pricing: PricingFlag = None) -> None:
+        """Show one workspace as GET /admin/workspaces/{id} does: settings, balance, recharge, BYO."""
+        o = ops(database_url, pricing)
+        ws = attempt(lambda: o.accounts.workspace(workspace))
+        byo = [{"provider": k.provider, "fingerprint": k.fingerprint} for k in o.byo.keys(ws.id)]
+        h.emit(workspace_view(ws, o.accounts.balance(ws.id), o.recharges.status(ws.id, ws.anchor_date),
+                              byo), as_json, "workspace")
 
     def set_suspended(workspace: str, suspended: bool, as_json: bool, database_url: str | None) -> None:
         o = ops(database_url)
@@ -130,7 +167,7 @@ def register(app: typer.Typer, workspace_app: typer.Typer, h: Helpers) -> None:
             workspace, name=name, rate_limit=rate_limit, clear_rate_limit=clear_rate_limit))
         if low_fractions is not None:
             attempt(lambda: store_low_fractions(o.engine, workspace, low_fractions))
-        data = o.accounts.workspace(ws.id).model_dump()
+        data = workspace_record(o.accounts.workspace(ws.id))
         data["low_fractions"] = ",".join(parse_fractions(data["low_fractions"]))
         h.emit(data, as_json, "workspace")
 
@@ -280,7 +317,6 @@ def register(app: typer.Typer, workspace_app: typer.Typer, h: Helpers) -> None:
             h.emit(events, True, None)
             return
         h.emit([{"id": e["id"], "type": e["type"], "created_ms": e["created_ms"],
-                 "deliveries": ", ".join(f"{d['endpoint_id']}: {d['status']} ({d['attempts']})"
-                                         for d in e["deliveries"])} for e in events],
-               False, "webhook events")
+                 "deliveries": "; ".join(delivery_text(d) for d in e["deliveries"]) or "(none)"}
+                for e in events], False, "webhook events")
 

@@ -20,12 +20,14 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine
 
-from gateway.cli_lifecycle import DbFlag, Helpers, JsonFlag
+from gateway.catalog import CatalogError, load
+from gateway.cli_lifecycle import DbFlag, Helpers, JsonFlag, PricingFlag, cli_message
 from gateway.clock import SystemClock
 from gateway.database import snapshot
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, ModelNotFound
 from gateway.ledger.export import (
     FORMATS,
+    KINDS,
     MAX_LIMIT,
     ExportQuery,
     LedgerExport,
@@ -36,18 +38,39 @@ from gateway.ledger.export import (
 )
 from gateway.ledger.usage import Usage, UsageQuery, parse_group_by
 from gateway.ledger.window import window
+from gateway.operator_input import InputError, choice
+from gateway.settings import Settings
 
 WsOpt = Annotated[str, typer.Option("--workspace", help="The workspace id.")]
 Start = Annotated[str | None, typer.Option(help="YYYY-MM-DD (local day), ISO date-time or epoch s.")]
 End = Annotated[str | None, typer.Option(help="Exclusive; a date includes that whole day.")]
 Tz = Annotated[str | None, typer.Option(help="IANA time zone of dates and days (default UTC).")]
 Agent = Annotated[str | None, typer.Option(help="Only this agent.")]
-Model = Annotated[str | None, typer.Option(help="Only this model id.")]
+Model = Annotated[str | None, typer.Option(help="Only this model (an id or an alias).")]
+
+
+def flagged(exc: GatewayError) -> str:
+    """The API's message with its parameter named as the CLI's flag (`group_by` -> --group-by)."""
+    if not exc.param:
+        return exc.message
+    return exc.message.replace(f"`{exc.param}`", "--" + exc.param.replace("_", "-"))
 
 
 def register(app: typer.Typer, h: Helpers) -> None:
     ledger_app = typer.Typer(no_args_is_help=True, help="Read the ledger.")
     app.add_typer(ledger_app, name="ledger")
+
+    def model_id(settings: Settings, model: str | None) -> str | None:
+        """A model id or alias -> the ledger's canonical id, as the API resolves it."""
+        if model is None:
+            return None
+        try:
+            return load(settings.pricing_path).resolve(model).id
+        except ModelNotFound:
+            return model  # a model no longer listed: its id as given
+        except CatalogError as exc:
+            h.fail(str(exc))
+            raise  # unreachable: fail exits
 
     def workspace_exists(engine: Engine, workspace: str) -> None:
         with snapshot(engine) as (cur, sql):
@@ -67,15 +90,17 @@ def register(app: typer.Typer, h: Helpers) -> None:
         model: Model = None,
         as_json: JsonFlag = False,
         database_url: DbFlag = None,
+        pricing: PricingFlag = None,
     ) -> None:
         """Credits and replies in a window (default: the last 7 days), grouped."""
-        engine = h.engine(h.settings(database_url).database_url)
+        settings = h.settings(database_url, pricing)
+        engine = h.engine(settings.database_url)
         workspace_exists(engine, workspace)
         try:
             query = UsageQuery(workspace, window(start, end, tz, time.time()), parse_group_by(group_by),
-                               agent, model)
+                               agent, model_id(settings, model))
         except GatewayError as exc:
-            h.fail(exc.message)
+            h.fail(flagged(exc))
             raise  # unreachable: fail exits
         report = Usage(engine, SystemClock()).query(query)
         if as_json:
@@ -109,21 +134,27 @@ def register(app: typer.Typer, h: Helpers) -> None:
         model: Model = None,
         cursor: Annotated[str | None, typer.Option(help="Resume after this cursor.")] = None,
         database_url: DbFlag = None,
+        pricing: PricingFlag = None,
     ) -> None:
         """Every ledger entry of a window (default: all), streamed in batches."""
-        if fmt not in FORMATS:
-            h.fail("--format must be jsonl or csv")
-        engine = h.engine(h.settings(database_url).database_url)
+        try:
+            choice(fmt, FORMATS, "format")
+            if kind is not None:
+                choice(kind, KINDS, "kind")
+        except InputError as exc:
+            h.fail(cli_message(exc, format="--format"))
+        settings = h.settings(database_url, pricing)
+        engine = h.engine(settings.database_url)
         workspace_exists(engine, workspace)
         try:
             span = window(start or "0", end, tz, time.time(), max_days=None)
             after = decode_cursor(cursor) if cursor else None
         except GatewayError as exc:
-            h.fail(exc.message)
+            h.fail(flagged(exc))
             raise  # unreachable: fail exits
         ledger = LedgerExport(engine)
         query = ExportQuery(workspace, span.start_ms, span.end_ms, after=after, limit=MAX_LIMIT,
-                            agent=agent, model=model, kind=kind)
+                            agent=agent, model=model_id(settings, model), kind=kind)
         count, last = 0, cursor
         with contextlib.ExitStack() as stack:
             out: IO[bytes] = stack.enter_context(output.open("wb")) if output else sys.stdout.buffer

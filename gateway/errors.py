@@ -4,7 +4,8 @@
     ├── InvalidRequest                400     invalid_request
     │   ├── ModelNotFound             400     model_not_found
     │   ├── UnsupportedParameter      400     unsupported_parameter
-    │   └── ByoNotAllowed             400     byo_not_allowed
+    │   ├── ByoNotAllowed             400     byo_not_allowed
+    │   └── ProviderKeyMissing        400     provider_key_missing   (no key for the model: not retried)
     ├── InvalidApiKey                 401     invalid_api_key
     ├── ProviderAuthFailed            401     provider_auth_failed   (a BYO key the provider rejected)
     ├── InsufficientCredits           402     insufficient_credits   (type insufficient_quota)
@@ -82,6 +83,13 @@ class UnsupportedParameter(InvalidRequest):
 
 class ByoNotAllowed(InvalidRequest):
     code = "byo_not_allowed"
+
+
+class ProviderKeyMissing(InvalidRequest):
+    """No key reaches the model's provider: an operator's setting (or the caller's BYO key)
+    fixes it, a retry does not, so a 400 (the SDKs do not retry it), never a 502."""
+
+    code = "provider_key_missing"
 
 
 class InvalidApiKey(GatewayError):

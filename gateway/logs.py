@@ -48,6 +48,7 @@ class RequestRecord:
     entry: LedgerEntry | None = None
     total_ms: float = 0.0
     overhead_ms: float | None = None  # the pipeline's own figure (X-Bookbag-Overhead-Ms)
+    model: str | None = None  # the resolved model, before there is a ledger entry
 
     @property
     def provider_ms(self) -> float | None:
@@ -74,7 +75,7 @@ class RequestRecord:
             "key_id": caller.key_id if caller else None,
             "agent": entry.agent_id if entry else caller.agent_id if caller else None,
             "conversation": entry.conversation_id if entry else None,
-            "model": entry.model if entry else None,
+            "model": entry.model if entry else self.model,
             "billing_mode": str(entry.billing_mode) if entry and entry.billing_mode else None,
             "credits": entry.credits if entry else None,
             "replies": entry.replies if entry else None,

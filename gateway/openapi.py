@@ -119,7 +119,9 @@ def _open() -> dict[str, dict[str, Any]]:
             params=(_param("file", "path", "Asset name.", required=True),))},
         "/dashboard/session": {"post": op(
             "Sign in with a workspace key (read scope): sets the HttpOnly session cookie", "dashboard",
-            body="SignIn", ok="Session", errors=(400, 401, 403, 408, 413, 503))},
+            body="SignIn", ok="Session", errors=(400, 401, 403, 408, 413, 503)),
+            "get": op("Who the session cookie signs in (signed_in false without one; never 401)",
+                      "dashboard", ok="Session", errors=(503,))},
         "/dashboard/logout": {"post": {**op("Sign out: ends the session", "dashboard", status="204",
                                             errors=(503,)),
                                        "responses": {"204": {"description": "Signed out"},

@@ -46,6 +46,7 @@ from gateway.inflight import InFlight
 from gateway.ledger.recorder import Recorder
 from gateway.logs import RequestRecord
 from gateway.metering.base import Meter
+from gateway.provider_keys import missing_key
 from gateway.providers.registry import Providers
 from gateway.settings import Settings
 from gateway.streaming import MeteredStream
@@ -153,7 +154,7 @@ class Pipeline:
 
     def _own_key_required(self, model: ModelEntry, decision: Decision) -> None:
         if decision.mode is not BillingMode.LOCAL and not decision.api_key and not model.api_base:
-            raise UpstreamError(f"No provider key is configured for `{model.id}`.")
+            raise missing_key(model)  # a 400 saying what to set: a retry cannot fix it
 
     def _call(self, model: ModelEntry, req: ChatRequest, decision: Decision) -> ProviderCall:
         body = dict(req.body)
@@ -180,6 +181,8 @@ class Pipeline:
                    record: RequestRecord | None = None) -> Response:
         started = time.perf_counter()
         model = self.chat_model(req.model)
+        if record is not None:
+            record.model = model.id  # the log line names it even if the request fails here
         decision = await self.decide(model, caller, headers)
         if decision.metered and caller.rate_unchecked:
             raise ServiceUnavailable("The rate-limit store is unavailable; retry shortly.")

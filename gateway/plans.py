@@ -28,6 +28,8 @@ from gateway.catalog import Catalog
 from gateway.clock import Clock, now_ms
 from gateway.database import Cursor, Sql, apply_entry, transaction
 from gateway.metering.base import Meter, plan_at, renewal_entry
+from gateway.operator_input import InputError
+from gateway.operator_input import credits as check_credits
 from gateway.periods import period_of
 from gateway.types import EntryKind, LedgerEntry
 from gateway.workspaces import AccountError, UnknownAccount, allotment_of
@@ -119,9 +121,9 @@ class Plans:
         if plan not in self._catalog.plans:
             raise AccountError(f"unknown plan {plan!r}; plans: {', '.join(self._catalog.plans)}")
         if self._catalog.plan(plan).credits is None:
-            if custom is None or custom < 0:
-                raise AccountError(f"plan {plan!r} needs a custom allotment (credits)")
-            return custom
+            if custom is None:
+                raise InputError("credits", f"is required: plan {plan!r} has a custom allotment")
+            return check_credits(custom, minimum=0, allow_zero=True)
         if custom is not None:
             raise AccountError(f"plan {plan!r} has a fixed allotment; credits are for custom plans")
         return None

@@ -27,6 +27,7 @@ from sqlmodel import Session
 from gateway.clock import Clock, now_ms
 from gateway.database import snapshot, transaction
 from gateway.metering.base import Meter
+from gateway.operator_input import credits as check_credits
 from gateway.periods import period_of
 from gateway.schema import AutoRecharge, Workspace
 from gateway.types import EntryKind, LedgerEntry
@@ -70,10 +71,8 @@ class Recharges:
 
     def configure(self, workspace_id: str, *, threshold: int, amount: int, monthly_cap: int,
                   enabled: bool = True) -> RechargeSettings:
-        if threshold < 1:
-            raise AccountError("the threshold must be at least 1 credit")
-        if amount < 1:
-            raise AccountError("the recharge amount must be at least 1 credit")
+        check_credits(threshold, "threshold")
+        check_credits(amount, "amount")
         if not 1 <= monthly_cap <= MAX_CAP:
             raise AccountError(f"the monthly cap must be between 1 and {MAX_CAP} recharges")
         with Session(self._engine) as session:

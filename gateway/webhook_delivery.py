@@ -204,6 +204,10 @@ class Dispatcher:
                     log.warning("webhook %s to %s failed for good after %d attempts: %s",
                                 out.due.event_id, out.due.endpoint_id, attempts, out.error)
                 delay = min(self._backoff * 2 ** (attempts - 1), MAX_BACKOFF_S)
+                if status == "pending":  # each failed attempt is said, not only the last
+                    log.warning("webhook %s to %s: attempt %d of %d failed (%s); retrying in %gs",
+                                out.due.event_id, out.due.endpoint_id, attempts,
+                                self._max_attempts, out.error, delay)
                 cur.execute(
                     sql("UPDATE webhook_deliveries SET status = ?, attempts = ?, last_status = ?, "
                         "last_error = ?, next_attempt_ms = ? WHERE event_id = ? AND endpoint_id = ? "

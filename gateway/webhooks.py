@@ -33,6 +33,7 @@ from sqlmodel import Session, col, select
 from gateway.clock import Clock, now_ms
 from gateway.database import transaction
 from gateway.keyring import Keyring, KeyringError, fingerprint
+from gateway.operator_input import InputError, string_list
 from gateway.schema import WebhookDelivery, WebhookEndpoint, WebhookEvent, Workspace
 from gateway.webhook_targets import PrivateTarget, check_url
 from gateway.workspaces import AccountError, UnknownAccount
@@ -98,8 +99,12 @@ def _check_url(url: str, *, allow_private: bool = False) -> str:
 
 
 def _check_events(events: list[str] | None) -> str:
+    if events is not None:
+        string_list(events, "events", (*TYPES, "*"))
     if not events or events == ["*"]:
         return "*"
+    if "*" in events:
+        raise InputError("events", "must be [\"*\"] alone or a list of event types")
     unknown = sorted(set(events) - set(TYPES))
     if unknown:
         raise AccountError(f"unknown event type {unknown[0]!r}; types: {', '.join(TYPES)}")

@@ -20,20 +20,26 @@ from gateway.catalog import Catalog, CatalogError, parse_rate_limit
 from gateway.clock import Clock, now_ms
 from gateway.database import apply_entry, transaction
 from gateway.metering.base import plan_at, renewal_entry
+from gateway.operator_input import (
+    MAX_ACTOR,
+    MAX_CREDITS,
+    MAX_REF,
+    MAX_WORKSPACE_ID,
+    InputError,
+    credits,
+    string_list,
+    text,
+    workspace_name,
+)
+from gateway.operator_input import AccountError as AccountError  # re-exported
+from gateway.operator_input import UnknownAccount as UnknownAccount  # re-exported
+from gateway.operator_input import anchor_date as check_anchor
 from gateway.periods import period_of, today
 from gateway.schema import ApiKey, BalanceRow, Workspace
 from gateway.types import SCOPES, Caller, EntryKind, LedgerEntry
 
 KEY_PREFIX = "bk_"
 ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-
-
-class AccountError(ValueError):
-    """An operator request that cannot be carried out (unknown plan, workspace...)."""
-
-
-class UnknownAccount(AccountError):
-    """The workspace, key or endpoint named does not exist."""
 
 
 def hash_key(key: str) -> str:
@@ -56,8 +62,8 @@ def _check_rate_limit(raw: str | None) -> None:
     if raw is not None:
         try:
             parse_rate_limit("rate_limit", raw)
-        except CatalogError as exc:
-            raise AccountError(str(exc)) from None
+        except CatalogError:
+            raise InputError("rate_limit", f'must look like "100/10s", got {raw[:40]!r}') from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,20 +86,22 @@ class Accounts:
         anchor_date: str | None = None, workspace_id: str | None = None,
     ) -> Workspace:
         """A workspace on a plan, holding its plan's allotment at once."""
+        name = workspace_name(name)
         if plan not in self._catalog.plans:
-            raise AccountError(f"unknown plan {plan!r}; plans: {', '.join(self._catalog.plans)}")
+            raise InputError("plan", f"must be one of {', '.join(self._catalog.plans)}")
         if self._catalog.plan(plan).credits is None:
-            if custom_allotment is None or custom_allotment < 0:
-                raise AccountError(f"plan {plan!r} needs a custom allotment (--credits N)")
+            if custom_allotment is None:
+                raise InputError("credits", f"is required: plan {plan!r} has a custom allotment")
+            credits(custom_allotment, minimum=0, allow_zero=True)
         elif custom_allotment is not None:
-            raise AccountError(f"plan {plan!r} has a fixed allotment; --credits is for custom plans")
+            raise InputError("credits", f"is for custom plans; plan {plan!r} has a fixed allotment")
         now = self._clock.now()
-        anchor = anchor_date or today(now)
+        anchor = check_anchor(anchor_date) if anchor_date is not None else today(now)
         period_start, _ = period_of(anchor, now)
         allotment = allotment_of(self._catalog, plan, custom_allotment)
         ws_id = workspace_id or "ws_" + uuid.uuid4().hex[:16]
-        if not ID_RE.match(ws_id):
-            raise AccountError("workspace id must match ^[A-Za-z0-9._-]{1,128}$")
+        if not ID_RE.match(ws_id) or len(ws_id) > MAX_WORKSPACE_ID:
+            raise InputError("id", f"must match ^[A-Za-z0-9._-]{{1,{MAX_WORKSPACE_ID}}}$")
         workspace = Workspace(
             id=ws_id, name=name, plan=plan, custom_allotment=custom_allotment,
             anchor_date=anchor, created_ms=now_ms(self._clock),
@@ -128,11 +136,11 @@ class Accounts:
     ) -> CreatedKey:
         self.workspace(workspace_id)
         _check_rate_limit(rate_limit)
-        bad = set(scopes) - SCOPES
-        if bad or not scopes:
-            raise AccountError(f"scopes must be among {sorted(SCOPES)}, got {sorted(scopes)}")
+        scopes = tuple(string_list(list(scopes), "scopes", sorted(SCOPES)))
+        if not scopes:
+            raise InputError("scopes", f"must name at least one of {', '.join(sorted(SCOPES))}")
         if agent_id is not None and not ID_RE.match(agent_id):
-            raise AccountError("agent id must match ^[A-Za-z0-9._-]{1,128}$")
+            raise InputError("agent_id", "must match ^[A-Za-z0-9._-]{1,128}$")
         key = new_key()
         row = ApiKey(
             id="key_" + uuid.uuid4().hex[:12], workspace_id=workspace_id, key_hash=hash_key(key),
@@ -155,7 +163,7 @@ class Accounts:
             if workspace is None:
                 raise UnknownAccount(f"no workspace {workspace_id!r}")
             if name is not None:
-                workspace.name = name
+                workspace.name = workspace_name(name)
             if suspended is not None:
                 workspace.suspended = suspended
             if rate_limit is not None or clear_rate_limit:
@@ -204,17 +212,18 @@ class Accounts:
                       suspended=bool(suspended), rate_limit=rate_limit)
 
     def topup_entry(
-        self, workspace_id: str, credits: int, *, kind: EntryKind = EntryKind.TOPUP,
+        self, workspace_id: str, amount: int, *, kind: EntryKind = EntryKind.TOPUP,
         ref: str | None = None, actor: str = "operator",
     ) -> LedgerEntry:
         """A top-up (credits > 0) or adjustment (any sign) of the top-up bucket."""
+        # an adjustment moves the bucket either way, never by 0
+        amount = credits(amount, minimum=1 if kind == EntryKind.TOPUP else -MAX_CREDITS)
+        ref = uuid.uuid4().hex if ref is None else text(ref, "ref", MAX_REF)
+        text(actor, "actor", MAX_ACTOR)
         self.workspace(workspace_id)
-        if kind == EntryKind.TOPUP and credits <= 0:
-            raise AccountError("a top-up must be a positive number of credits")
-        ref = ref or uuid.uuid4().hex
         return LedgerEntry(
             request_id=f"{kind}:{workspace_id}:{ref}", workspace_id=workspace_id, kind=kind,
-            billing_mode=None, credits=credits, topup_delta=credits, ref=ref, actor=actor,
+            billing_mode=None, credits=amount, topup_delta=amount, ref=ref, actor=actor,
             created_ms=now_ms(self._clock),
         )
 

@@ -26,7 +26,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from gateway.database import apply_entry as apply
 from gateway.database import transaction
-from gateway.types import BillingMode, LedgerEntry
+from gateway.types import BillingMode, EntryKind, LedgerEntry
 from tests.conftest import service_missing
 from tests.harness import RunningGateway
 
@@ -60,6 +60,7 @@ def browser() -> Iterator[webdriver.Chrome]:
     options.binary_location = chromium
     for flag in FLAGS:
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for tests
     try:
         chrome = webdriver.Chrome(options=options,
                                   service=Service(executable_path=driver, env={**os.environ, "TZ": "UTC"}))
@@ -135,7 +136,8 @@ def test_sign_in_and_see_balance_chart_models_and_projection(
     assert text(browser, "plan") == "Pro"
     assert text(browser, "allotment") == "40,000"
     assert text(browser, "renews") == balance["period_end"]
-    assert text(browser, "workspace") == ws
+    assert text(browser, "workspace") == "Acme support"  # the name; the id is its tooltip
+    assert browser.find_element(By.ID, "workspace").get_attribute("title") == ws
     projection = text(browser, "projection")
     assert "runs out" in projection or "lasts past" in projection
 
@@ -204,3 +206,46 @@ def test_session_cookie_reads_but_never_runs_inference(gateway: RunningGateway) 
     with gateway.client() as c:
         c.cookies.set("bookbag_session", form.cookies["bookbag_session"])
         assert c.get("/v1/balance").status_code == 401  # the session died with its key
+
+
+def test_a_cross_site_sign_in_post_is_refused(gateway: RunningGateway) -> None:
+    """Login CSRF: another site's form posting a key of its own signs nobody in here."""
+    _, key = gateway.workspace("free")
+    own = gateway.url  # http://127.0.0.1:<port>, the Host the client sends
+    with gateway.client() as c:
+        for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"},
+                        {"Origin": own.replace("127.0.0.1", "localhost")},
+                        {"Sec-Fetch-Site": "cross-site"}):
+            r = c.post("/dashboard/session", data={"key": key}, headers=headers,
+                       follow_redirects=False)
+            assert r.status_code == 403, (headers, r.status_code)
+            assert r.json()["error"]["code"] == "cross_origin"
+            assert "set-cookie" not in r.headers
+        same = c.post("/dashboard/session", data={"key": key}, follow_redirects=False,
+                      headers={"Origin": own, "Sec-Fetch-Site": "same-origin"})
+        assert same.status_code == 303 and "bookbag_session" in same.headers["set-cookie"]
+        assert c.post("/dashboard/session", json={"key": key}).status_code == 200  # no Origin
+
+
+def test_before_sign_in_no_sign_out_no_401s_and_negative_top_ups_subtract(
+    gateway: RunningGateway, browser: webdriver.Chrome,
+) -> None:
+    ws = gateway.accounts.create_workspace("Globex", "free")
+    key = gateway.accounts.create_key(ws.id, scopes=("read",)).key
+    gateway.accounts.apply(gateway.accounts.topup_entry(ws.id, -300, kind=EntryKind.ADJUSTMENT,
+                                                        ref="correction-1", actor="test"))
+    browser.get(gateway.url + "/dashboard")
+    wait(browser, lambda b: b.find_element(By.ID, "signin").is_displayed())
+    assert not browser.find_element(By.ID, "signout").is_displayed()
+    assert not browser.find_element(By.ID, "who").is_displayed()
+    console = browser.get_log("browser")
+    assert not [e for e in console if e["level"] == "SEVERE"], console
+
+    browser.find_element(By.ID, "key").send_keys(key)
+    browser.find_element(By.ID, "signin-button").click()
+    wait(browser, lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "true")
+    assert browser.find_element(By.ID, "signout").is_displayed()
+    assert text(browser, "workspace") == "Globex"
+    assert text(browser, "balance-split") == "100 allotment − 300 top-ups"
+    assert text(browser, "topups") == "-300"
+    assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.server
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +16,9 @@ from typing import Any
 
 import orjson
 import pytest
+from typer.testing import CliRunner
 
+from gateway.cli import app as cli
 from gateway.clock import ManualClock
 from gateway.keyring import generate_key
 from gateway.webhooks import event_id, verify
@@ -231,9 +234,15 @@ def test_unsubscribed_and_disabled_endpoints_get_nothing(
 
 
 def test_a_receiver_that_never_recovers_is_given_up_on(
-    make_gateway: GatewayFactory, receiver: Receiver,
+    make_gateway: GatewayFactory, receiver: Receiver, caplog: pytest.LogCaptureFixture,
+    pricing: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    gw = make_gateway(BOOKBAG_SECRET_KEY=generate_key(), BOOKBAG_WEBHOOK_MAX_ATTEMPTS="3", **FAST)
+    from gateway import cli as cli_module
+
+    monkeypatch.setattr(cli_module.console, "width", 250)
+    caplog.set_level(logging.WARNING, logger="bookbag")
+    secret = generate_key()
+    gw = make_gateway(BOOKBAG_SECRET_KEY=secret, BOOKBAG_WEBHOOK_MAX_ATTEMPTS="3", **FAST)
     ws, key = gw.workspace("free")
     add_endpoint(gw, ws, receiver.url, events=["credits.exhausted"])
     receiver.statuses = [500] * 10
@@ -247,6 +256,16 @@ def test_a_receiver_that_never_recovers_is_given_up_on(
     wait_for(given_up, what="the delivery to fail for good")
     assert len(receiver.received) == 3
     assert len({d.event["id"] for d in receiver.received}) == 1
+    # Each failed attempt warns in the log, with its error; the CLI's table shows the last error.
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                and "webhook" in r.getMessage()]
+    assert sum("attempt 1 of 3 failed (HTTP 500)" in w for w in warnings) == 1, warnings
+    assert any("failed for good after 3 attempts: HTTP 500" in w for w in warnings), warnings
+    result = CliRunner().invoke(cli, ["webhook", "events", ws], env={
+        "BOOKBAG_DATABASE_URL": gw.settings.database_url, "BOOKBAG_PRICING": str(pricing),
+        "BOOKBAG_SECRET_KEY": secret})
+    assert result.exit_code == 0, result.output
+    assert "failed after 3 attempts (last error: HTTP 500)" in result.output, result.output
 
 
 def test_endpoints_need_the_secret_key(gateway: RunningGateway) -> None:

@@ -18,9 +18,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.auth import check_admin
+from gateway.cli_records import key_record, workspace_record, workspace_view
 from gateway.endpoints.http import endpoint, gateway, json_response, read_body
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.keyring import KeyringError
+from gateway.operator_input import InputError
 from gateway.types import EntryKind
 from gateway.validation import parse_json
 from gateway.workspaces import AccountError, UnknownAccount
@@ -41,6 +43,8 @@ def admin(status: int = 200) -> Callable[[AdminHandler], Callable[[Request], Awa
                 result = await handler(request)
             except UnknownAccount as exc:
                 raise NotFound(str(exc)) from None
+            except InputError as exc:
+                raise InvalidRequest(str(exc), param=exc.field) from None
             except (AccountError, KeyringError) as exc:
                 raise InvalidRequest(str(exc)) from None
             if isinstance(result, Response):
@@ -85,10 +89,10 @@ def ws_id(request: Request) -> str:
 async def describe(request: Request, workspace_id: str) -> dict[str, Any]:
     gw = gateway(request)
     workspace = await run_sync(gw.accounts.workspace, workspace_id)
-    data: dict[str, Any] = workspace.model_dump()
+    shown: dict[str, Any] | None
     try:
         balance = await gw.meter.balance(workspace_id)
-        data["balance"] = {
+        shown = {
             "plan": balance.plan, "allotment": balance.allotment,
             "allotment_remaining": balance.allotment_remaining,
             "topups_remaining": balance.topups_remaining, "balance": balance.available,
@@ -96,19 +100,17 @@ async def describe(request: Request, workspace_id: str) -> dict[str, Any]:
             "period_end": balance.period_end,
         }
     except GatewayError:
-        data["balance"] = None  # the balance store is down; the rest is still useful
-    data["recharge"] = await run_sync(gw.recharges.status, workspace_id, workspace.anchor_date)
-    data["byo_keys"] = [
-        {"provider": k.provider, "fingerprint": k.fingerprint}
-        for k in await run_sync(gw.byo.keys, workspace_id)
-    ]
-    return data
+        shown = None  # the balance store is down; the rest is still useful
+    recharge = await run_sync(gw.recharges.status, workspace_id, workspace.anchor_date)
+    byo_keys = [{"provider": k.provider, "fingerprint": k.fingerprint}
+                for k in await run_sync(gw.byo.keys, workspace_id)]
+    return workspace_view(workspace, shown, recharge, byo_keys)
 
 
 @admin()
 async def list_workspaces(request: Request) -> Any:
     rows = await run_sync(gateway(request).accounts.workspaces)
-    return {"object": "list", "data": [ws.model_dump() for ws in rows]}
+    return {"object": "list", "data": [workspace_record(ws) for ws in rows]}
 
 
 @admin(201)
@@ -119,7 +121,7 @@ async def create_workspace(request: Request) -> Any:
         gw.accounts.create_workspace, field(data, "name", str, required=True),
         field(data, "plan", str) or "free", custom_allotment=field(data, "credits", int),
         anchor_date=field(data, "anchor_date", str), workspace_id=field(data, "id", str))
-    out: dict[str, Any] = {"workspace": workspace.model_dump()}
+    out: dict[str, Any] = {"workspace": workspace_record(workspace)}
     if data.get("create_key", True):
         key = await run_sync(gw.accounts.create_key, workspace.id,
                              agent_id=field(data, "agent_id", str))
@@ -180,13 +182,14 @@ async def change_plan(request: Request) -> Any:
 @admin()
 async def list_keys(request: Request) -> Any:
     rows = await run_sync(gateway(request).accounts.keys, ws_id(request))
-    return {"object": "list", "data": [k.model_dump(exclude={"key_hash"}) for k in rows]}
+    return {"object": "list", "data": [key_record(k) for k in rows]}
 
 
 @admin(201)
 async def create_key(request: Request) -> Any:
     data = await body(request)
-    scopes = field(data, "scopes", list) or ["inference", "read"]
+    scopes = field(data, "scopes", list)
+    scopes = ["inference", "read"] if scopes is None else scopes
     key = await run_sync(gateway(request).accounts.create_key, ws_id(request),
                          agent_id=field(data, "agent_id", str), scopes=tuple(scopes),
                          rate_limit=field(data, "rate_limit", str))
@@ -207,8 +210,6 @@ async def _grant(request: Request, kind: EntryKind) -> Any:
     data = await body(request)
     gw = gateway(request)
     credits = field(data, "credits", int, required=True)
-    if kind == EntryKind.ADJUSTMENT and credits == 0:
-        raise InvalidRequest("An adjustment must move at least one credit.", param="credits")
     entry = await run_sync(gw.accounts.topup_entry, ws_id(request), credits, kind=kind,
                            ref=field(data, "ref", str), actor=field(data, "actor", str) or ACTOR)
     applied = await gw.meter.grant(entry)

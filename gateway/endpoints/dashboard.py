@@ -9,8 +9,9 @@ HTTPS) and the key is dropped.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from starlette.requests import Request
@@ -20,7 +21,8 @@ from starlette.staticfiles import StaticFiles
 from gateway.auth import require_scope
 from gateway.dashboard.sessions import COOKIE
 from gateway.endpoints.http import endpoint, gateway, json_response, read_body
-from gateway.errors import InvalidRequest
+from gateway.errors import Forbidden, InvalidApiKey, InvalidRequest
+from gateway.workspaces import AccountError
 
 STATIC = Path(__file__).resolve().parent.parent / "dashboard" / "static"
 SECURITY_HEADERS = {
@@ -59,12 +61,29 @@ def _key_from(request: Request, raw: bytes) -> str:
     return key.strip()
 
 
+def same_origin(request: Request) -> None:
+    """Refuse a browser's cross-site form post (login CSRF): a present `Origin` must be this
+    host, and `Sec-Fetch-Site` must not say cross-site. Clients that are not browsers send
+    neither and are not at risk."""
+    origin = request.headers.get("origin")
+    host = request.headers.get("x-forwarded-host") or request.headers.get("host") or ""
+    cross = request.headers.get("sec-fetch-site") == "cross-site"
+    if origin is not None:
+        parts = urlsplit(origin)
+        cross = cross or parts.scheme not in ("http", "https") or \
+            parts.netloc.lower() != host.lower()
+    if cross:
+        raise Forbidden("Sign in from the dashboard's own page: this form was posted from "
+                        "another site.", code="cross_origin")
+
+
 def _secure(request: Request) -> bool:
     return request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
 
 
 @endpoint
 async def sign_in(request: Request, headers: dict[str, str]) -> Response:
+    same_origin(request)
     raw = await read_body(request)
     gw = gateway(request)
     caller = await gw.keys.authenticate(f"Bearer {_key_from(request, raw)}")
@@ -72,7 +91,9 @@ async def sign_in(request: Request, headers: dict[str, str]) -> Response:
     token = await gw.sessions.create(caller)
     response: Response
     if _wants_json(request):
-        response = json_response({"object": "dashboard.session", "workspace_id": caller.workspace_id,
+        response = json_response({"object": "dashboard.session", "signed_in": True,
+                                  "workspace_id": caller.workspace_id,
+                                  "workspace_name": await _name(request, caller.workspace_id),
                                   "expires_in": int(gw.sessions.ttl)}, headers=headers)
     else:
         response = RedirectResponse("/dashboard", status_code=303, headers=headers)
@@ -82,8 +103,36 @@ async def sign_in(request: Request, headers: dict[str, str]) -> Response:
     return response
 
 
+async def _name(request: Request, workspace_id: str) -> str:
+    try:
+        workspace = await asyncio.to_thread(gateway(request).accounts.workspace, workspace_id)
+    except AccountError:
+        return workspace_id
+    return workspace.name
+
+
+@endpoint
+async def session(request: Request, headers: dict[str, str]) -> Response:
+    """Who the page is signed in as, 200 either way: the page asks this first, so a visitor
+    who has not signed in causes no 401s (nor console errors) before the form."""
+    token = request.cookies.get(COOKIE)
+    caller = None
+    if token:
+        try:
+            caller = await gateway(request).sessions.authenticate(token)
+        except (InvalidApiKey, Forbidden):
+            caller = None
+    if caller is None:
+        return json_response({"object": "dashboard.session", "signed_in": False}, headers=headers)
+    return json_response({"object": "dashboard.session", "signed_in": True,
+                          "workspace_id": caller.workspace_id,
+                          "workspace_name": await _name(request, caller.workspace_id)},
+                         headers=headers)
+
+
 @endpoint
 async def sign_out(request: Request, headers: dict[str, str]) -> Response:
+    same_origin(request)
     token = request.cookies.get(COOKIE)
     if token:
         await gateway(request).sessions.end(token)

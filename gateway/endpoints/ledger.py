@@ -29,15 +29,20 @@ from gateway.ledger.export import (
     jsonl,
 )
 from gateway.ledger.window import window
+from gateway.operator_input import InputError, choice
 
 DEFAULT_LIMIT = 1000
 EPOCH_START = "0"
 
 
 def _choice(value: str | None, allowed: tuple[str, ...], param: str) -> str | None:
-    if value is not None and value not in allowed:
-        raise InvalidRequest(f"`{param}` must be one of {', '.join(allowed)}.", param=param)
-    return value
+    """The operator's shared check (gateway/operator_input.py), answered as a 400."""
+    if value is None:
+        return None
+    try:
+        return choice(value, allowed, param)
+    except InputError as exc:
+        raise InvalidRequest(str(exc), param=param) from None
 
 
 def _limit(raw: str | None) -> int:

@@ -9,12 +9,15 @@ from starlette.responses import Response
 
 from gateway.endpoints.http import authenticate, endpoint, gateway, json_response
 from gateway.errors import ModelNotFound, NotFound
+from gateway.provider_keys import available, house_key_env
+from gateway.settings import Settings
 from gateway.types import ModelEntry
 
 OWNED_BY = {"local": "bookbag", "openai": "openai", "anthropic": "anthropic"}
 
 
-def describe(model: ModelEntry, created: int) -> dict[str, Any]:
+def describe(model: ModelEntry, created: int, settings: Settings) -> dict[str, Any]:
+    usable = available(model, settings)
     return {
         "id": model.id,
         "object": "model",
@@ -29,6 +32,10 @@ def describe(model: ModelEntry, created: int) -> dict[str, Any]:
         "max_output_tokens": model.max_output_tokens,
         "service_tiers": ["auto", "default", *model.service_tiers],
         "hosted_tools": list(model.hosted_tools),
+        # false: the gateway has no key for it (`requires` names the variable); a BYO key
+        # (X-Bookbag-Provider-Key, or one stored for the workspace) still reaches a byo model
+        "available": usable,
+        **({} if usable else {"requires": house_key_env(model)}),
     }
 
 
@@ -36,7 +43,7 @@ def describe(model: ModelEntry, created: int) -> dict[str, Any]:
 async def list_models(request: Request, headers: dict[str, str]) -> Response:
     await authenticate(request, "inference")
     gw = gateway(request)
-    data = [describe(m, gw.started) for m in gw.catalog.models.values()]
+    data = [describe(m, gw.started, gw.settings) for m in gw.catalog.models.values()]
     return json_response({"object": "list", "data": data}, headers=headers)
 
 
@@ -48,4 +55,4 @@ async def get_model(request: Request, headers: dict[str, str]) -> Response:
         model = gw.catalog.resolve(request.path_params["model_id"])
     except ModelNotFound as exc:  # a missing resource here, as in OpenAI's API: 404
         raise NotFound(exc.message, param="model", code="model_not_found") from None
-    return json_response(describe(model, gw.started), headers=headers)
+    return json_response(describe(model, gw.started, gw.settings), headers=headers)

@@ -77,6 +77,7 @@ ROUTES = [
     Route("/openapi.json", openapi.show, methods=["GET"]),
     Route("/dashboard", dashboard.page, methods=["GET"]),
     Route("/dashboard/session", dashboard.sign_in, methods=["POST"]),
+    Route("/dashboard/session", dashboard.session, methods=["GET"]),
     Route("/dashboard/logout", dashboard.sign_out, methods=["POST"]),
     Mount("/dashboard/static", app=dashboard.assets, name="dashboard-static"),
     *ADMIN_ROUTES,

@@ -82,11 +82,17 @@ async function signOut() {
   showSignin("Signed out.");
 }
 
-function renderBalance(b) {
-  $("workspace").textContent = b.workspace_id;
+// "a + b" or "a − b": a negative term (an adjustment below zero) is subtracted, never "+ -300".
+function signed(n) {
+  return Number(n) < 0 ? `− ${fmt(-n)}` : `+ ${fmt(n)}`;
+}
+
+function renderBalance(b, who) {
+  $("workspace").textContent = who.workspace_name || b.workspace_id;
+  $("workspace").title = b.workspace_id;
   $("balance").textContent = fmt(b.balance);
   $("balance-split").textContent =
-    `${fmt(b.allotment_remaining)} allotment + ${fmt(b.topups_remaining)} top-ups`;
+    `${fmt(b.allotment_remaining)} allotment ${signed(b.topups_remaining)} top-ups`;
   $("plan").textContent = b.plan.charAt(0).toUpperCase() + b.plan.slice(1);
   $("period").textContent = `Period ${b.period_start} → ${b.period_end}`;
   $("allotment").textContent = fmt(b.allotment);
@@ -237,6 +243,12 @@ async function load() {
   const days = Number($("window").value);
   const tz = encodeURIComponent(TZ);
   try {
+    // Asked first, answered 200 either way: no 401s from the data calls before sign-in.
+    const who = await api("/dashboard/session").then((r) => r.json());
+    if (!who.signed_in) {
+      showSignin("");
+      return;
+    }
     const [balance, byAgent, byModel, week, recent] = await Promise.all([
       api("/v1/balance").then((r) => r.json()),
       api(`/v1/usage?group_by=day,agent&start=${daysBack(days)}&tz=${tz}`).then((r) => r.json()),
@@ -247,7 +259,7 @@ async function load() {
     $("signin").hidden = true;
     $("app").hidden = false;
     $("who").hidden = false;
-    renderBalance(balance);
+    renderBalance(balance, who);
     renderChart(byAgent, days);
     renderModels(byModel);
     renderProjection(balance, week);
