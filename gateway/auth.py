@@ -4,7 +4,8 @@ A cache entry lives `key_cache_ttl` seconds, so a revocation made by the CLI
 or another process stops the key on every server within that time. Unknown
 keys are cached too (briefly), so guessing keys cannot hammer the database.
 While the database is unreachable, a key seen before is still accepted from
-the expired entry, for as long as the lookup keeps failing.
+the expired entry, for as long as the lookup keeps failing. A key's `expires_at`
+is checked on every request, cached or not (401 `key_expired`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 from gateway.clock import Clock
 from gateway.errors import Forbidden, InvalidApiKey, ServiceUnavailable
+from gateway.key_expiry import check_expiry
 from gateway.types import Caller
 from gateway.workspaces import KEY_PREFIX, hash_key
 
@@ -68,8 +70,10 @@ class KeyCache:
             raise InvalidApiKey("Incorrect API key provided, or the key was revoked.")
         return self._admit(caller)
 
-    @staticmethod
-    def _admit(caller: Caller) -> Caller:
+    def _admit(self, caller: Caller) -> Caller:
+        # The expiry is checked on every request against the clock, not the cache:
+        # an expiring key stops at its instant on every gateway.
+        check_expiry(caller.expires_ms, self._clock.now())
         if caller.suspended:
             raise Forbidden("This workspace is suspended.", code="workspace_suspended")
         return caller

@@ -196,6 +196,8 @@ def key_create(
     agent: Annotated[str | None, typer.Option(help="Bind the key to this agent.")] = None,
     scope: Annotated[list[str] | None, typer.Option(help="inference and/or read.")] = None,
     rate_limit: Annotated[str | None, typer.Option(help='This key\'s own limit, e.g. "100/10s".')] = None,
+    expires_at: Annotated[str | None, typer.Option(
+        help="The key stops working then: ISO 8601 (2027-01-31T00:00:00Z) or Unix seconds.")] = None,
     as_json: JsonFlag = False,
     database_url: DbFlag = None,
 ) -> None:
@@ -203,7 +205,7 @@ def key_create(
     try:
         key = _accounts(database_url).create_key(
             workspace, agent_id=agent, scopes=tuple(scope or ("inference", "read")),
-            rate_limit=rate_limit)
+            rate_limit=rate_limit, expires_at=expires_at)
     except AccountError as exc:
         fail(str(exc))
     emit(dataclasses.asdict(key), as_json, "key created: shown once")

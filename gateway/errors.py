@@ -90,6 +90,14 @@ class InvalidApiKey(GatewayError):
     code = "invalid_api_key"
 
 
+class KeyExpired(GatewayError):
+    """Spend controls: the key's `expires_at` has passed."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "key_expired"
+
+
 class ProviderAuthFailed(GatewayError):
     status = 401
     type = "invalid_request_error"

@@ -46,6 +46,8 @@ class ApiKey(SQLModel, table=True):
     rate_limit: str | None = Field(default=None, max_length=40)
     created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     revoked_ms: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    # Spend controls: the key stops working at this instant (401 key_expired).
+    expires_ms: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
 
 class BalanceRow(SQLModel, table=True):

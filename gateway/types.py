@@ -36,6 +36,7 @@ class Caller:
     suspended: bool = False
     rate_limit: str | None = None  # the key's (or workspace's) own limit, e.g. "100/10s"
     rate_unchecked: bool = False  # the shared limit store was down: metered requests fail closed
+    expires_ms: int | None = None  # spend controls: the key's expiry (401 key_expired from then)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 from gateway.catalog import Catalog, CatalogError, parse_rate_limit
 from gateway.clock import Clock, now_ms
 from gateway.database import apply_entry, transaction
+from gateway.key_expiry import ExpiryError, parse_expires_at
 from gateway.metering.base import plan_at, renewal_entry
 from gateway.periods import period_of, today
 from gateway.schema import ApiKey, BalanceRow, Workspace
@@ -67,6 +68,7 @@ class CreatedKey:
     workspace_id: str
     agent_id: str | None
     scopes: tuple[str, ...]
+    expires_ms: int | None = None
 
 
 class Accounts:
@@ -125,9 +127,15 @@ class Accounts:
     def create_key(
         self, workspace_id: str, *, agent_id: str | None = None,
         scopes: tuple[str, ...] = ("inference", "read"), rate_limit: str | None = None,
+        expires_at: str | int | float | None = None,
     ) -> CreatedKey:
+        """A new key; `expires_at` (ISO 8601 or Unix seconds) must be in the future."""
         self.workspace(workspace_id)
         _check_rate_limit(rate_limit)
+        try:
+            expires_ms = parse_expires_at(expires_at, now_ms(self._clock))
+        except ExpiryError as exc:
+            raise AccountError(str(exc)) from None
         bad = set(scopes) - SCOPES
         if bad or not scopes:
             raise AccountError(f"scopes must be among {sorted(SCOPES)}, got {sorted(scopes)}")
@@ -137,12 +145,13 @@ class Accounts:
         row = ApiKey(
             id="key_" + uuid.uuid4().hex[:12], workspace_id=workspace_id, key_hash=hash_key(key),
             prefix=key[:8], agent_id=agent_id, scopes=",".join(sorted(set(scopes))),
-            rate_limit=rate_limit, created_ms=now_ms(self._clock),
+            rate_limit=rate_limit, created_ms=now_ms(self._clock), expires_ms=expires_ms,
         )
         with Session(self._engine, expire_on_commit=False) as session:
             session.add(row)
             session.commit()
-        return CreatedKey(row.id, key, workspace_id, agent_id, tuple(sorted(set(scopes))))
+        return CreatedKey(row.id, key, workspace_id, agent_id, tuple(sorted(set(scopes))),
+                          expires_ms)
 
     def update_workspace(
         self, workspace_id: str, *, name: str | None = None, suspended: bool | None = None,
@@ -190,7 +199,7 @@ class Accounts:
                     # A pending downgrade is the plan from its period start on (`plan_at`).
                     "SELECT k.id, k.workspace_id, k.agent_id, k.scopes, CASE WHEN "
                     "w.pending_plan IS NOT NULL AND w.pending_from <= ? THEN w.pending_plan "
-                    "ELSE w.plan END, w.suspended, COALESCE(k.rate_limit, w.rate_limit) "
+                    "ELSE w.plan END, w.suspended, COALESCE(k.rate_limit, w.rate_limit), k.expires_ms "
                     "FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id "
                     "WHERE k.key_hash = ? AND k.revoked_ms IS NULL"
                 ),
@@ -199,9 +208,9 @@ class Accounts:
             row = cur.fetchone()
         if row is None:
             return None
-        key_id, ws_id, agent, scopes, plan, suspended, rate_limit = row
+        key_id, ws_id, agent, scopes, plan, suspended, rate_limit, expires_ms = row
         return Caller(ws_id, key_id, agent, frozenset(scopes.split(",")), plan,
-                      suspended=bool(suspended), rate_limit=rate_limit)
+                      suspended=bool(suspended), rate_limit=rate_limit, expires_ms=expires_ms)
 
     def topup_entry(
         self, workspace_id: str, credits: int, *, kind: EntryKind = EntryKind.TOPUP,

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from gateway.auth import check_admin
 from gateway.endpoints.http import endpoint, gateway, json_response, read_body
 from gateway.errors import GatewayError, InvalidRequest, NotFound
+from gateway.key_expiry import iso_ms
 from gateway.keyring import KeyringError
 from gateway.types import EntryKind
 from gateway.validation import parse_json
@@ -189,9 +190,11 @@ async def create_key(request: Request) -> Any:
     scopes = field(data, "scopes", list) or ["inference", "read"]
     key = await run_sync(gateway(request).accounts.create_key, ws_id(request),
                          agent_id=field(data, "agent_id", str), scopes=tuple(scopes),
-                         rate_limit=field(data, "rate_limit", str))
+                         rate_limit=field(data, "rate_limit", str),
+                         expires_at=field(data, "expires_at", (str, int, float)))
     return {"id": key.id, "key": key.key, "workspace_id": key.workspace_id,
-            "agent_id": key.agent_id, "scopes": list(key.scopes)}
+            "agent_id": key.agent_id, "scopes": list(key.scopes),
+            "expires_at": iso_ms(key.expires_ms)}
 
 
 @admin()
