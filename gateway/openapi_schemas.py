@@ -91,7 +91,9 @@ SCHEMAS: dict[str, Any] = {
     "PlanChange": obj({"plan": STR, "credits": INT}, ["plan"]),
     "KeyCreate": obj({"agent_id": STR, "scopes": {"type": "array",
                                                   "items": {"enum": ["inference", "read"]}},
-                      "rate_limit": STR}),
+                      "rate_limit": STR,
+                      "expires_at": {"type": ["string", "integer"],
+                                     "description": "ISO 8601 instant or Unix seconds, future"}}),
     "Grant": obj({"credits": INT, "ref": STR, "actor": STR}, ["credits"]),
     "Recharge": obj({"threshold": INT, "amount": INT, "monthly_cap": INT, "enabled": BOOL},
                     ["threshold", "amount", "monthly_cap"]),
@@ -101,7 +103,7 @@ SCHEMAS: dict[str, Any] = {
 
 _ERROR_CODES = {
     400: "invalid_request, model_not_found, unsupported_parameter or byo_not_allowed",
-    401: "invalid_api_key (missing, unknown or revoked key) or provider_auth_failed",
+    401: "invalid_api_key (missing, unknown or revoked key), key_expired or provider_auth_failed",
     402: "insufficient_credits (type insufficient_quota; header x-should-retry: false)",
     403: "agent_mismatch, workspace_suspended or insufficient_scope",
     404: "not_found",
