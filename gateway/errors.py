@@ -113,6 +113,17 @@ class InsufficientCredits(GatewayError):
         super().__init__(message, headers={"x-should-retry": "false"})
 
 
+class SpendCapReached(GatewayError):
+    """Spend controls: a key's or agent's cap for the period would be exceeded."""
+
+    status = 402
+    type = "insufficient_quota"
+    code = "spend_cap_reached"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"x-should-retry": "false"})
+
+
 class Forbidden(GatewayError):
     status = 403
     type = "permission_error"

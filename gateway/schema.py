@@ -50,6 +50,27 @@ class ApiKey(SQLModel, table=True):
     expires_ms: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
 
+class SpendCap(SQLModel, table=True):
+    """Spend controls: a credit cap per billing period on a key (`key:<id>`) or agent."""
+
+    __tablename__ = "spend_caps"
+
+    workspace_id: str = Field(primary_key=True, foreign_key="workspaces.id", max_length=40)
+    subject: str = Field(primary_key=True, max_length=140)
+    credits: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class CapUsage(SQLModel, table=True):
+    """Spend controls (`sql` meter): credits charged or held per cap subject and period."""
+
+    __tablename__ = "cap_usage"
+
+    workspace_id: str = Field(primary_key=True, max_length=40)
+    subject: str = Field(primary_key=True, max_length=140)
+    period_start: str = Field(primary_key=True, max_length=10)
+    used: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
 class BalanceRow(SQLModel, table=True):
     """The balance projection of the ledger, per workspace.
 
@@ -79,6 +100,7 @@ class HoldRow(SQLModel, table=True):
     from_topups: int
     period_start: str = Field(max_length=10)
     expires_ms: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    caps: str | None = Field(default=None, max_length=400)  # cap subjects, comma-separated
 
 
 class LedgerRow(SQLModel, table=True):

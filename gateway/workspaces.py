@@ -23,6 +23,7 @@ from gateway.key_expiry import ExpiryError, parse_expires_at
 from gateway.metering.base import plan_at, renewal_entry
 from gateway.periods import period_of, today
 from gateway.schema import ApiKey, BalanceRow, Workspace
+from gateway.spend_caps import CapError, caps_of, list_caps, set_cap
 from gateway.types import SCOPES, Caller, EntryKind, LedgerEntry
 
 KEY_PREFIX = "bk_"
@@ -199,7 +200,11 @@ class Accounts:
                     # A pending downgrade is the plan from its period start on (`plan_at`).
                     "SELECT k.id, k.workspace_id, k.agent_id, k.scopes, CASE WHEN "
                     "w.pending_plan IS NOT NULL AND w.pending_from <= ? THEN w.pending_plan "
-                    "ELSE w.plan END, w.suspended, COALESCE(k.rate_limit, w.rate_limit), k.expires_ms "
+                    "ELSE w.plan END, w.suspended, COALESCE(k.rate_limit, w.rate_limit), k.expires_ms, "
+                    "(SELECT c.credits FROM spend_caps c WHERE c.workspace_id = k.workspace_id "
+                    "AND c.subject = 'key:' || k.id), "
+                    "(SELECT c.credits FROM spend_caps c WHERE c.workspace_id = k.workspace_id "
+                    "AND c.subject = 'agent:' || k.agent_id) "
                     "FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id "
                     "WHERE k.key_hash = ? AND k.revoked_ms IS NULL"
                 ),
@@ -208,9 +213,22 @@ class Accounts:
             row = cur.fetchone()
         if row is None:
             return None
-        key_id, ws_id, agent, scopes, plan, suspended, rate_limit, expires_ms = row
+        key_id, ws_id, agent, scopes, plan, suspended, rate_limit, expires_ms, *caps = row
         return Caller(ws_id, key_id, agent, frozenset(scopes.split(",")), plan,
-                      suspended=bool(suspended), rate_limit=rate_limit, expires_ms=expires_ms)
+                      suspended=bool(suspended), rate_limit=rate_limit, expires_ms=expires_ms,
+                      caps=caps_of(key_id, agent, caps[0], caps[1]))
+
+    def set_cap(self, workspace_id: str, kind: str, ident: str, credits: int | None) -> None:
+        """Spend controls: set, change or (None) remove a key's or agent's cap per period."""
+        self.workspace(workspace_id)
+        try:
+            set_cap(self._engine, workspace_id, kind, ident, credits)
+        except CapError as exc:
+            raise AccountError(str(exc)) from None
+
+    def caps(self, workspace_id: str) -> list[dict[str, object]]:
+        self.workspace(workspace_id)
+        return list_caps(self._engine, workspace_id)
 
     def topup_entry(
         self, workspace_id: str, credits: int, *, kind: EntryKind = EntryKind.TOPUP,
