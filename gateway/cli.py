@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from gateway import migrate
 from gateway.catalog import CatalogError, load
+from gateway.cli_caps import register as register_caps
 from gateway.cli_lifecycle import Helpers
 from gateway.cli_lifecycle import register as register_lifecycle
 from gateway.cli_usage import register as register_usage
@@ -344,6 +345,8 @@ def reconcile(
 # plan changes, suspension, BYO keys, auto-recharge, webhooks (gateway/cli_lifecycle.py)
 register_lifecycle(app, workspace_app, Helpers(fail=fail, emit=emit, settings=_settings,
                                                engine=_engine))
+# spend caps: key cap / key caps (gateway/cli_caps.py)
+register_caps(key_app, _accounts, fail, emit)
 # usage and ledger export (gateway/cli_usage.py)
 register_usage(app, Helpers(fail=fail, emit=emit, settings=_settings, engine=_engine))
 

@@ -104,7 +104,7 @@ SCHEMAS: dict[str, Any] = {
 _ERROR_CODES = {
     400: "invalid_request, model_not_found, unsupported_parameter or byo_not_allowed",
     401: "invalid_api_key (missing, unknown or revoked key), key_expired or provider_auth_failed",
-    402: "insufficient_credits (type insufficient_quota; header x-should-retry: false)",
+    402: "insufficient_credits or spend_cap_reached (type insufficient_quota; x-should-retry: false)",
     403: "agent_mismatch, workspace_suspended or insufficient_scope",
     404: "not_found",
     405: "method_not_allowed",

@@ -39,6 +39,12 @@ def caps_of(key_id: str, agent_id: str | None, key_cap: int | None,
     return tuple(caps)
 
 
+def cap_view(cap: Cap, used: int, resets_on: str) -> dict[str, object]:
+    kind, _, ident = cap.subject.partition(":")
+    return {"kind": kind, "id": ident, "credits": cap.credits, "used": used,
+            "remaining": max(0, cap.credits - used), "resets_on": resets_on}
+
+
 def refusal(cap: Cap, used: int, cost: int, resets_on: str) -> SpendCapReached:
     kind, _, ident = cap.subject.partition(":")
     return SpendCapReached(

@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.endpoints.http import authenticate, endpoint, gateway, json_response
+from gateway.spend_caps import cap_view
 
 
 @endpoint
@@ -14,6 +15,10 @@ async def show(request: Request, headers: dict[str, str]) -> Response:
     gw = gateway(request)
     balance = await gw.pipeline.meter.balance(caller.workspace_id)
     used = await gw.usage.credits_used_30d(caller.workspace_id)
+    extra = {}
+    if caller.caps:  # spend controls: the reading key's cap and its agent's, with what remains
+        usage = await gw.pipeline.meter.cap_usage(caller.workspace_id, caller.caps)
+        extra["caps"] = [cap_view(c, usage[c.subject], balance.period_end) for c in caller.caps]
     return json_response(
         {
             "object": "balance",
@@ -27,6 +32,7 @@ async def show(request: Request, headers: dict[str, str]) -> Response:
             "period_start": balance.period_start,
             "period_end": balance.period_end,
             "credits_used_30d": used,
+            **extra,
         },
         headers=headers,
     )

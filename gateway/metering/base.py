@@ -46,6 +46,10 @@ class Meter(Protocol):
     async def balance(self, workspace_id: str) -> Balance:
         ...
 
+    async def cap_usage(self, workspace_id: str, caps: tuple[Cap, ...]) -> dict[str, int]:
+        """Spend caps: each cap subject's credits charged or held in the current period."""
+        ...
+
     async def grant(self, entry: LedgerEntry) -> bool:
         """Apply an allotment, top-up or adjustment entry once; False if it existed."""
         ...

@@ -272,6 +272,12 @@ class MemoryMeter:
         account.reserved -= hold.credits
         self._give_back(account, hold)
 
+    async def cap_usage(self, workspace_id: str, caps: tuple[Cap, ...]) -> dict[str, int]:
+        account = await self._account(workspace_id)
+        while missing := [c for c in caps if (c.subject, account.period_start) not in account.cap_used]:
+            await self._seed_caps(account, missing)
+        return {c.subject: account.cap_used[(c.subject, account.period_start)] for c in caps}
+
     async def _seed_caps(self, account: _Account, caps: list[Cap]) -> None:
         """Spend caps: a subject's usage this period starts from the ledger's charges."""
         period = account.period_start

@@ -66,6 +66,7 @@ from gateway.metering.redis_sync import (
 )
 from gateway.metering.resp import Script
 from gateway.periods import period_of
+from gateway.spend_caps import ledger_cap_used
 from gateway.types import Balance, Cap, Hold, LedgerEntry
 
 log = logging.getLogger("bookbag.meter")
@@ -326,6 +327,15 @@ class RedisMeter:
             log.warning("could not void hold %s now; the sweep will after it expires", request_id)
             return False
         return True
+
+    async def cap_usage(self, workspace_id: str, caps: tuple[Cap, ...]) -> dict[str, int]:
+        """Capped requests are refused here (see reserve): usage is what the ledger charged."""
+        start = (await self.balance(workspace_id)).period_start
+        try:
+            return {c.subject: await asyncio.to_thread(ledger_cap_used, self._engine, workspace_id,
+                                                       c.subject, start) for c in caps}
+        except Exception as exc:
+            raise ServiceUnavailable("The balance store is unavailable; retry shortly.") from exc
 
     async def balance(self, workspace_id: str) -> Balance:
         facts = await self._facts_of(workspace_id)

@@ -217,6 +217,16 @@ class SqlMeter:
         balance: Balance = await self._run(self._balance, workspace_id)
         return balance
 
+    async def cap_usage(self, workspace_id: str, caps: tuple[Cap, ...]) -> dict[str, int]:
+        def read() -> dict[str, int]:
+            with transaction(self._engine) as (cur, sql):
+                period = self._row(cur, sql, workspace_id)[1]
+                return {c.subject: self._cap_used(cur, sql, workspace_id, c.subject, period)
+                        for c in caps}
+
+        usage: dict[str, int] = await self._run(read)
+        return usage
+
     async def grant(self, entry: LedgerEntry) -> bool:
         inserted: bool = await self._run(self._grant, entry)
         return inserted
