@@ -3,8 +3,7 @@
 A cap is checked in the same atomic step as the balance: under concurrency
 (asyncio.gather, and meters on threads of their own as processes would be) no
 cap is passed; holds in flight count; a void gives its share back; the
-balance's refusal wins; caps reset with the period. The redis meter does not
-enforce caps yet: there a capped reserve is refused (503) and changes nothing.
+balance's refusal wins; caps reset with the period.
 """
 
 from __future__ import annotations
@@ -15,17 +14,13 @@ from collections.abc import Sequence
 
 import pytest
 
-from gateway.errors import InsufficientCredits, ServiceUnavailable, SpendCapReached
+from gateway.errors import InsufficientCredits, SpendCapReached
 from gateway.metering.base import Meter
 from gateway.types import Cap, Hold
 from tests.meter_contract import MeterBackend, reply
 
 KEY = Cap("key:key_a", 20)
 AGENT = Cap("agent:planner", 30)
-
-
-def enforced(backend: MeterBackend) -> bool:
-    return not backend.name.startswith("redis")
 
 
 async def gather_reserves(meters: Sequence[Meter], ws: str, n: int, caps: tuple[Cap, ...],
@@ -41,20 +36,8 @@ async def gather_reserves(meters: Sequence[Meter], ws: str, n: int, caps: tuple[
 
 
 class CapContract:
-    async def test_redis_refuses_a_capped_reserve_and_changes_nothing(
-            self, backend: MeterBackend) -> None:
-        if enforced(backend):
-            pytest.skip("this backend enforces caps")
-        meter = await backend.meter()
-        ws = await backend.workspace(allotment=100)
-        with pytest.raises(ServiceUnavailable, match="Spend caps"):
-            await meter.reserve(ws, 5, "capped", (KEY,))
-        assert (await meter.balance(ws)).available == 100
-
     async def test_a_cap_counts_holds_in_flight_and_a_void_gives_back(
             self, backend: MeterBackend) -> None:
-        if not enforced(backend):
-            pytest.skip("caps are not in the redis meter yet")
         meter = await backend.meter()
         ws = await backend.workspace(allotment=100)
         first = await meter.reserve(ws, 12, "a1", (KEY,))
@@ -69,6 +52,7 @@ class CapContract:
         second = await meter.reserve(ws, 9, "a3", (KEY,))
         await meter.settle(second, reply(second))
         third = await meter.reserve(ws, 11, "a4", (KEY,))  # 9 charged + 11 held = 20
+        assert await meter.cap_usage(ws, (KEY, AGENT)) == {KEY.subject: 20, AGENT.subject: 0}
         with pytest.raises(SpendCapReached):
             await meter.reserve(ws, 1, "a5", (KEY,))
         await meter.reserve(ws, 50, "uncapped")  # the workspace itself is not capped
@@ -76,8 +60,6 @@ class CapContract:
         assert (await meter.balance(ws)).available == 41
 
     async def test_the_balance_refusal_wins_over_a_cap(self, backend: MeterBackend) -> None:
-        if not enforced(backend):
-            pytest.skip("caps are not in the redis meter yet")
         meter = await backend.meter()
         ws = await backend.workspace(allotment=3)
         with pytest.raises(InsufficientCredits):
@@ -85,8 +67,6 @@ class CapContract:
 
     async def test_concurrent_capped_reserves_never_pass_a_cap(
             self, backend: MeterBackend) -> None:
-        if not enforced(backend):
-            pytest.skip("caps are not in the redis meter yet")
         meters = await backend.peers(3)
         ws = await backend.workspace(allotment=1000)
         both, other = (KEY, AGENT), (Cap("key:key_c", 500), AGENT)
@@ -99,8 +79,6 @@ class CapContract:
         assert (await meters[0].balance(ws)).reserved == 20
 
     async def test_caps_reset_with_the_period(self, backend: MeterBackend) -> None:
-        if not enforced(backend):
-            pytest.skip("caps are not in the redis meter yet")
         meter = await backend.meter()
         ws = await backend.workspace(allotment=100)
         hold = await meter.reserve(ws, 20, "p1", (KEY,))
@@ -115,8 +93,6 @@ class SharedCapContract:
     async def test_capped_reserves_from_several_threads_never_pass_the_cap(
             self, backend: MeterBackend) -> None:
         """Four meters, each on a thread with its own loop and connections, as processes."""
-        if not enforced(backend):
-            pytest.skip("caps are not in the redis meter yet")
         ws = await backend.workspace(allotment=1000)
         barrier = threading.Barrier(4)
         held: list[int] = []

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from gateway.cli import app as cli
 from tests.conftest import GatewayFactory
-from tests.fake_provider import FakeProvider
 from tests.harness import RunningGateway
 from tests.lifecycle_support import admin, chat, wait_for
+from tests.redis_server import RedisServer
 from tests.test_errors import assert_error
 
 runner = CliRunner()
@@ -27,8 +27,16 @@ def caps_shown(gw: RunningGateway, key: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("meter", ["memory", "sql"])
 def test_a_key_cap_refuses_past_it_and_shows_on_the_balance(
-        make_gateway: GatewayFactory, provider: FakeProvider, meter: str) -> None:
-    gw = make_gateway(BOOKBAG_METER=meter)
+        make_gateway: GatewayFactory, meter: str) -> None:
+    check_key_cap(make_gateway(BOOKBAG_METER=meter))
+
+
+def test_a_key_cap_on_the_redis_meter(redis_server: RedisServer,
+                                      make_gateway: GatewayFactory) -> None:
+    check_key_cap(make_gateway(BOOKBAG_METER="redis", BOOKBAG_REDIS_URL=redis_server.url))
+
+
+def check_key_cap(gw: RunningGateway) -> None:
     ws, _ = gw.workspace("hobby")
     created = gw.accounts.create_key(ws)
     with admin(gw) as c:
@@ -48,7 +56,7 @@ def test_a_key_cap_refuses_past_it_and_shows_on_the_balance(
     balance = gw.balance(created.key)
     assert (shown["credits"], shown["used"], shown["remaining"]) == (3, 3, 0)
     assert shown["resets_on"] == balance["period_end"] and balance["balance"] == 1997
-    assert sum(e["credits"] for e in gw.ledger(ws)) == 3
+    assert sum(e["credits"] for e in gw.wait_ledger(ws, 3)) == 3
     # Unmetered requests never meet a cap; other keys of the workspace neither.
     assert chat(gw, created.key, model="bookbag-local").status_code == 200
     assert chat(gw, gw.key(ws)).status_code == 200
