@@ -42,6 +42,10 @@ class KeyCache:
         self._cache: dict[str, tuple[float, Caller | None]] = {}
 
     async def authenticate(self, header: str | None) -> Caller:
+        return self._admit(await self.resolve(header))
+
+    async def resolve(self, header: str | None) -> Caller:
+        """The key's caller, not yet admitted (expiry and suspension unchecked): the dry-run's."""
         token = bearer(header)
         if token is None:
             raise InvalidApiKey(
@@ -61,14 +65,14 @@ class KeyCache:
                 if hit is not None and hit[1] is not None:
                     # The database is down: a key known a moment ago keeps working, so
                     # replies that need no balance (local, BYO, metering off) still flow.
-                    return self._admit(hit[1])
+                    return hit[1]
                 raise ServiceUnavailable("The key store is unavailable; retry shortly.") from exc
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[digest] = (now + (self._ttl if caller else min(self._ttl, 1.0)), caller)
         if caller is None:
             raise InvalidApiKey("Incorrect API key provided, or the key was revoked.")
-        return self._admit(caller)
+        return caller
 
     def _admit(self, caller: Caller) -> Caller:
         # The expiry is checked on every request against the clock, not the cache:

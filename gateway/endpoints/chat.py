@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.admission import dry_run
 from gateway.endpoints.http import (
     authenticate,
     endpoint,
@@ -12,6 +13,7 @@ from gateway.endpoints.http import (
     headers_of,
     json_response,
     read_body,
+    resolve_key,
 )
 from gateway.idempotency import key_of
 from gateway.logs import record_of
@@ -33,8 +35,9 @@ async def completions(request: Request, headers: dict[str, str]) -> Response:
 @endpoint
 async def preview(request: Request, headers: dict[str, str]) -> Response:
     raw = await read_body(request)
-    caller = await authenticate(request, "inference")
+    caller = await resolve_key(request, "inference")  # counts nothing: verdicts instead
     given = headers_of(request)
     req = chat_request(parse_json(raw), given, caller)
-    return json_response(await gateway(request).pipeline.preview(caller, req, given),
-                         headers=headers)
+    gw = gateway(request)
+    estimate = await gw.pipeline.preview(caller, req, given)
+    return json_response(await dry_run(gw, caller, estimate), headers=headers)
