@@ -32,6 +32,8 @@ class Workspace(SQLModel, table=True):
     pending_custom_allotment: int | None = None
     pending_from: str | None = Field(default=None, max_length=10)
     low_fractions: str | None = Field(default=None, max_length=100)  # credits.low, e.g. "0.2,0.1"
+    # Spend controls: credits.threshold alerts, e.g. "credits:500,used:80" (gateway/alerts.py)
+    alert_thresholds: str | None = Field(default=None, max_length=600)
 
 
 class ApiKey(SQLModel, table=True):

@@ -17,6 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.alerts import parse_alerts
 from gateway.auth import check_admin
 from gateway.endpoints.http import endpoint, gateway, json_response, read_body
 from gateway.errors import GatewayError, InvalidRequest, NotFound
@@ -140,12 +141,16 @@ async def update_workspace(request: Request) -> Any:
     gw = gateway(request)
     workspace_id = ws_id(request)
     rate_limit = field(data, "rate_limit", str)
+    alerts = field(data, "alert_thresholds", (list, str))
+    parse_alerts(alerts)  # spend controls: a bad threshold is a 400 before anything changes
     await run_sync(gw.accounts.update_workspace, workspace_id, name=field(data, "name", str),
                    suspended=field(data, "suspended", bool), rate_limit=rate_limit,
                    clear_rate_limit="rate_limit" in data and rate_limit is None)
     if "low_fractions" in data:
         await run_sync(gw.thresholds.set_low_fractions, workspace_id,
                        field(data, "low_fractions", (list, str)))
+    if "alert_thresholds" in data:
+        await run_sync(gw.thresholds.set_alerts, workspace_id, alerts)
     return await describe(request, workspace_id)
 
 

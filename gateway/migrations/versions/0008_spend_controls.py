@@ -1,5 +1,6 @@
 """Spend controls: key expiry (api_keys.expires_ms), caps (spend_caps), the sql meter's
-cap usage per period (cap_usage) and the cap subjects a hold counts against (holds.caps).
+cap usage per period (cap_usage) and the cap subjects a hold counts against (holds.caps),
+and alert thresholds (workspaces.alert_thresholds).
 
 Revision ID: 0008
 Revises: 0007
@@ -21,6 +22,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column("expires_ms", sa.BigInteger(), nullable=True))
     with op.batch_alter_table("holds") as batch:
         batch.add_column(sa.Column("caps", sa.String(length=400), nullable=True))
+    with op.batch_alter_table("workspaces") as batch:
+        batch.add_column(sa.Column("alert_thresholds", sa.String(length=600), nullable=True))
     op.create_table(
         "spend_caps",
         sa.Column("workspace_id", sa.String(length=40), nullable=False),
@@ -42,6 +45,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("cap_usage")
     op.drop_table("spend_caps")
+    with op.batch_alter_table("workspaces") as batch:
+        batch.drop_column("alert_thresholds")
     with op.batch_alter_table("holds") as batch:
         batch.drop_column("caps")
     with op.batch_alter_table("api_keys") as batch:
