@@ -113,3 +113,18 @@ def test_bad_caps_are_400_and_change_nothing(gateway: RunningGateway) -> None:
         r = runner.invoke(cli, ["key", "cap", "--workspace", ws, *args, "--database-url", url])
         assert r.exit_code != 0, args
     assert gateway.accounts.caps(ws) == []
+
+
+@pytest.mark.parametrize("meter", ["memory", "sql"])
+def test_a_restarted_gateway_remembers_what_a_cap_used(make_gateway: GatewayFactory,
+                                                       meter: str) -> None:
+    first = make_gateway(BOOKBAG_METER=meter)
+    ws, _ = first.workspace("hobby")
+    created = first.accounts.create_key(ws)
+    first.accounts.set_cap(ws, "key", created.id, 3)
+    wait_for(lambda: caps_shown(first, created.key), what="the cap")
+    assert [chat(first, created.key).status_code for _ in range(2)] == [200, 200]
+    first.stop()
+    second = make_gateway(BOOKBAG_METER=meter)  # the same database
+    assert [chat(second, created.key).status_code for _ in range(2)] == [200, 402]
+    assert caps_shown(second, created.key)[0]["used"] == 3
