@@ -41,7 +41,10 @@ SCHEMAS: dict[str, Any] = {
                        "type": "object"},
     "Preview": obj({"object": {"const": "chat.completion.preview"}, "model": STR, "billing_mode": STR,
                     "credits_per_reply": INT, "replies": INT, "credits_if_sent": INT,
-                    "balance": NINT, "would_be_refused": BOOL},
+                    "balance": NINT, "would_be_refused": BOOL,
+                    # spend controls: the admission dry-run (docs/billing.md)
+                    "verdicts": {"type": "array", "items": {"type": "object"}},
+                    "refusal": {"type": ["object", "null"]}},
                    ["model", "billing_mode", "credits_per_reply", "credits_if_sent", "balance",
                     "would_be_refused"]),
     "Model": obj({"id": STR, "object": {"const": "model"}, "created": INT, "owned_by": STR,
