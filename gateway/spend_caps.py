@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
-from gateway.database import transaction
+from gateway.database import Cursor, Sql, transaction
 from gateway.errors import SpendCapReached
 from gateway.types import Cap
 
@@ -93,17 +93,23 @@ def list_caps(engine: Engine, workspace_id: str) -> list[dict[str, object]]:
 
 
 def ledger_cap_used(engine: Engine, workspace_id: str, name: str, period_start: str) -> int:
-    """What a cap subject was charged in a period, from the ledger (the memory meter's seed:
-    it owns every hold, so the charged replies are all the rest)."""
+    """What a cap subject was charged in a period, from the ledger (the seed of a cap's usage
+    in a period: the memory and Redis meters own every hold since, so charges are the rest)."""
+    with transaction(engine) as (cur, sql):
+        return charged(cur, sql, workspace_id, name, period_start)
+
+
+def charged(cur: Cursor, sql: Sql, workspace_id: str, name: str, period_start: str) -> int:
+    """The ledger's replies of a cap subject in a period (agent caps: agent-bound keys only,
+    as they are enforced there)."""
     kind, _, ident = name.partition(":")
     if kind == "key":
         where = "key_id = ?"
-    else:  # agent caps count only agent-bound keys' replies, as they are enforced there
+    else:
         where = ("agent_id = ? AND key_id IN (SELECT id FROM api_keys WHERE agent_id = ? "
                  "AND workspace_id = ?)")
     args = (ident,) if kind == "key" else (ident, ident, workspace_id)
-    with transaction(engine) as (cur, sql):
-        cur.execute(sql("SELECT COALESCE(SUM(credits), 0) FROM ledger WHERE workspace_id = ? "
-                        "AND kind = 'reply' AND period_start = ? AND " + where),
-                    (workspace_id, period_start, *args))
-        return int(cur.fetchone()[0])
+    cur.execute(sql("SELECT COALESCE(SUM(credits), 0) FROM ledger WHERE workspace_id = ? "
+                    "AND kind = 'reply' AND period_start = ? AND " + where),
+                (workspace_id, period_start, *args))
+    return int(cur.fetchone()[0])

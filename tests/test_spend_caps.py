@@ -128,3 +128,25 @@ def test_a_restarted_gateway_remembers_what_a_cap_used(make_gateway: GatewayFact
     second = make_gateway(BOOKBAG_METER=meter)  # the same database
     assert [chat(second, created.key).status_code for _ in range(2)] == [200, 402]
     assert caps_shown(second, created.key)[0]["used"] == 3
+
+
+def cap_set_mid_period(gw: RunningGateway) -> None:
+    ws, _ = gw.workspace("hobby")
+    created = gw.accounts.create_key(ws)
+    assert [chat(gw, created.key).status_code for _ in range(2)] == [200, 200]
+    gw.wait_ledger(ws, 2)
+    gw.accounts.set_cap(ws, "key", created.id, 3)
+    wait_for(lambda: caps_shown(gw, created.key), what="the cap")
+    assert caps_shown(gw, created.key)[0]["used"] == 2  # what the key spent before counts
+    assert [chat(gw, created.key).status_code for _ in range(2)] == [200, 402]
+
+
+@pytest.mark.parametrize("meter", ["memory", "sql"])
+def test_a_cap_set_mid_period_counts_what_was_spent_before(make_gateway: GatewayFactory,
+                                                           meter: str) -> None:
+    cap_set_mid_period(make_gateway(BOOKBAG_METER=meter))
+
+
+def test_a_cap_set_mid_period_on_the_redis_meter(redis_server: RedisServer,
+                                                 make_gateway: GatewayFactory) -> None:
+    cap_set_mid_period(make_gateway(BOOKBAG_METER="redis", BOOKBAG_REDIS_URL=redis_server.url))

@@ -25,7 +25,7 @@ from gateway.errors import GatewayError, ServiceUnavailable
 from gateway.metering.base import charge, insufficient, plan_at, renewal_entry
 from gateway.metering.memory import AllotmentOf
 from gateway.periods import period_of
-from gateway.spend_caps import refusal
+from gateway.spend_caps import charged, refusal
 from gateway.types import Balance, Cap, Hold, LedgerEntry
 
 log = logging.getLogger("bookbag.meter")
@@ -128,10 +128,17 @@ class SqlMeter:
 
     @staticmethod
     def _cap_used(cur: Cursor, sql: Sql, workspace_id: str, subject: str, period: str) -> int:
+        """A cap's usage this period; a first use starts its row from the ledger's charges
+        (as the other meters do), so a cap set mid-period counts what was spent before."""
         cur.execute(sql("SELECT used FROM cap_usage WHERE workspace_id = ? AND subject = ? "
                         "AND period_start = ?"), (workspace_id, subject, period))
         row = cur.fetchone()
-        return 0 if row is None else int(row[0])
+        if row is not None:
+            return int(row[0])
+        used = charged(cur, sql, workspace_id, subject, period)
+        cur.execute(sql("INSERT INTO cap_usage (workspace_id, subject, period_start, used) "
+                        "VALUES (?, ?, ?, ?)"), (workspace_id, subject, period, used))
+        return used
 
     @staticmethod
     def _cap_add(cur: Cursor, sql: Sql, workspace_id: str, subject: str, period: str,
