@@ -4,7 +4,8 @@ A cache entry lives `key_cache_ttl` seconds, so a revocation made by the CLI
 or another process stops the key on every server within that time. Unknown
 keys are cached too (briefly), so guessing keys cannot hammer the database.
 While the database is unreachable, a key seen before is still accepted from
-the expired entry, for as long as the lookup keeps failing.
+the expired entry, for as long as the lookup keeps failing. A key's `expires_at`
+is checked on every request, cached or not (401 `key_expired`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 from gateway.clock import Clock
 from gateway.errors import Forbidden, InvalidApiKey, ServiceUnavailable
+from gateway.key_expiry import check_expiry
 from gateway.types import Caller
 from gateway.workspaces import KEY_PREFIX, hash_key
 
@@ -40,6 +42,10 @@ class KeyCache:
         self._cache: dict[str, tuple[float, Caller | None]] = {}
 
     async def authenticate(self, header: str | None) -> Caller:
+        return self._admit(await self.resolve(header))
+
+    async def resolve(self, header: str | None) -> Caller:
+        """The key's caller, not yet admitted (expiry and suspension unchecked): the dry-run's."""
         token = bearer(header)
         if token is None:
             raise InvalidApiKey(
@@ -59,17 +65,19 @@ class KeyCache:
                 if hit is not None and hit[1] is not None:
                     # The database is down: a key known a moment ago keeps working, so
                     # replies that need no balance (local, BYO, metering off) still flow.
-                    return self._admit(hit[1])
+                    return hit[1]
                 raise ServiceUnavailable("The key store is unavailable; retry shortly.") from exc
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[digest] = (now + (self._ttl if caller else min(self._ttl, 1.0)), caller)
         if caller is None:
             raise InvalidApiKey("Incorrect API key provided, or the key was revoked.")
-        return self._admit(caller)
+        return caller
 
-    @staticmethod
-    def _admit(caller: Caller) -> Caller:
+    def _admit(self, caller: Caller) -> Caller:
+        # The expiry is checked on every request against the clock, not the cache:
+        # an expiring key stops at its instant on every gateway.
+        check_expiry(caller.expires_ms, self._clock.now())
         if caller.suspended:
             raise Forbidden("This workspace is suspended.", code="workspace_suspended")
         return caller

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from gateway import migrate
 from gateway.catalog import CatalogError, load
+from gateway.cli_caps import register as register_caps
 from gateway.cli_lifecycle import Helpers, cli_message
 from gateway.cli_lifecycle import register as register_lifecycle
 from gateway.cli_records import WORKSPACE_COLUMNS, console, emit, key_record, workspace_record
@@ -161,6 +162,8 @@ def key_create(
     scope: Annotated[list[str] | None, typer.Option(
         help="inference and/or read: repeat it or give a comma list (default both).")] = None,
     rate_limit: Annotated[str | None, typer.Option(help='This key\'s own limit, e.g. "100/10s".')] = None,
+    expires_at: Annotated[str | None, typer.Option(
+        help="The key stops working then: ISO 8601 (2027-01-31T00:00:00Z) or Unix seconds.")] = None,
     as_json: JsonFlag = False,
     database_url: DbFlag = None,
 ) -> None:
@@ -168,7 +171,7 @@ def key_create(
     try:
         key = _accounts(database_url).create_key(
             workspace, agent_id=agent, scopes=scopes_of(scope),
-            rate_limit=rate_limit)
+            rate_limit=rate_limit, expires_at=expires_at)
     except AccountError as exc:
         fail(cli_message(exc))
     emit(dataclasses.asdict(key), as_json, "key created: shown once")
@@ -313,6 +316,8 @@ def reconcile(
 # plan changes, suspension, BYO keys, auto-recharge, webhooks (gateway/cli_lifecycle.py)
 HELPERS = Helpers(fail=fail, emit=emit, settings=_settings, engine=_engine, engine_new=_engine_new)
 register_lifecycle(app, workspace_app, HELPERS)
+# spend caps: key cap / key caps (gateway/cli_caps.py)
+register_caps(key_app, _accounts, fail, emit)
 # usage and ledger export (gateway/cli_usage.py)
 register_usage(app, HELPERS)
 # serve: its checks and startup summary (gateway/cli_serve.py)

@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from sqlalchemy import Engine
 
+from gateway.alerts import parse_alerts, store_alerts
 from gateway.byo import ByoKeys
 from gateway.catalog import Catalog, CatalogError, load
 from gateway.cli_records import workspace_record, workspace_view
@@ -159,14 +160,21 @@ def register(app: typer.Typer, workspace_app: typer.Typer, h: Helpers) -> None:
         clear_rate_limit: Annotated[bool, typer.Option(help="Back to the plan's limit.")] = False,
         low_fractions: Annotated[str | None, typer.Option(
             help='credits.low fractions of the allotment, e.g. "0.2,0.1".')] = None,
+        alerts: Annotated[str | None, typer.Option(
+            help='credits.threshold alerts: credits left or % used, e.g. "500,80%"; "" clears.')
+        ] = None,
         as_json: JsonFlag = False, database_url: DbFlag = None,
     ) -> None:
         """Rename a workspace, set its rate limit or its low-balance fractions."""
         o = ops(database_url)
+        if alerts is not None:
+            attempt(lambda: parse_alerts(alerts))  # before any change
         ws = attempt(lambda: o.accounts.update_workspace(
             workspace, name=name, rate_limit=rate_limit, clear_rate_limit=clear_rate_limit))
         if low_fractions is not None:
             attempt(lambda: store_low_fractions(o.engine, workspace, low_fractions))
+        if alerts is not None:
+            attempt(lambda: store_alerts(o.engine, workspace, alerts))
         data = workspace_record(o.accounts.workspace(ws.id))
         data["low_fractions"] = ",".join(parse_fractions(data["low_fractions"]))
         h.emit(data, as_json, "workspace")

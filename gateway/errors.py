@@ -98,6 +98,14 @@ class InvalidApiKey(GatewayError):
     code = "invalid_api_key"
 
 
+class KeyExpired(GatewayError):
+    """Spend controls: the key's `expires_at` has passed."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "key_expired"
+
+
 class ProviderAuthFailed(GatewayError):
     status = 401
     type = "invalid_request_error"
@@ -108,6 +116,17 @@ class InsufficientCredits(GatewayError):
     status = 402
     type = "insufficient_quota"
     code = "insufficient_credits"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"x-should-retry": "false"})
+
+
+class SpendCapReached(GatewayError):
+    """Spend controls: a key's or agent's cap for the period would be exceeded."""
+
+    status = 402
+    type = "insufficient_quota"
+    code = "spend_cap_reached"
 
     def __init__(self, message: str) -> None:
         super().__init__(message, headers={"x-should-retry": "false"})

@@ -131,6 +131,8 @@ def _open() -> dict[str, dict[str, Any]]:
 
 def _admin() -> dict[str, dict[str, Any]]:
     key = (_param("key_id", "path", "Key id.", required=True),)
+    cap = (WS_ID, _param("kind", "path", "key or agent.", {"enum": ["key", "agent"]}, required=True),
+           _param("ident", "path", "The key id or the agent id.", required=True))
     hook = (_param("endpoint_id", "path", "Webhook endpoint id.", required=True),)
     byo = (WS_ID, _param("provider", "path", "Provider name (openai, anthropic...).", required=True))
     e = (400,)
@@ -153,6 +155,12 @@ def _admin() -> dict[str, dict[str, Any]]:
                        "post": a("Create a key (shown once)", status="201", params=(WS_ID,),
                                  body="KeyCreate")},
         "/admin/keys/{key_id}": {"delete": a("Revoke a key", params=key)},
+        # spend controls: caps per billing period on a key or an agent
+        WS + "/caps": {"get": a("List spend caps", params=(WS_ID,), ok="List")},
+        WS + "/caps/{kind}/{ident}": {
+            "put": a("Set or change a spend cap (credits per billing period)", params=cap,
+                     body=obj({"credits": {"type": "integer", "minimum": 0}}, ["credits"])),
+            "delete": a("Remove a spend cap", params=cap)},
         WS + "/topups": {"post": a("Grant a top-up (idempotent by ref)", status="201", params=(WS_ID,),
                                    body="Grant")},
         WS + "/adjustments": {"post": a("Adjust the top-up bucket (any sign)", status="201",

@@ -206,8 +206,8 @@ class Pipeline:
             if record is not None:
                 record.entry = entry  # the request's log line and metrics read it when it ends
             cost = model.credits * req.n if decision.metered else 0
-            hold = await self.meter.reserve(caller.workspace_id, cost, request_id) \
-                if decision.metered else None
+            hold = await self.meter.reserve(caller.workspace_id, cost, request_id, caller.caps) \
+                if decision.metered else None  # caps bind metered requests only
             if hold is not None:
                 self._crash("after_reserve")
             call = self._call(model, req, decision)

@@ -70,6 +70,10 @@ class LimitStore(Protocol):
 
     async def close(self) -> None: ...
 
+    async def peek(self, key: str, limit: RateLimit, now_ms: float) -> Verdict:
+        """What `hit` would answer now, counting nothing (the admission dry-run)."""
+        ...
+
 
 class MemoryLimits:
     """One process's limits: a dict of arrival times."""
@@ -84,6 +88,9 @@ class MemoryLimits:
                 self._tat = {k: v for k, v in self._tat.items() if v > now_ms}
             self._tat[key] = new_tat
         return verdict
+
+    async def peek(self, key: str, limit: RateLimit, now_ms: float) -> Verdict:
+        return gcra(self._tat.get(key), now_ms, limit)[0]
 
     async def close(self) -> None:
         return None
@@ -137,6 +144,17 @@ class RateLimiter:
                 headers=headers,
             )
         return caller, headers
+
+    async def peek(self, caller: Caller) -> tuple[RateLimit | None, Verdict | None]:
+        """The key's limit and what a request now would meet, counting nothing; (limit, None)
+        without a limit or while the store is down."""
+        limit = self.limit_for(caller)
+        if limit is None or self._clock.now() < self._down_until:
+            return limit, None
+        try:
+            return limit, await self._store.peek(caller.key_id, limit, self._clock.now() * 1000)
+        except ServiceUnavailable:
+            return limit, None
 
     async def close(self) -> None:
         await self._store.close()

@@ -54,5 +54,13 @@ class RedisLimits:
             verdict, _ = gcra(stored, now_ms, limit)
         return verdict
 
+    async def peek(self, key: str, limit: RateLimit, now_ms: float) -> Verdict:
+        """The admission dry-run: the stored arrival time, read only."""
+        try:
+            tat = await self._redis.get(f"bookbag:rl:{{{key}}}")
+        except (RedisError, OSError, TimeoutError, RuntimeError) as exc:
+            raise ServiceUnavailable("The rate-limit store is unavailable.") from exc
+        return gcra(float(tat) if tat else None, now_ms, limit)[0]
+
     async def close(self) -> None:
         await self._redis.aclose()

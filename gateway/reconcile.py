@@ -17,6 +17,10 @@ lapsed, so only P's holds count for the allotment.
 workspace that holds the row's lock, so it is safe next to running `sql`
 meters. The seam for other stores (Redis) is `BalanceStore`: compare the
 same `Buckets` from `ledger_buckets` with the live store, and reseed it.
+
+Spend caps: the `sql` meter's `cap_usage` rows of the current period are
+compared with the ledger's charges of each subject plus its holds in flight
+(field `cap_usage <subject>`), and rewritten by `--fix`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from sqlalchemy import Engine
 from gateway.clock import Clock, now_ms
 from gateway.database import Cursor, Sql, transaction
 from gateway.metering.memory import LEASE
+from gateway.spend_caps import charged
 
 _LEDGER = """
 WITH p AS (
@@ -153,7 +158,14 @@ class SqlBalances:
             store = Buckets(str(row[0]), int(row[1]), allot_rem, int(row[3]) + holds_top)
             report = Report(workspace_id, ledger, store, holds_allot, holds_top,
                             compare(ledger, store))
+            caps = _cap_differences(cur, sql, workspace_id, ledger.period_start)
+            report.differences += [d for d, _ in caps]
             if fix and report.differences:
+                for diff, _ in caps:  # spend caps: the sql meter's usage rows, from the ledger
+                    cur.execute(sql("UPDATE cap_usage SET used = ? WHERE workspace_id = ? "
+                                    "AND subject = ? AND period_start = ?"),
+                                (diff.ledger, workspace_id, diff.field.partition(" ")[2],
+                                 ledger.period_start))
                 cur.execute(
                     sql("UPDATE balances SET period_start = ?, allotment = ?, "
                         "allotment_remaining = ?, topups_remaining = ? WHERE workspace_id = ?"),
@@ -163,6 +175,29 @@ class SqlBalances:
                 )
                 report.fixed = True
         return report
+
+
+def _cap_differences(cur: Cursor, sql: Sql, workspace_id: str,
+                     period: str) -> list[tuple[Difference, str]]:
+    """Spend caps (`sql` meter): each `cap_usage` row of the period against the ledger's
+    charges of its subject plus the holds in flight that count against it."""
+    cur.execute(sql("SELECT subject, used FROM cap_usage WHERE workspace_id = ? "
+                    "AND period_start = ?"), (workspace_id, period))
+    rows = [(str(r[0]), int(r[1])) for r in cur.fetchall()]
+    if not rows:
+        return []
+    cur.execute(sql("SELECT caps, credits FROM holds WHERE workspace_id = ? AND period_start = ? "
+                    "AND caps IS NOT NULL"), (workspace_id, period))
+    held: dict[str, int] = {}
+    for caps, credits in cur.fetchall():
+        for subject in str(caps).split(","):
+            held[subject] = held.get(subject, 0) + int(credits)
+    out = []
+    for subject, used in rows:
+        expected = charged(cur, sql, workspace_id, subject, period) + held.get(subject, 0)
+        if expected != used:
+            out.append((Difference(f"cap_usage {subject}", expected, used), subject))
+    return out
 
 
 def reconcile_all(store: BalanceStore, *, fix: bool,

@@ -32,6 +32,8 @@ class Workspace(SQLModel, table=True):
     pending_custom_allotment: int | None = None
     pending_from: str | None = Field(default=None, max_length=10)
     low_fractions: str | None = Field(default=None, max_length=100)  # credits.low, e.g. "0.2,0.1"
+    # Spend controls: credits.threshold alerts, e.g. "credits:500,used:80" (gateway/alerts.py)
+    alert_thresholds: str | None = Field(default=None, max_length=600)
 
 
 class ApiKey(SQLModel, table=True):
@@ -46,6 +48,29 @@ class ApiKey(SQLModel, table=True):
     rate_limit: str | None = Field(default=None, max_length=40)
     created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     revoked_ms: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    # Spend controls: the key stops working at this instant (401 key_expired).
+    expires_ms: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+
+
+class SpendCap(SQLModel, table=True):
+    """Spend controls: a credit cap per billing period on a key (`key:<id>`) or agent."""
+
+    __tablename__ = "spend_caps"
+
+    workspace_id: str = Field(primary_key=True, foreign_key="workspaces.id", max_length=40)
+    subject: str = Field(primary_key=True, max_length=140)
+    credits: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class CapUsage(SQLModel, table=True):
+    """Spend controls (`sql` meter): credits charged or held per cap subject and period."""
+
+    __tablename__ = "cap_usage"
+
+    workspace_id: str = Field(primary_key=True, max_length=40)
+    subject: str = Field(primary_key=True, max_length=140)
+    period_start: str = Field(primary_key=True, max_length=10)
+    used: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
 class BalanceRow(SQLModel, table=True):
@@ -77,6 +102,7 @@ class HoldRow(SQLModel, table=True):
     from_topups: int
     period_start: str = Field(max_length=10)
     expires_ms: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    caps: str | None = Field(default=None, max_length=400)  # cap subjects, comma-separated
 
 
 class LedgerRow(SQLModel, table=True):

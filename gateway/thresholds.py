@@ -10,7 +10,8 @@ and then:
 - `credits.low` for each configured fraction of the allotment the balance is at
   or below (once per period and fraction), `credits.exhausted` at zero (once
   per period), `period.renewed` when the balance is in a period after the
-  workspace's first (once per period).
+  workspace's first (once per period), `credits.threshold` for each of the
+  workspace's alert thresholds it is past (once per period and threshold).
 
 Events are idempotent by id, and each process remembers the ids it already
 emitted, so a workspace below a fraction costs no write per request.
@@ -30,6 +31,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from gateway.alerts import crossed, store_alerts
 from gateway.clock import Clock
 from gateway.database import snapshot
 from gateway.metering.base import Meter
@@ -37,7 +39,13 @@ from gateway.periods import period_of
 from gateway.recharge import Recharges, RechargeSettings
 from gateway.schema import Workspace
 from gateway.types import Balance, Hold
-from gateway.webhooks import CREDITS_EXHAUSTED, CREDITS_LOW, PERIOD_RENEWED, Webhooks
+from gateway.webhooks import (
+    CREDITS_EXHAUSTED,
+    CREDITS_LOW,
+    CREDITS_THRESHOLD,
+    PERIOD_RENEWED,
+    Webhooks,
+)
 from gateway.workspaces import AccountError, UnknownAccount
 
 log = logging.getLogger("bookbag.thresholds")
@@ -87,6 +95,7 @@ class _Config:
     low_fractions: tuple[str, ...]
     endpoints: bool
     recharge: RechargeSettings | None
+    alerts: tuple[str, ...] = ()  # spend controls: credits.threshold
 
     @property
     def idle(self) -> bool:
@@ -115,18 +124,24 @@ class Thresholds:
         self.forget(workspace_id)
         return parsed
 
+    def set_alerts(self, workspace_id: str, alerts: str | list[Any] | None) -> tuple[str, ...]:
+        parsed = store_alerts(self._engine, workspace_id, alerts)
+        self.forget(workspace_id)
+        return parsed
+
     def forget(self, workspace_id: str) -> None:
         """Drop this process's cached settings of a workspace (an operator changed them)."""
         self._configs.pop(workspace_id, None)
 
     def _load(self, workspace_id: str) -> _Config:
         with snapshot(self._engine) as (cur, sql):  # a read: no write lock on SQLite
-            cur.execute(sql("SELECT anchor_date, created_ms, low_fractions FROM workspaces "
-                            "WHERE id = ?"), (workspace_id,))
+            cur.execute(sql("SELECT anchor_date, created_ms, low_fractions, alert_thresholds "
+                            "FROM workspaces WHERE id = ?"), (workspace_id,))
             row = cur.fetchone()
             if row is None:
                 raise UnknownAccount(f"no workspace {workspace_id!r}")
             anchor, created, fractions = str(row[0]), int(row[1]), row[2]
+            alerts = tuple(row[3].split(",")) if row[3] else ()
             cur.execute(sql("SELECT threshold, amount, monthly_cap, enabled FROM auto_recharge "
                             "WHERE workspace_id = ?"), (workspace_id,))
             found = cur.fetchone()
@@ -137,7 +152,7 @@ class Thresholds:
             endpoints = cur.fetchone() is not None
         first, _ = period_of(anchor, created / 1000)
         return _Config(self._clock.now() + self._ttl, anchor, first, parse_fractions(fractions),
-                       endpoints, recharge)
+                       endpoints, recharge, alerts)
 
     async def _config(self, workspace_id: str) -> _Config:
         config = self._configs.get(workspace_id)
@@ -203,6 +218,8 @@ class Thresholds:
                     **window, "fraction": fraction, "balance": balance.available,
                     "allotment": balance.allotment,
                     "threshold": int(Fraction(fraction) * balance.allotment)}))
+        for alert, data in crossed(config.alerts, balance):
+            events.append((CREDITS_THRESHOLD, f"{period}:{alert}", {**window, **data}))
         if balance.available <= 0:
             events.append((CREDITS_EXHAUSTED, period, {**window, "balance": balance.available}))
         for type_, discriminator, data in events:

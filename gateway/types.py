@@ -36,6 +36,8 @@ class Caller:
     suspended: bool = False
     rate_limit: str | None = None  # the key's (or workspace's) own limit, e.g. "100/10s"
     rate_unchecked: bool = False  # the shared limit store was down: metered requests fail closed
+    expires_ms: int | None = None  # spend controls: the key's expiry (401 key_expired from then)
+    caps: tuple[Cap, ...] = ()  # spend controls: the key's cap and its bound agent's cap
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +122,15 @@ class Hold:
     from_topups: int
     period_start: str  # ISO date of the period the hold was reserved in
     expires_at: float
+    caps: tuple[str, ...] = ()  # spend controls: the cap subjects this hold counts against
+
+
+@dataclass(frozen=True, slots=True)
+class Cap:
+    """Spend controls: a credit cap per billing period on `key:<id>` or `agent:<id>`."""
+
+    subject: str
+    credits: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,8 @@ CREDITS_LOW = "credits.low"
 CREDITS_EXHAUSTED = "credits.exhausted"
 CREDITS_RECHARGED = "credits.recharged"
 PERIOD_RENEWED = "period.renewed"
-TYPES = (CREDITS_LOW, CREDITS_EXHAUSTED, CREDITS_RECHARGED, PERIOD_RENEWED)
+CREDITS_THRESHOLD = "credits.threshold"  # spend controls: a workspace's own alert thresholds
+TYPES = (CREDITS_LOW, CREDITS_EXHAUSTED, CREDITS_RECHARGED, PERIOD_RENEWED, CREDITS_THRESHOLD)
 SIGNATURE_HEADER = "Bookbag-Signature"
 TOLERANCE = 300  # seconds a receiver should accept between `t` and its own clock
 

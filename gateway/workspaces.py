@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 from gateway.catalog import Catalog, CatalogError, parse_rate_limit
 from gateway.clock import Clock, now_ms
 from gateway.database import apply_entry, transaction
+from gateway.key_expiry import ExpiryError, parse_expires_at
 from gateway.metering.base import plan_at, renewal_entry
 from gateway.operator_input import (
     MAX_ACTOR,
@@ -36,6 +37,7 @@ from gateway.operator_input import UnknownAccount as UnknownAccount  # re-export
 from gateway.operator_input import anchor_date as check_anchor
 from gateway.periods import period_of, today
 from gateway.schema import ApiKey, BalanceRow, Workspace
+from gateway.spend_caps import CapError, caps_of, list_caps, set_cap
 from gateway.types import SCOPES, Caller, EntryKind, LedgerEntry
 
 KEY_PREFIX = "bk_"
@@ -73,6 +75,7 @@ class CreatedKey:
     workspace_id: str
     agent_id: str | None
     scopes: tuple[str, ...]
+    expires_ms: int | None = None
 
 
 class Accounts:
@@ -133,9 +136,15 @@ class Accounts:
     def create_key(
         self, workspace_id: str, *, agent_id: str | None = None,
         scopes: tuple[str, ...] = ("inference", "read"), rate_limit: str | None = None,
+        expires_at: str | int | float | None = None,
     ) -> CreatedKey:
+        """A new key; `expires_at` (ISO 8601 or Unix seconds) must be in the future."""
         self.workspace(workspace_id)
         _check_rate_limit(rate_limit)
+        try:
+            expires_ms = parse_expires_at(expires_at, now_ms(self._clock))
+        except ExpiryError as exc:
+            raise InputError("expires_at", str(exc)) from None
         scopes = tuple(string_list(list(scopes), "scopes", sorted(SCOPES)))
         if not scopes:
             raise InputError("scopes", f"must name at least one of {', '.join(sorted(SCOPES))}")
@@ -145,12 +154,13 @@ class Accounts:
         row = ApiKey(
             id="key_" + uuid.uuid4().hex[:12], workspace_id=workspace_id, key_hash=hash_key(key),
             prefix=key[:8], agent_id=agent_id, scopes=",".join(sorted(set(scopes))),
-            rate_limit=rate_limit, created_ms=now_ms(self._clock),
+            rate_limit=rate_limit, created_ms=now_ms(self._clock), expires_ms=expires_ms,
         )
         with Session(self._engine, expire_on_commit=False) as session:
             session.add(row)
             session.commit()
-        return CreatedKey(row.id, key, workspace_id, agent_id, tuple(sorted(set(scopes))))
+        return CreatedKey(row.id, key, workspace_id, agent_id, tuple(sorted(set(scopes))),
+                          expires_ms)
 
     def update_workspace(
         self, workspace_id: str, *, name: str | None = None, suspended: bool | None = None,
@@ -198,7 +208,11 @@ class Accounts:
                     # A pending downgrade is the plan from its period start on (`plan_at`).
                     "SELECT k.id, k.workspace_id, k.agent_id, k.scopes, CASE WHEN "
                     "w.pending_plan IS NOT NULL AND w.pending_from <= ? THEN w.pending_plan "
-                    "ELSE w.plan END, w.suspended, COALESCE(k.rate_limit, w.rate_limit) "
+                    "ELSE w.plan END, w.suspended, COALESCE(k.rate_limit, w.rate_limit), k.expires_ms, "
+                    "(SELECT c.credits FROM spend_caps c WHERE c.workspace_id = k.workspace_id "
+                    "AND c.subject = 'key:' || k.id), "
+                    "(SELECT c.credits FROM spend_caps c WHERE c.workspace_id = k.workspace_id "
+                    "AND c.subject = 'agent:' || k.agent_id) "
                     "FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id "
                     "WHERE k.key_hash = ? AND k.revoked_ms IS NULL"
                 ),
@@ -207,9 +221,22 @@ class Accounts:
             row = cur.fetchone()
         if row is None:
             return None
-        key_id, ws_id, agent, scopes, plan, suspended, rate_limit = row
+        key_id, ws_id, agent, scopes, plan, suspended, rate_limit, expires_ms, *caps = row
         return Caller(ws_id, key_id, agent, frozenset(scopes.split(",")), plan,
-                      suspended=bool(suspended), rate_limit=rate_limit)
+                      suspended=bool(suspended), rate_limit=rate_limit, expires_ms=expires_ms,
+                      caps=caps_of(key_id, agent, caps[0], caps[1]))
+
+    def set_cap(self, workspace_id: str, kind: str, ident: str, credits: int | None) -> None:
+        """Spend controls: set, change or (None) remove a key's or agent's cap per period."""
+        self.workspace(workspace_id)
+        try:
+            set_cap(self._engine, workspace_id, kind, ident, credits)
+        except CapError as exc:
+            raise AccountError(str(exc)) from None
+
+    def caps(self, workspace_id: str) -> list[dict[str, object]]:
+        self.workspace(workspace_id)
+        return list_caps(self._engine, workspace_id)
 
     def topup_entry(
         self, workspace_id: str, amount: int, *, kind: EntryKind = EntryKind.TOPUP,

@@ -37,6 +37,7 @@ from tests.meter_contract import (
     emptied,
     reply,
 )
+from tests.meter_contract_caps import CapContract, SharedCapContract
 from tests.redis_backend import redis_postgres, redis_sqlite
 from tests.redis_backend import redis_url as redis_url  # the session's redis-server (a fixture)
 
@@ -128,7 +129,7 @@ async def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         await backend.close()
 
 
-class TestMeterContract(MeterContract):
+class TestMeterContract(MeterContract, CapContract):
     @pytest.fixture(params=list(BUILDERS))
     async def backend(self, request: pytest.FixtureRequest, tmp_path: Path
                       ) -> AsyncIterator[MeterBackend]:
@@ -136,7 +137,7 @@ class TestMeterContract(MeterContract):
             yield backend
 
 
-class TestSharedMeterContract(SharedMeterContract):
+class TestSharedMeterContract(SharedMeterContract, SharedCapContract):
     @pytest.fixture(params=SHARED)
     async def backend(self, request: pytest.FixtureRequest, tmp_path: Path
                       ) -> AsyncIterator[MeterBackend]:

@@ -246,3 +246,20 @@ def test_serving_does_not_import_alembic(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_0008_adds_key_expiry_and_keeps_existing_keys_unexpiring(sqlite_engine: Engine) -> None:
+    migrate.upgrade(sqlite_engine)
+    with sqlite_engine.begin() as conn:
+        command.downgrade(migrate._config(conn), "0007")
+        conn.exec_driver_sql(
+            "INSERT INTO workspaces (id, name, plan, anchor_date, suspended, byo_enabled, created_ms) "
+            "VALUES ('ws_a', 'a', 'free', '2026-01-01', 0, 0, 1)")
+        conn.exec_driver_sql(
+            "INSERT INTO api_keys (id, workspace_id, key_hash, prefix, scopes, created_ms) "
+            "VALUES ('key_a', 'ws_a', 'h', 'bk_', 'inference', 1)")
+    migrate.upgrade(sqlite_engine)
+    with sqlite_engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT id, expires_ms FROM api_keys").fetchall()
+    assert [tuple(r) for r in rows] == [("key_a", None)]
+    assert diff(sqlite_engine) == []

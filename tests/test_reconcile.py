@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -114,3 +115,29 @@ def test_fix_refuses_while_an_embedded_meter_owns_the_balances(make_gateway: Gat
     result = runner.invoke(app, ["reconcile", "--fix", "--database-url", url])
     assert result.exit_code == 2
     assert "holds these balances in memory" in " ".join(result.stderr.split())
+
+
+def test_cap_usage_is_reconciled_with_the_ledger(sql_gateway: RunningGateway) -> None:
+    """Spend caps: the sql meter's cap_usage rows against the ledger, repaired by --fix."""
+    gw = sql_gateway
+    ws, _ = gw.workspace("hobby")
+    created = gw.accounts.create_key(ws)
+    gw.accounts.set_cap(ws, "key", created.id, 10)
+    with gw.client(created.key) as c:  # wait for the cap to reach the key cache
+        deadline = time.monotonic() + 10
+        while "caps" not in c.get("/v1/balance").json():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    spend(gw, created.key, 3)
+    assert reconcile(gw)[0] == 0
+    tamper(gw, ws, "UPDATE cap_usage SET used = 9")
+    code, report = reconcile(gw)
+    assert code == 1
+    [found] = report["reports"]
+    assert [(d["field"], d["ledger"], d["store"]) for d in found["differences"]] == [
+        (f"cap_usage key:{created.id}", 3, 9)]
+    assert reconcile(gw, "--fix")[0] == 0
+    assert reconcile(gw)[1]["differing"] == 0
+    spend(gw, created.key, 7)  # 10: the repaired usage is the one the meter checks
+    with gw.client(created.key) as c:
+        assert c.post("/v1/chat/completions", json=CHAT).status_code == 402

@@ -54,9 +54,10 @@ class Sessions:
                     "SELECT k.id, k.workspace_id, k.agent_id, k.scopes, w.plan, w.suspended "
                     "FROM dashboard_sessions s JOIN api_keys k ON k.id = s.key_id "
                     "JOIN workspaces w ON w.id = k.workspace_id "
-                    "WHERE s.token_hash = ? AND s.expires_ms > ? AND k.revoked_ms IS NULL"
+                    "WHERE s.token_hash = ? AND s.expires_ms > ? AND k.revoked_ms IS NULL "
+                    "AND (k.expires_ms IS NULL OR k.expires_ms > ?)"  # an expired key's sessions end
                 ),
-                (_hash(token), now_ms(self._clock)),
+                (_hash(token), now_ms(self._clock), now_ms(self._clock)),
             )
             row = cur.fetchone()
         if row is None:

@@ -17,10 +17,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.alerts import parse_alerts
 from gateway.auth import check_admin
 from gateway.cli_records import key_record, workspace_record, workspace_view
 from gateway.endpoints.http import endpoint, gateway, json_response, read_body
 from gateway.errors import GatewayError, InvalidRequest, NotFound
+from gateway.key_expiry import iso_ms
 from gateway.keyring import KeyringError
 from gateway.operator_input import InputError
 from gateway.types import EntryKind
@@ -141,12 +143,16 @@ async def update_workspace(request: Request) -> Any:
     gw = gateway(request)
     workspace_id = ws_id(request)
     rate_limit = field(data, "rate_limit", str)
+    alerts = field(data, "alert_thresholds", (list, str))
+    parse_alerts(alerts)  # spend controls: a bad threshold is a 400 before anything changes
     await run_sync(gw.accounts.update_workspace, workspace_id, name=field(data, "name", str),
                    suspended=field(data, "suspended", bool), rate_limit=rate_limit,
                    clear_rate_limit="rate_limit" in data and rate_limit is None)
     if "low_fractions" in data:
         await run_sync(gw.thresholds.set_low_fractions, workspace_id,
                        field(data, "low_fractions", (list, str)))
+    if "alert_thresholds" in data:
+        await run_sync(gw.thresholds.set_alerts, workspace_id, alerts)
     return await describe(request, workspace_id)
 
 
@@ -192,9 +198,11 @@ async def create_key(request: Request) -> Any:
     scopes = ["inference", "read"] if scopes is None else scopes
     key = await run_sync(gateway(request).accounts.create_key, ws_id(request),
                          agent_id=field(data, "agent_id", str), scopes=tuple(scopes),
-                         rate_limit=field(data, "rate_limit", str))
+                         rate_limit=field(data, "rate_limit", str),
+                         expires_at=field(data, "expires_at", (str, int, float)))
     return {"id": key.id, "key": key.key, "workspace_id": key.workspace_id,
-            "agent_id": key.agent_id, "scopes": list(key.scopes)}
+            "agent_id": key.agent_id, "scopes": list(key.scopes),
+            "expires_at": iso_ms(key.expires_ms)}
 
 
 @admin()

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.endpoints.http import authenticate, endpoint, gateway, json_response
+from gateway.spend_caps import cap_view
 
 
 @endpoint
@@ -33,4 +34,7 @@ async def show(request: Request, headers: dict[str, str]) -> Response:
     }
     if caller.agent_id is not None:
         body["agent_id"] = caller.agent_id
+    if caller.caps:  # spend controls: the reading key's cap and its agent's, with what remains
+        usage = await gw.pipeline.meter.cap_usage(caller.workspace_id, caller.caps)
+        body["caps"] = [cap_view(c, usage[c.subject], balance.period_end) for c in caller.caps]
     return json_response(body, headers=headers)

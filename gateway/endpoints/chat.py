@@ -5,13 +5,14 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.admission import dry_run
 from gateway.endpoints.http import (
-    authenticate,
     endpoint,
     gateway,
     headers_of,
     json_response,
     read_body,
+    resolve_key,
 )
 from gateway.idempotency import key_of
 from gateway.logs import record_of
@@ -20,7 +21,8 @@ from gateway.validation import chat_request, parse_json
 
 @endpoint
 async def completions(request: Request, headers: dict[str, str]) -> Response:
-    caller = await authenticate(request, "inference")  # from the headers, before the body
+    # From the headers, before the body; counts nothing (the dry-run reports verdicts instead).
+    caller = await resolve_key(request, "inference")
     raw = await read_body(request)
     body = parse_json(raw)
     given = headers_of(request)
@@ -32,9 +34,11 @@ async def completions(request: Request, headers: dict[str, str]) -> Response:
 
 @endpoint
 async def preview(request: Request, headers: dict[str, str]) -> Response:
-    caller = await authenticate(request, "inference")  # from the headers, before the body
+    # From the headers, before the body; counts nothing (the dry-run reports verdicts instead).
+    caller = await resolve_key(request, "inference")
     raw = await read_body(request)
     given = headers_of(request)
     req = chat_request(parse_json(raw), given, caller)
-    return json_response(await gateway(request).pipeline.preview(caller, req, given),
-                         headers=headers)
+    gw = gateway(request)
+    estimate = await gw.pipeline.preview(caller, req, given)
+    return json_response(await dry_run(gw, caller, estimate), headers=headers)

@@ -142,6 +142,21 @@ async def authenticate(request: Request, scope: str) -> Caller:
     return caller
 
 
+async def resolve_key(request: Request, scope: str) -> Caller:
+    """The admission dry-run's caller: the key resolved, nothing admitted or counted (expiry,
+    suspension and the rate limit become verdicts, see gateway/admission.py)."""
+    header = headers_of(request).get("authorization")
+    gw = gateway(request)
+    if is_admin_token(header, gw.settings.admin_token):
+        raise InvalidApiKey("The admin token is not accepted on /v1 routes; use a workspace key.")
+    caller = await gw.keys.resolve(header)
+    record = record_of(request)
+    if record is not None:
+        record.caller = caller
+    require_scope(caller, scope)
+    return caller
+
+
 def _rate_limit_headers(request: Request) -> dict[str, str]:
     found: dict[str, str] = request.scope.get(LIMIT_HEADERS_KEY) or {}
     return found

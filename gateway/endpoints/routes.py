@@ -11,6 +11,7 @@ from starlette.routing import Mount, Route
 
 from gateway.endpoints import (
     admin,
+    admin_caps,
     admin_settings,
     balance,
     chat,
@@ -45,6 +46,9 @@ ADMIN_ROUTES = [
     Route(WS + "/keys", admin.list_keys, methods=["GET"]),
     Route(WS + "/keys", admin.create_key, methods=["POST"]),
     Route("/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
+    Route(WS + "/caps", admin_caps.list_caps, methods=["GET"]),  # spend controls
+    Route(WS + "/caps/{kind}/{ident}", admin_caps.set_cap, methods=["PUT"]),
+    Route(WS + "/caps/{kind}/{ident}", admin_caps.delete_cap, methods=["DELETE"]),
     Route(WS + "/topups", admin.topup, methods=["POST"]),
     Route(WS + "/adjustments", admin.adjust, methods=["POST"]),
     Route(WS + "/byo", admin_settings.byo_status, methods=["GET"]),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from gateway.errors import InsufficientCredits
-from gateway.types import Balance, EntryKind, Hold, LedgerEntry
+from gateway.types import Balance, Cap, EntryKind, Hold, LedgerEntry
 
 
 class Meter(Protocol):
@@ -20,8 +20,15 @@ class Meter(Protocol):
 
     async def close(self) -> None: ...
 
-    async def reserve(self, workspace_id: str, credits: int, request_id: str) -> Hold:
-        """Take `credits` from the balance for one request, or raise InsufficientCredits."""
+    async def reserve(self, workspace_id: str, credits: int, request_id: str,
+                      caps: tuple[Cap, ...] = ()) -> Hold:
+        """Take `credits` from the balance for one request, or raise InsufficientCredits.
+
+        In the same atomic step, each cap's usage for the period (charged + held)
+        grows by `credits`, or SpendCapReached when one would pass its cap (the
+        balance is checked first: when both refuse, InsufficientCredits wins).
+        A void gives the cap usage back in the step that gives the credits back.
+        """
         ...
 
     async def settle(self, hold: Hold, entry: LedgerEntry) -> Balance | None:
@@ -37,6 +44,10 @@ class Meter(Protocol):
         ...
 
     async def balance(self, workspace_id: str) -> Balance:
+        ...
+
+    async def cap_usage(self, workspace_id: str, caps: tuple[Cap, ...]) -> dict[str, int]:
+        """Spend caps: each cap subject's credits charged or held in the current period."""
         ...
 
     async def grant(self, entry: LedgerEntry) -> bool:

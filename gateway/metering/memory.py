@@ -29,7 +29,8 @@ from gateway.errors import ServiceUnavailable
 from gateway.ledger.writer import GroupWriter
 from gateway.metering.base import charge, insufficient, plan_at, renewal_entry
 from gateway.periods import period_of
-from gateway.types import Balance, EntryKind, Hold, LedgerEntry
+from gateway.spend_caps import ledger_cap_used, refusal
+from gateway.types import Balance, Cap, EntryKind, Hold, LedgerEntry
 
 log = logging.getLogger("bookbag.meter")
 
@@ -55,6 +56,7 @@ class _Account:
     loaded_seq: int
     reserved: int = 0
     holds: dict[str, Hold] = field(default_factory=dict)
+    cap_used: dict[tuple[str, str], int] = field(default_factory=dict)  # (subject, period) -> used
     pending: tuple[str | None, int | None, str | None] = (None, None, None)  # plan, custom, from
     # The period (epoch seconds) the last renewal check saw: within it nothing can fall due.
     checked: tuple[float, float] = (0.0, 0.0)
@@ -218,11 +220,21 @@ class MemoryMeter:
 
     # --- the Meter interface --------------------------------------------
 
-    async def reserve(self, workspace_id: str, credits: int, request_id: str) -> Hold:
+    async def reserve(self, workspace_id: str, credits: int, request_id: str,
+                      caps: tuple[Cap, ...] = ()) -> Hold:
         account = await self._account(workspace_id)
+        while missing := [c for c in caps if (c.subject, account.period_start) not in account.cap_used]:
+            await self._seed_caps(account, missing)
+        # From here to the return nothing awaits: balance and caps change in one step.
         available = account.allotment_remaining + account.topups_remaining
         if credits > available:
             raise insufficient(available, credits, account.period_end)
+        for cap in caps:
+            used = account.cap_used[(cap.subject, account.period_start)]
+            if used + credits > cap.credits:
+                raise refusal(cap, used, credits, account.period_end)
+        for cap in caps:
+            account.cap_used[(cap.subject, account.period_start)] += credits
         from_allotment = min(credits, account.allotment_remaining)
         hold = Hold(
             request_id=request_id,
@@ -232,6 +244,7 @@ class MemoryMeter:
             from_topups=credits - from_allotment,
             period_start=account.period_start,
             expires_at=self._clock.now() + self._hold_ttl,
+            caps=tuple(c.subject for c in caps),
         )
         account.allotment_remaining -= hold.from_allotment
         account.topups_remaining -= hold.from_topups
@@ -259,7 +272,29 @@ class MemoryMeter:
         account.reserved -= hold.credits
         self._give_back(account, hold)
 
+    async def cap_usage(self, workspace_id: str, caps: tuple[Cap, ...]) -> dict[str, int]:
+        account = await self._account(workspace_id)
+        while missing := [c for c in caps if (c.subject, account.period_start) not in account.cap_used]:
+            await self._seed_caps(account, missing)
+        return {c.subject: account.cap_used[(c.subject, account.period_start)] for c in caps}
+
+    async def _seed_caps(self, account: _Account, caps: list[Cap]) -> None:
+        """Spend caps: a subject's usage this period starts from the ledger's charges."""
+        period = account.period_start
+        for cap in caps:
+            try:
+                used = await asyncio.to_thread(ledger_cap_used, self._engine,
+                                               account.workspace_id, cap.subject, period)
+            except Exception as exc:
+                raise ServiceUnavailable("The balance store is unavailable; retry shortly.") from exc
+            account.cap_used.setdefault((cap.subject, period), used)  # holds since then count
+        self._renew_if_due(account)
+
     def _give_back(self, account: _Account, hold: Hold) -> None:
+        for subject in hold.caps:
+            key = (subject, hold.period_start)
+            if key in account.cap_used:
+                account.cap_used[key] -= hold.credits
         if hold.period_start == account.period_start:
             account.allotment_remaining += hold.from_allotment
         account.topups_remaining += hold.from_topups

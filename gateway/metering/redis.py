@@ -45,6 +45,7 @@ from gateway.metering.redis_client import (
 from gateway.metering.redis_scripts import (
     APPLY,
     BALANCE,
+    CAPS,
     MARK,
     RESERVE,
     SEED,
@@ -66,7 +67,8 @@ from gateway.metering.redis_sync import (
 )
 from gateway.metering.resp import Script
 from gateway.periods import period_of
-from gateway.types import Balance, Hold, LedgerEntry
+from gateway.spend_caps import ledger_cap_used, refusal
+from gateway.types import Balance, Cap, Hold, LedgerEntry
 
 log = logging.getLogger("bookbag.meter")
 
@@ -100,7 +102,7 @@ class RedisMeter:
         self._breaker = breaker
         self.layout = layout or Layout()
         self._outbox = outbox
-        sources = {"reserve": RESERVE, "settle": SETTLE, "void": VOID, "balance": BALANCE,
+        sources = {"caps": CAPS, "reserve": RESERVE, "settle": SETTLE, "void": VOID, "balance": BALANCE,
                    "apply": APPLY, "seed": SEED, "mark": MARK}
         # The scripts go through the pipelined client (redis-py's per-command cost was most
         # of a request's); redis-py keeps the rest, and the scripts too over TLS.
@@ -247,7 +249,8 @@ class RedisMeter:
 
     # --- the Meter interface ----------------------------------------------------
 
-    async def reserve(self, workspace_id: str, credits: int, request_id: str) -> Hold:
+    async def reserve(self, workspace_id: str, credits: int, request_id: str,
+                      caps: tuple[Cap, ...] = ()) -> Hold:
         if time.monotonic() < self._down_until:  # Redis just failed: 503 now, no pile-up
             raise ServiceUnavailable("The balance store is unreachable; retry shortly.")
         facts = self._facts.get(workspace_id) or await self._facts_of(workspace_id)
@@ -255,12 +258,20 @@ class RedisMeter:
         start, end = self._current(facts.anchor, now)
         expires_at = now + self._hold_ttl
         keys = self._workspace(workspace_id).reserve
-        args = [request_id, credits, int(expires_at * 1000), workspace_id]
+        seeds: dict[str, int] = {}
         try:
-            result = await self._seeded("reserve", workspace_id, keys, [*args, start])
-            if int(result[0]) == 3:  # a new period: renew with its entry, then reserve
-                renewal, start, end = self._period(workspace_id, facts)
-                result = await self._seeded("reserve", workspace_id, keys, [*args, *renewal])
+            for _ in range(len(caps) + 1):
+                args = [request_id, credits, int(expires_at * 1000), workspace_id, len(caps),
+                        *(x for c in caps for x in (c.subject, c.credits, seeds.get(c.subject, "")))]
+                result = await self._seeded("reserve", workspace_id, keys, [*args, start])
+                if int(result[0]) == 3:  # a new period: renew with its entry, then reserve
+                    renewal, start, end = self._period(workspace_id, facts)
+                    result = await self._seeded("reserve", workspace_id, keys, [*args, *renewal])
+                if int(result[0]) != 4:
+                    break
+                # Spend caps: a cap's usage for this period is not in Redis yet: from SQL.
+                seeds[str(result[1])] = await self._cap_seed(workspace_id, str(result[1]),
+                                                             str(result[2]))
         except ServiceUnavailable as exc:
             if transient(exc.__cause__ or exc):
                 # The script may still run once Redis answers again: void it then (the sweep).
@@ -271,9 +282,21 @@ class RedisMeter:
             raise ServiceUnavailable(f"request {request_id} already holds credits")
         if code == -2:
             raise insufficient(int(result[1]), credits, facts.period_end(result[2], start, end))
+        if code == -3:
+            raise refusal(caps[int(result[1])], int(result[2]), credits,
+                          facts.period_end(result[3], start, end))
+        if code == 4:  # pragma: no cover - each round seeds one more cap
+            raise ServiceUnavailable("spend cap usage could not be loaded")
         self._epochs[request_id] = (str(result[4]), expires_at)
         return Hold(request_id, workspace_id, credits, int(result[1]), int(result[2]),
-                    str(result[3]), expires_at)
+                    str(result[3]), expires_at, tuple(c.subject for c in caps))
+
+    async def _cap_seed(self, workspace_id: str, subject: str, period: str) -> int:
+        try:
+            return await asyncio.to_thread(ledger_cap_used, self._engine, workspace_id, subject,
+                                           period)
+        except Exception as exc:
+            raise ServiceUnavailable("The balance store is unavailable; retry shortly.") from exc
 
     async def settle(self, hold: Hold, entry: LedgerEntry) -> Balance | None:
         charge(entry, hold)
@@ -321,6 +344,18 @@ class RedisMeter:
             log.warning("could not void hold %s now; the sweep will after it expires", request_id)
             return False
         return True
+
+    async def cap_usage(self, workspace_id: str, caps: tuple[Cap, ...]) -> dict[str, int]:
+        """Each cap's usage this period from Redis (charged + held); SQL's charges if absent."""
+        period = (await self.balance(workspace_id)).period_start
+        found = await self._run("caps", [self.layout.bal(workspace_id)],
+                                [period, *(c.subject for c in caps)])
+        usage: dict[str, int] = {}
+        for cap, value in zip(caps, found, strict=True):
+            raw = value.decode() if isinstance(value, bytes) else str(value)
+            usage[cap.subject] = int(raw) if raw else await self._cap_seed(
+                workspace_id, cap.subject, period)
+        return usage
 
     async def balance(self, workspace_id: str) -> Balance:
         facts = await self._facts_of(workspace_id)

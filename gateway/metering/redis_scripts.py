@@ -139,22 +139,45 @@ end
 """
 
 # KEYS bal, applied, outbox, holds, exp, epoch
-# ARGV request id, credits, expires ms, workspace, then the period now, or the renewal (4)
+# ARGV request id, credits, expires ms, workspace, n caps, then n x (subject, cap, seed or ''),
+#      then the period now, or the renewal (4)
 # -> {0} not seeded | {-1} request id already holds | {-2, available, period}
 #    | {3} a renewal is due: send it | {1, from allotment, from top-ups, period, epoch}
+#    | {4, subject, period} a cap's usage this period is not in Redis: send its seed
+#    | {-3, cap index, used, period} a spend cap would be passed
+# Spend caps: usage per period is the bal field `cap:<period>:<subject>` (charged + held),
+# checked after the balance (its refusal wins); the hold remembers its subjects for void.
 RESERVE = _RENEW + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
 if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return {-1} end
-if renew(5) then return {3} end
+local ncaps = tonumber(ARGV[5])
+if renew(6 + 3 * ncaps) then return {3} end
 local b = redis.call('HMGET', KEYS[1], 'period', 'allot_rem', 'top_rem')
 local credits, ar, tr = tonumber(ARGV[2]), tonumber(b[2]), tonumber(b[3])
 if credits > ar + tr then return {-2, ar + tr, b[1]} end
+local used, subjects = {}, {}
+for i = 0, ncaps - 1 do
+  local subject, cap, seed = ARGV[6 + 3 * i], tonumber(ARGV[7 + 3 * i]), ARGV[8 + 3 * i]
+  local u = redis.call('HGET', KEYS[1], 'cap:' .. b[1] .. ':' .. subject)
+  if not u then
+    if seed == '' then return {4, subject, b[1]} end
+    u = seed
+  end
+  u = tonumber(u)
+  if u + credits > cap then return {-3, i, u, b[1]} end
+  used[i + 1] = u
+  subjects[i + 1] = subject
+end
+for i = 1, ncaps do
+  redis.call('HSET', KEYS[1], 'cap:' .. b[1] .. ':' .. subjects[i], used[i] + credits)
+end
 local fa = math.max(0, math.min(credits, ar))
 local ft = credits - fa
 redis.call('HINCRBY', KEYS[1], 'allot_rem', 0 - fa)
 redis.call('HINCRBY', KEYS[1], 'top_rem', 0 - ft)
 redis.call('HINCRBY', KEYS[1], 'reserved', credits)
-redis.call('HSET', KEYS[4], ARGV[1], ARGV[4] .. '|' .. credits .. '|' .. fa .. '|' .. ft .. '|' .. b[1])
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[4] .. '|' .. credits .. '|' .. fa .. '|' .. ft .. '|' .. b[1]
+           .. '|' .. table.concat(subjects, ','))
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
 return {1, fa, ft, b[1], redis.call('GET', KEYS[6]) or ''}
 """
@@ -199,17 +222,32 @@ return after(2)
 VOID = """
 local h = redis.call('HGET', KEYS[2], ARGV[1])
 if not h then return 0 end
-local _, credits, fa, ft, period = string.match(h, '^([^|]*)|(%d+)|(%d+)|(%d+)|(.*)$')
+local _, credits, fa, ft, period, caps = string.match(h, '^([^|]*)|(%d+)|(%d+)|(%d+)|([^|]*)|?(.*)$')
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HINCRBY', KEYS[1], 'reserved', 0 - tonumber(credits))
+  for subject in string.gmatch(caps, '[^,]+') do
+    local f = 'cap:' .. period .. ':' .. subject
+    if redis.call('HEXISTS', KEYS[1], f) == 1 then
+      redis.call('HINCRBY', KEYS[1], f, 0 - tonumber(credits))
+    end
+  end
   if redis.call('HGET', KEYS[1], 'period') == period then
     redis.call('HINCRBY', KEYS[1], 'allot_rem', tonumber(fa))
   end
   redis.call('HINCRBY', KEYS[1], 'top_rem', tonumber(ft))
 end
 return 1
+"""
+
+# Spend caps: KEYS bal; ARGV period, subjects... -> each one's usage, '' when not in Redis
+CAPS = """
+local out = {}
+for i = 2, #ARGV do
+  out[i - 1] = redis.call('HGET', KEYS[1], 'cap:' .. ARGV[1] .. ':' .. ARGV[i]) or ''
+end
+return out
 """
 
 # KEYS bal, applied, outbox; ARGV the renewal (4)

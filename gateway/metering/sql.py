@@ -6,6 +6,8 @@ period if due, check, take from the buckets, insert the hold. Settle deletes
 the hold and inserts the ledger entry in one transaction (the balance moved
 at reserve); void deletes the hold and gives the credits back. Whichever
 deletes the hold row first wins, so a hold resolves exactly once.
+Spend caps: reserve adds the hold to each cap's `cap_usage` row for the
+period under the same lock; void takes it off again (a settle keeps it).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from gateway.errors import GatewayError, ServiceUnavailable
 from gateway.metering.base import charge, insufficient, plan_at, renewal_entry
 from gateway.metering.memory import AllotmentOf
 from gateway.periods import period_of
-from gateway.types import Balance, Hold, LedgerEntry
+from gateway.spend_caps import charged, refusal
+from gateway.types import Balance, Cap, Hold, LedgerEntry
 
 log = logging.getLogger("bookbag.meter")
 
@@ -88,14 +91,24 @@ class SqlMeter:
             return plan, start, end, allotment, allotment, int(top_rem)
         return plan, period_start, end, int(allotment), int(allot_rem), int(top_rem)
 
-    def _reserve(self, workspace_id: str, credits: int, request_id: str) -> Hold:
+    def _reserve(self, workspace_id: str, credits: int, request_id: str,
+                 caps: tuple[Cap, ...]) -> Hold:
         with transaction(self._engine) as (cur, sql):
             _, period, end, _, allot_rem, top_rem = self._row(cur, sql, workspace_id)
             if credits > allot_rem + top_rem:
                 raise insufficient(allot_rem + top_rem, credits, end)
+            # The balance row's lock serializes this workspace's reserves: caps read here
+            # are current. Checked after the balance, so the balance's 402 wins.
+            for cap in caps:
+                used = self._cap_used(cur, sql, workspace_id, cap.subject, period)
+                if used + credits > cap.credits:
+                    raise refusal(cap, used, credits, end)
+            for cap in caps:
+                self._cap_add(cur, sql, workspace_id, cap.subject, period, credits)
             from_allotment = min(credits, allot_rem)
             hold = Hold(request_id, workspace_id, credits, from_allotment,
-                        credits - from_allotment, period, self._clock.now() + self._hold_ttl)
+                        credits - from_allotment, period, self._clock.now() + self._hold_ttl,
+                        tuple(c.subject for c in caps))
             cur.execute(
                 sql(
                     "UPDATE balances SET allotment_remaining = allotment_remaining - ?, "
@@ -106,12 +119,37 @@ class SqlMeter:
             cur.execute(
                 sql(
                     "INSERT INTO holds (request_id, workspace_id, credits, from_allotment, "
-                    "from_topups, period_start, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    "from_topups, period_start, expires_ms, caps) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 ),
                 (request_id, workspace_id, credits, hold.from_allotment, hold.from_topups,
-                 period, int(hold.expires_at * 1000)),
+                 period, int(hold.expires_at * 1000), ",".join(hold.caps) or None),
             )
         return hold
+
+    @staticmethod
+    def _cap_used(cur: Cursor, sql: Sql, workspace_id: str, subject: str, period: str) -> int:
+        """A cap's usage this period; a first use starts its row from the ledger's charges
+        (as the other meters do), so a cap set mid-period counts what was spent before."""
+        cur.execute(sql("SELECT used FROM cap_usage WHERE workspace_id = ? AND subject = ? "
+                        "AND period_start = ?"), (workspace_id, subject, period))
+        row = cur.fetchone()
+        if row is not None:
+            return int(row[0])
+        used = charged(cur, sql, workspace_id, subject, period)
+        cur.execute(sql("INSERT INTO cap_usage (workspace_id, subject, period_start, used) "
+                        "VALUES (?, ?, ?, ?)"), (workspace_id, subject, period, used))
+        return used
+
+    @staticmethod
+    def _cap_add(cur: Cursor, sql: Sql, workspace_id: str, subject: str, period: str,
+                 credits: int) -> None:
+        """Add (or with a negative amount, give back) cap usage; the balance row lock is held."""
+        cur.execute(sql("UPDATE cap_usage SET used = used + ? WHERE workspace_id = ? "
+                        "AND subject = ? AND period_start = ?"),
+                    (credits, workspace_id, subject, period))
+        if cur.rowcount == 0:
+            cur.execute(sql("INSERT INTO cap_usage (workspace_id, subject, period_start, used) "
+                            "VALUES (?, ?, ?, ?)"), (workspace_id, subject, period, credits))
 
     def _settle(self, hold: Hold, entry: LedgerEntry) -> None:
         with transaction(self._engine) as (cur, sql):
@@ -124,15 +162,15 @@ class SqlMeter:
         with transaction(self._engine) as (cur, sql):
             cur.execute(
                 sql(
-                    "SELECT workspace_id, from_allotment, from_topups, period_start FROM holds "
-                    "WHERE request_id = ?" + self._for_update
+                    "SELECT workspace_id, from_allotment, from_topups, period_start, caps, credits "
+                    "FROM holds WHERE request_id = ?" + self._for_update
                 ),
                 (request_id,),
             )
             row = cur.fetchone()
             if row is None:
                 return
-            workspace_id, from_allotment, from_topups, period = row
+            workspace_id, from_allotment, from_topups, period, caps, credits = row
             cur.execute(sql("DELETE FROM holds WHERE request_id = ?"), (request_id,))
             cur.execute(
                 sql(
@@ -142,6 +180,9 @@ class SqlMeter:
                 ),
                 (period, from_allotment, from_topups, workspace_id),
             )
+            # After the balance row (reserve's lock order): the hold's cap usage goes back.
+            for subject in caps.split(",") if caps else ():
+                self._cap_add(cur, sql, workspace_id, subject, period, -int(credits))
 
     def _balance(self, workspace_id: str) -> Balance:
         with transaction(self._engine) as (cur, sql):
@@ -167,8 +208,9 @@ class SqlMeter:
 
     # --- the Meter interface --------------------------------------------
 
-    async def reserve(self, workspace_id: str, credits: int, request_id: str) -> Hold:
-        hold: Hold = await self._run(self._reserve, workspace_id, credits, request_id)
+    async def reserve(self, workspace_id: str, credits: int, request_id: str,
+                      caps: tuple[Cap, ...] = ()) -> Hold:
+        hold: Hold = await self._run(self._reserve, workspace_id, credits, request_id, caps)
         return hold
 
     async def settle(self, hold: Hold, entry: LedgerEntry) -> Balance | None:
@@ -181,6 +223,16 @@ class SqlMeter:
     async def balance(self, workspace_id: str) -> Balance:
         balance: Balance = await self._run(self._balance, workspace_id)
         return balance
+
+    async def cap_usage(self, workspace_id: str, caps: tuple[Cap, ...]) -> dict[str, int]:
+        def read() -> dict[str, int]:
+            with transaction(self._engine) as (cur, sql):
+                period = self._row(cur, sql, workspace_id)[1]
+                return {c.subject: self._cap_used(cur, sql, workspace_id, c.subject, period)
+                        for c in caps}
+
+        usage: dict[str, int] = await self._run(read)
+        return usage
 
     async def grant(self, entry: LedgerEntry) -> bool:
         inserted: bool = await self._run(self._grant, entry)
