@@ -23,6 +23,11 @@ from redis.exceptions import RedisError
 
 from gateway.errors import ServiceUnavailable
 from gateway.idempotency_store import Record, State, StoredResponse
+from gateway.metering.redis_client import RedisClusterException, cluster_client, cluster_url
+
+# Redis Cluster: redis-py's cluster client refuses a command once a node's pool is full
+# (rather than waiting), so the pool per node is as large as the requests a process serves.
+CLUSTER_CONNECTIONS = 1024
 
 # KEYS[1] record; ARGV body_hash, request_id, now, lease, expires
 _CLAIM = """
@@ -75,7 +80,10 @@ class RedisIdempotencyStore:
         # Any: redis-py's annotations and the older `types-redis` stubs disagree (`aclose`).
         # One immediate reconnect on a dead pooled connection (a Redis restart); every
         # script is safe to run twice (a resent claim or take-over recognises its own id).
-        self._redis: Any = aioredis.Redis.from_url(
+        cluster = cluster_url(url)
+        self._redis: Any = cluster_client(
+            cluster, timeout=timeout, max_connections=CLUSTER_CONNECTIONS,
+            decode_responses=False) if cluster else aioredis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
@@ -92,8 +100,8 @@ class RedisIdempotencyStore:
     async def _run(self, script: Any, name: str, *args: Any) -> Any:
         try:
             return await script(keys=[name], args=list(args))
-        except (RedisError, OSError, RuntimeError) as exc:  # RuntimeError: uvloop, a reset
-            raise ServiceUnavailable(                           # while connecting
+        except (RedisError, RedisClusterException, OSError, RuntimeError) as exc:  # RuntimeError:
+            raise ServiceUnavailable(                       # uvloop, a reset while connecting
                 "The idempotency store (Redis) is unavailable; retry shortly."
             ) from exc
 

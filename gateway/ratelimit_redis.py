@@ -7,6 +7,8 @@ short socket timeouts keep a dead Redis from holding requests up.
 
 from __future__ import annotations
 
+from typing import Any
+
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -14,6 +16,8 @@ from redis.exceptions import RedisError
 
 from gateway.catalog import RateLimit
 from gateway.errors import ServiceUnavailable
+from gateway.idempotency_redis import CLUSTER_CONNECTIONS
+from gateway.metering.redis_client import RedisClusterException, cluster_client, cluster_url
 from gateway.ratelimit import Verdict, gcra
 
 _SCRIPT = """
@@ -33,7 +37,10 @@ return {1, tostring(new_tat)}
 
 class RedisLimits:
     def __init__(self, url: str, *, timeout: float = 0.25) -> None:
-        self._redis = Redis.from_url(
+        cluster = cluster_url(url)
+        self._redis: Any = cluster_client(
+            cluster, timeout=timeout, max_connections=CLUSTER_CONNECTIONS,
+            retries=0) if cluster else Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0), decode_responses=True,
         )
@@ -45,8 +52,9 @@ class RedisLimits:
         try:
             allowed, tat = await self._script(
                 keys=[f"bookbag:rl:{{{key}}}"], args=[repr(now_ms), repr(window), repr(interval)])
-        except (RedisError, OSError, TimeoutError, RuntimeError) as exc:  # RuntimeError: uvloop,
-            raise ServiceUnavailable("The rate-limit store is unavailable.") from exc  # a reset
+        # RuntimeError: uvloop, a reset while connecting
+        except (RedisError, RedisClusterException, OSError, TimeoutError, RuntimeError) as exc:
+            raise ServiceUnavailable("The rate-limit store is unavailable.") from exc
         stored = float(tat)
         if int(allowed):
             verdict, _ = gcra(stored - interval, now_ms, limit)  # replays the step Redis took

@@ -111,6 +111,13 @@ class Settings:
             raise SettingsError(f"BOOKBAG_METER must be auto, memory, sql or redis, got {self.meter!r}")
         if self.meter == "redis" and not self.redis_url:
             raise SettingsError("BOOKBAG_METER=redis needs BOOKBAG_REDIS_URL")
+        if self.redis_url:  # Redis Cluster: redis+cluster://host:port,host:port (issue 17)
+            from gateway.metering.cluster_url import cluster_url
+
+            try:
+                cluster_url(self.redis_url)
+            except ValueError as exc:
+                raise SettingsError(f"BOOKBAG_REDIS_URL: {exc}") from None
         if self.crash_at:
             try:
                 CrashSpec.parse(self.crash_at)

@@ -26,6 +26,7 @@ from tests.conftest import GatewayFactory
 from tests.fake_provider import OPENAI_KEY, FakeProvider
 from tests.harness import RunningGateway, free_port
 from tests.postgres import fresh_database
+from tests.redis_cluster import raw_client
 from tests.redis_server import RedisServer
 
 CHAT = "/v1/chat/completions"
@@ -485,9 +486,13 @@ def _hash(body: dict[str, Any]) -> str:
 # --- Redis ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    return redis_server.url
+@pytest.fixture(params=["single", "cluster"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """A redis-server of the test's own, or the session's Redis Cluster (emptied)."""
+    if request.param == "cluster":
+        return str(request.getfixturevalue("cluster_url"))
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return server.url
 
 
 def test_with_redis_down_unmetered_keys_run_and_metered_ones_fail_closed(
@@ -551,9 +556,7 @@ async def test_redis_store_rules(redis_url: str) -> None:
 
     idem = Idempotency(store, clock, in_ledger, retention=60, lease=10)
     k = IdempotencyKey("key-1", "h1")
-    import redis.asyncio as aioredis
-
-    raw = aioredis.Redis.from_url(redis_url)
+    raw = raw_client(redis_url)
     try:
         first = await idem.claim("ws_a", k, "req_1", metered=True)
         assert isinstance(first, Claim)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from gateway.catalog import load
 from gateway.clock import SystemClock
@@ -61,20 +62,25 @@ async def fire(urls: list[str], key: str) -> list[tuple[int, int, str, int]]:
         return await asyncio.gather(*(one(i) for i in range(REQUESTS)))
 
 
+@pytest.mark.parametrize("topology", ["single", "cluster"])
 def test_two_gateways_on_redis_and_postgres_never_overdraw(
-    tmp_path: Path, provider: FakeProvider
+    tmp_path: Path, provider: FakeProvider, topology: str, request: pytest.FixtureRequest,
 ) -> None:
+    """`cluster`: the session's Redis Cluster (three primaries, tests/redis_cluster.py)."""
     pricing = two_model_pricing(tmp_path / "pricing.toml", provider)
-    redis = RedisServer(tmp_path / "redis").start()
+    redis = RedisServer(tmp_path / "redis")
+    redis_url = redis.start().url if topology == "single" else str(
+        request.getfixturevalue("cluster_url"))
     gateways: list[GatewayProcess] = []
     try:
         with fresh_database() as db_url:
             engine = make_engine(db_url)
+            request.addfinalizer(engine.dispose)  # a failed assert leaks no connection
             create_schema(engine)
             accounts = Accounts(engine, load(pricing), SystemClock())
             ws = accounts.create_workspace("two gateways", "enterprise", custom_allotment=BALANCE)
             key = accounts.create_key(ws.id).key
-            env = base_env(tmp_path, pricing, db_url, BOOKBAG_REDIS_URL=redis.url,
+            env = base_env(tmp_path, pricing, db_url, BOOKBAG_REDIS_URL=redis_url,
                            BOOKBAG_PROVIDER_TIMEOUT="5,30,30", BOOKBAG_HOLD_TTL="60",
                            # Not a fault test: the 0.5 s fail-fast default would turn a
                            # 1,000-request burst on 2 busy cores into 503s.
@@ -107,7 +113,7 @@ def test_two_gateways_on_redis_and_postgres_never_overdraw(
             assert {r[0] for r in rows} == ids  # every 200 has exactly one entry, nothing else
             assert sum(r[1] for r in rows) == charged
             assert provider.count("/v1/chat/completions") == len(ok)  # a 402 never called it
-            print(f"\ntwo gateways: {len(ok)} x 200, {len(results) - len(ok)} x 402, "
+            print(f"\ntwo gateways ({topology}): {len(ok)} x 200, {len(results) - len(ok)} x 402, "
                   f"charged {charged}/{BALANCE}, "
                   f"served a={sum(1 for r in ok if r[0] == 0)} b={sum(1 for r in ok if r[0] == 1)}")
             engine.dispose()

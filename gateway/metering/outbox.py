@@ -36,7 +36,7 @@ from redis.exceptions import ResponseError
 from sqlalchemy import Engine
 
 from gateway.database import apply_entry, transaction
-from gateway.metering.redis_client import ERRORS, Redis, transient
+from gateway.metering.redis_client import ERRORS, Redis, is_cluster, transient
 from gateway.metering.redis_scripts import LEASE, RELEASE, SHARDS, Layout, decode_entry
 from gateway.types import LedgerEntry
 
@@ -64,6 +64,7 @@ class OutboxConsumer:
         self._lease_ms = int(lease_ttl * 1000)
         self._retry = retry
         self._linger = linger  # after a short batch: let entries gather, fewer SQL commits
+        self.poll = 0.05  # Redis Cluster: the wait after reading every stream empty
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lease = client.register_script(LEASE)
         self._release = client.register_script(RELEASE)
@@ -169,11 +170,29 @@ class OutboxConsumer:
         return []
 
     async def read(self) -> list[Message]:
+        if is_cluster(self._redis):
+            return await self._read_each()
         reply = await self._redis.xreadgroup(
             GROUP, self.name, {stream: ">" for stream in sorted(self.owned)},
             count=self._batch, block=self._block_ms)
         return [_message(stream, id_, fields) for stream, entries in reply or []
                 for id_, fields in entries]
+
+    async def _read_each(self) -> list[Message]:
+        """Redis Cluster: one XREADGROUP per stream (each shard tag is its own slot, and a
+        command spanning slots is refused), sent in one pipeline that redis-py splits by node,
+        without BLOCK (a blocked read would hold up the others); when every stream is empty,
+        wait a short `poll` before the next read."""
+        streams = sorted(self.owned)
+        async with self._redis.pipeline() as pipe:
+            for stream in streams:
+                pipe.xreadgroup(GROUP, self.name, {stream: ">"}, count=self._batch)
+            replies = await pipe.execute()
+        batch = [_message(stream, id_, fields) for reply in replies
+                 for stream, entries in _entries(reply) for id_, fields in entries]
+        if not batch:
+            await self._pause(min(self._block_ms / 1000, self.poll))
+        return batch
 
     async def write(self, batch: list[Message]) -> None:
         entries: list[LedgerEntry] = []
@@ -218,6 +237,15 @@ class OutboxConsumer:
 def _appended_ms(stream_id: str) -> int:
     """When Redis appended a stream entry: the milliseconds part of its id (`<ms>-<seq>`)."""
     return int(stream_id.split("-", 1)[0])
+
+
+def _entries(reply: object) -> list[tuple[str, list[tuple[str, dict[str, str] | None]]]]:
+    """XREADGROUP's reply as (stream, entries) pairs (RESP2 gives a list, RESP3 a dict)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [(str(k), v) for k, v in reply.items()]
+    return [(str(k), v) for k, v in reply]  # type: ignore[attr-defined]
 
 
 def _message(stream: str, id_: str, fields: dict[str, str] | None) -> Message:

@@ -152,18 +152,29 @@ class RespClient:
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
 
-    async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Arg], *,
+                      asking: bool = False) -> Any:
+        """`asking`: Redis Cluster's ASK redirection, `ASKING` sent just before (one write)."""
         command = pack(b"EVALSHA", script.sha, len(keys), *keys, *args)
         try:
-            return await self._call(command)
+            return await self._call(command, asking)
         except NoScriptError:  # Redis restarted or its script cache was flushed
-            return await self._call(pack(b"EVAL", script.source, len(keys), *keys, *args))
+            return await self._call(pack(b"EVAL", script.source, len(keys), *keys, *args), asking)
 
-    async def _call(self, command: bytes) -> Any:
+    async def _call(self, command: bytes, asking: bool = False) -> Any:
         try:
-            return await (await self._connected()).send(command)
+            return await self._send(await self._connected(), command, asking)
         except RedisConnectionError:  # a connection that died with a Redis restart: once more
-            return await (await self._connected()).send(command)
+            return await self._send(await self._connected(), command, asking)
+
+    @staticmethod
+    async def _send(connection: _Connection, command: bytes, asking: bool) -> Any:
+        if not asking:
+            return await connection.send(command)
+        ask = connection.send(pack(b"ASKING"))
+        reply = connection.send(command)  # the same loop turn: written together, in order
+        await ask
+        return await reply
 
     async def _connected(self) -> _Connection:
         connection = self._connection
