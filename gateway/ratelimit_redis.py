@@ -1,7 +1,7 @@
 """Rate limits in Redis, shared by every gateway process: one GCRA step in one Lua script.
 
-Each key's state is one string (`bookbag:rl:{<key id>}`, expiring once the key
-is back to its full burst). Redis errors become `ServiceUnavailable` here;
+Each key's state is one string (`bk:{sNN}:rl:<key id>`, under its workspace's shard
+tag, expiring once the key is back to its full burst). Redis errors become `ServiceUnavailable` here;
 short socket timeouts keep a dead Redis from holding requests up.
 """
 
@@ -18,6 +18,7 @@ from gateway.catalog import RateLimit
 from gateway.errors import ServiceUnavailable
 from gateway.idempotency_redis import CLUSTER_CONNECTIONS
 from gateway.metering.redis_client import RedisClusterException, cluster_client, cluster_url
+from gateway.metering.redis_scripts import shard_of
 from gateway.ratelimit import Verdict, gcra
 
 _SCRIPT = """
@@ -36,7 +37,8 @@ return {1, tostring(new_tat)}
 
 
 class RedisLimits:
-    def __init__(self, url: str, *, timeout: float = 0.25) -> None:
+    def __init__(self, url: str, *, timeout: float = 0.25, prefix: str = "bk:") -> None:
+        self._prefix = prefix
         cluster = cluster_url(url)
         self._redis: Any = cluster_client(
             cluster, timeout=timeout, max_connections=CLUSTER_CONNECTIONS,
@@ -46,12 +48,13 @@ class RedisLimits:
         )
         self._script = self._redis.register_script(_SCRIPT)
 
-    async def hit(self, key: str, limit: RateLimit, now_ms: float) -> Verdict:
+    async def hit(self, key: str, limit: RateLimit, now_ms: float, *,
+                  workspace_id: str = "") -> Verdict:
         window = limit.seconds * 1000
         interval = window / limit.requests
         try:
             allowed, tat = await self._script(
-                keys=[f"bookbag:rl:{{{key}}}"], args=[repr(now_ms), repr(window), repr(interval)])
+                keys=[self.name(key, workspace_id)], args=[repr(now_ms), repr(window), repr(interval)])
         # RuntimeError: uvloop, a reset while connecting
         except (RedisError, RedisClusterException, OSError, TimeoutError, RuntimeError) as exc:
             raise ServiceUnavailable("The rate-limit store is unavailable.") from exc
@@ -61,6 +64,12 @@ class RedisLimits:
         else:
             verdict, _ = gcra(stored, now_ms, limit)
         return verdict
+
+    def name(self, key: str, workspace_id: str) -> str:
+        """Under the workspace's shard tag (issue 17); the state before it,
+        `bookbag:rl:{<key id>}`, is not carried over: a key gets one fresh burst at the upgrade,
+        and the old entries expire by themselves within a window."""
+        return f"{self._prefix}{{s{shard_of(workspace_id):02d}}}:rl:{key}"
 
     async def close(self) -> None:
         await self._redis.aclose()
