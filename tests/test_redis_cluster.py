@@ -7,10 +7,21 @@ session's cluster (tests/redis_cluster.py: three primaries with a replica each).
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
 import pytest
+from redis.crc import key_slot
 
 from gateway.metering.cluster_url import ClusterUrl, cluster_url
+from gateway.metering.redis_scripts import shard_of
 from gateway.settings import Settings, SettingsError
+from tests.conftest import GatewayFactory, service_missing
+from tests.fake_provider import FakeProvider
+from tests.harness import RunningGateway
+from tests.redis_cluster import RedisCluster
 
 
 def test_the_cluster_url_names_its_seeds_credentials_and_tls() -> None:
@@ -33,3 +44,61 @@ def test_a_malformed_cluster_url_is_refused_at_startup(url: str, message: str) -
         cluster_url(url)
     with pytest.raises(SettingsError, match="BOOKBAG_REDIS_URL: .*" + message):
         Settings.from_env({"BOOKBAG_REDIS_URL": url})
+
+
+# --- a shard down -----------------------------------------------------------------------
+
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+LOCAL = {**BODY, "model": "bookbag-local"}
+
+
+def chat(gw: RunningGateway, key: str, body: dict[str, object]) -> httpx.Response:
+    with gw.client(key) as c:
+        return c.post("/v1/chat/completions", json=body)
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A cluster of this test's own (it kills nodes); asked for before `make_gateway`, so
+    it outlives the gateways."""
+    if shutil.which("redis-server") is None:
+        service_missing("redis-server (apt-get install redis-server)")
+    cluster = RedisCluster(tmp_path / "cluster").start()
+    yield cluster
+    cluster.stop()
+
+
+def test_a_shard_down_stops_only_its_own_workspaces_metered_requests(
+    own_cluster: RedisCluster, make_gateway: GatewayFactory, provider: FakeProvider,
+) -> None:
+    gw = make_gateway(BOOKBAG_REDIS_URL=own_cluster.url)
+    assert type(gw.gw.meter).__name__ == "RedisMeter"
+    workspaces = [gw.workspace("free") for _ in range(40)]
+    down_slot = key_slot(f"{{s{shard_of(workspaces[0][0]):02d}}}".encode())
+    primary = own_cluster.primary_of(down_slot)
+    replica = own_cluster.replica_of(primary)
+    on_down = [w for w in workspaces
+               if own_cluster.primary_of(key_slot(f"{{s{shard_of(w[0]):02d}}}".encode()))
+               is primary]
+    elsewhere = [w for w in workspaces if w not in on_down]
+    assert on_down and elsewhere
+    for _, key in (on_down[0], elsewhere[0]):  # both served (and seeded) before
+        assert chat(gw, key, BODY).status_code == 200
+
+    assert replica is not None
+    replica.kill()  # the whole shard: no replica to promote
+    primary.kill()
+
+    for _, key in on_down[:3]:
+        r = chat(gw, key, BODY)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "service_unavailable"
+        assert chat(gw, key, LOCAL).status_code == 200  # unmetered keeps working
+    for _, key in elsewhere[:3]:
+        r = chat(gw, key, BODY)
+        assert r.status_code == 200, r.text
+        assert chat(gw, key, LOCAL).status_code == 200
+    # Their charges still reach SQL: the outbox consumer goes on with the other shards.
+    assert len(gw.wait_ledger(elsewhere[0][0], 3, timeout=15)) == 3  # 2 metered + 1 local
+    charged_down = [row for row in gw.ledger(on_down[0][0]) if row["billing_mode"] == "metered"]
+    assert len(charged_down) <= 1  # the one before the shard went down, nothing since

@@ -138,10 +138,11 @@ class OutboxConsumer:
         """Take or renew the shard leases (every third of their TTL)."""
         if time.monotonic() - self._renewed < self._lease_ms / 3000:
             return self.owned
-        results = [await self._lease(keys=[lease], args=[self.name, self._lease_ms])
-                   for lease in self._streams.values()]
+        results = [await self._lease_one(lease) for lease in self._streams.values()]
+        if all(r is None for r in results):
+            raise ConnectionError("no shard's lease could be taken: Redis is unreachable")
         for stream, result in zip(self._streams, results, strict=True):
-            if int(result) == 0:
+            if result is None or int(result) == 0:
                 self.owned.discard(stream)
             elif stream not in self.owned:
                 await self._ensure_group(stream)
@@ -149,6 +150,17 @@ class OutboxConsumer:
                 self._to_claim.add(stream)
         self._renewed = time.monotonic()
         return self.owned
+
+    async def _lease_one(self, lease: str) -> int | None:
+        """Take or renew one lease; None when its shard is down (Redis Cluster: the other
+        shards' entries keep moving to SQL; on one node every shard is down at once)."""
+        try:
+            return int(await self._lease(keys=[lease], args=[self.name, self._lease_ms]))
+        except ERRORS as exc:
+            if not is_cluster(self._redis) or not transient(exc):
+                raise
+            log.warning("outbox lease %s: its shard is unreachable (%s)", lease, exc)
+            return None
 
     async def _ensure_group(self, stream: str) -> None:
         try:
@@ -180,16 +192,24 @@ class OutboxConsumer:
 
     async def _read_each(self) -> list[Message]:
         """Redis Cluster: one XREADGROUP per stream (each shard tag is its own slot, and a
-        command spanning slots is refused), sent in one pipeline that redis-py splits by node,
-        without BLOCK (a blocked read would hold up the others); when every stream is empty,
-        wait a short `poll` before the next read."""
+        command spanning slots is refused), all at once, without BLOCK (a blocked read would
+        hold up the others); a shard that fails is skipped; when every stream is empty, wait
+        a short `poll` before the next read."""
         streams = sorted(self.owned)
-        async with self._redis.pipeline() as pipe:
-            for stream in streams:
-                pipe.xreadgroup(GROUP, self.name, {stream: ">"}, count=self._batch)
-            replies = await pipe.execute()
-        batch = [_message(stream, id_, fields) for reply in replies
-                 for stream, entries in _entries(reply) for id_, fields in entries]
+        replies = await asyncio.gather(*(
+            self._redis.xreadgroup(GROUP, self.name, {stream: ">"}, count=self._batch)
+            for stream in streams), return_exceptions=True)
+        batch: list[Message] = []
+        for stream, reply in zip(streams, replies, strict=True):
+            if isinstance(reply, BaseException):  # its shard is down: the others go on
+                if not isinstance(reply, ERRORS):
+                    raise reply
+                log.warning("outbox %s unreadable (%s)", stream, reply)
+                self.owned.discard(stream)  # taken again (and its pending claimed) later
+                self._renewed = 0.0
+                continue
+            batch += [_message(stream, id_, fields) for name, entries in _entries(reply)
+                      for id_, fields in entries]
         if not batch:
             await self._pause(min(self._block_ms / 1000, self.poll))
         return batch

@@ -38,6 +38,7 @@ from gateway.metering.redis_client import (
     ERRORS,
     Redis,
     advise,
+    is_cluster,
     script_client,
     transient,
     unavailable,
@@ -114,7 +115,10 @@ class RedisMeter:
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._epochs: dict[str, tuple[str, float]] = {}  # request id -> (epoch, expires_at)
         self._doubtful: dict[str, str] = {}  # request id -> workspace: reserves that timed out
-        self._down_until = 0.0
+        # Redis just failed: metered requests get 503 at once for `breaker` seconds (no
+        # pile-up). On a cluster, per shard tag: a shard down stops only its own workspaces.
+        self._cluster = is_cluster(client)
+        self._down_until: dict[str, float] = {}
         self._feed: GrantFeed | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -168,8 +172,12 @@ class RedisMeter:
             return await self._scripts[name](keys=keys, args=args)
         except ERRORS as exc:
             if transient(exc):
-                self._down_until = time.monotonic() + self._breaker
+                self._down_until[self._breaker_of(keys[0])] = time.monotonic() + self._breaker
             raise unavailable(exc) from exc
+
+    def _breaker_of(self, key: str) -> str:
+        """The circuit a key's failure opens: its shard tag on a cluster, else the one node."""
+        return key.split("{", 1)[1].split("}", 1)[0] if self._cluster else ""
 
     async def _once(self, key: str, make: Callable[[], Awaitable[T]]) -> T:
         """One `make()` at a time per key; concurrent callers share its outcome."""
@@ -248,13 +256,14 @@ class RedisMeter:
     # --- the Meter interface ----------------------------------------------------
 
     async def reserve(self, workspace_id: str, credits: int, request_id: str) -> Hold:
-        if time.monotonic() < self._down_until:  # Redis just failed: 503 now, no pile-up
+        keys = self._workspace(workspace_id).reserve
+        if self._down_until and time.monotonic() < self._down_until.get(
+                self._breaker_of(keys[0]), 0.0):  # Redis just failed: 503 now, no pile-up
             raise ServiceUnavailable("The balance store is unreachable; retry shortly.")
         facts = self._facts.get(workspace_id) or await self._facts_of(workspace_id)
         now = self._clock.now()
         start, end = self._current(facts.anchor, now)
         expires_at = now + self._hold_ttl
-        keys = self._workspace(workspace_id).reserve
         args = [request_id, credits, int(expires_at * 1000), workspace_id]
         try:
             result = await self._seeded("reserve", workspace_id, keys, [*args, start])
