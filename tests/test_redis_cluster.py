@@ -13,14 +13,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from redis.crc import key_slot
 
+from gateway.clock import ManualClock
 from gateway.metering.cluster_url import ClusterUrl, cluster_url
 from gateway.metering.redis_scripts import shard_of
 from gateway.settings import Settings, SettingsError
 from tests.conftest import GatewayFactory, service_missing
 from tests.fake_provider import FakeProvider
 from tests.harness import RunningGateway
+from tests.meter_contract import START, reply
+from tests.redis_backend import redis_backend
 from tests.redis_cluster import RedisCluster
 
 
@@ -102,3 +106,46 @@ def test_a_shard_down_stops_only_its_own_workspaces_metered_requests(
     assert len(gw.wait_ledger(elsewhere[0][0], 3, timeout=15)) == 3  # 2 metered + 1 local
     charged_down = [row for row in gw.ledger(on_down[0][0]) if row["billing_mode"] == "metered"]
     assert len(charged_down) <= 1  # the one before the shard went down, nothing since
+
+
+# --- failover: a new epoch ----------------------------------------------------------------
+
+
+async def test_a_hold_lost_in_a_failover_is_charged_at_settle(
+    own_cluster: RedisCluster, tmp_path: Path,
+) -> None:
+    """A hold acknowledged by a primary that died before replicating it: the promoted
+    replica lacks it. Its primary's replication id changed (a new epoch), so the settle
+    charges it (the reply was delivered) instead of taking it as already resolved."""
+    backend = redis_backend("cluster-failover", f"sqlite:///{tmp_path / 'meter.db'}",
+                            own_cluster.url, ManualClock(START))
+    try:
+        meter = await backend.meter()
+        ws = await backend.workspace(allotment=10)
+        await meter.balance(ws)  # seeded
+        slot = key_slot(f"{{s{shard_of(ws):02d}}}".encode())
+        primary = own_cluster.primary_of(slot)
+        replica = own_cluster.replica_of(primary)
+        assert replica is not None
+        direct = redis.Redis(port=primary.port, socket_timeout=5)
+        assert direct.execute_command("WAIT", 1, 5000) == 1  # the seed is on the replica
+        replica.pause()
+        direct.execute_command("CLIENT", "KILL", "TYPE", "replica")  # nothing more replicates
+        direct.close()
+
+        hold = await meter.reserve(ws, 3, "lost-in-failover")
+        primary.kill()
+        replica.resume()
+        redis.Redis(port=replica.port, socket_timeout=5).execute_command(
+            "CLUSTER", "FAILOVER", "TAKEOVER")
+        assert own_cluster.wait_for_failover(slot, primary) is replica
+
+        await meter.settle(hold, reply(hold))
+        await backend.flush()
+        with backend.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT credits FROM ledger WHERE request_id = 'lost-in-failover'").fetchall()
+        assert [r[0] for r in rows] == [3]
+        assert (await meter.balance(ws)).available == 7
+    finally:
+        await backend.close()

@@ -66,6 +66,7 @@ from gateway.metering.redis_sync import (
     write_entry,
 )
 from gateway.metering.resp import Script
+from gateway.metering.resp_cluster import ClusterScripts
 from gateway.periods import period_of
 from gateway.types import Balance, Hold, LedgerEntry
 
@@ -175,6 +176,19 @@ class RedisMeter:
                 self._down_until[self._breaker_of(keys[0])] = time.monotonic() + self._breaker
             raise unavailable(exc) from exc
 
+    async def _replid(self, key: str) -> str:
+        """Redis Cluster: the replication id of the primary serving `key` (a change of primary
+        is a new epoch, DESIGN "Redis Cluster"); '' on one node, where the shard's `epoch`
+        key alone tells a Redis that restarted without its data."""
+        if not isinstance(self._fast, ClusterScripts):
+            return ""
+        try:
+            return await self._fast.replid(key)
+        except ERRORS as exc:
+            if transient(exc):
+                self._down_until[self._breaker_of(key)] = time.monotonic() + self._breaker
+            raise unavailable(exc) from exc
+
     def _breaker_of(self, key: str) -> str:
         """The circuit a key's failure opens: its shard tag on a cluster, else the one node."""
         return key.split("{", 1)[1].split("}", 1)[0] if self._cluster else ""
@@ -266,6 +280,7 @@ class RedisMeter:
         expires_at = now + self._hold_ttl
         args = [request_id, credits, int(expires_at * 1000), workspace_id]
         try:
+            replid = await self._replid(keys[0])
             result = await self._seeded("reserve", workspace_id, keys, [*args, start])
             if int(result[0]) == 3:  # a new period: renew with its entry, then reserve
                 renewal, start, end = self._period(workspace_id, facts)
@@ -280,7 +295,8 @@ class RedisMeter:
             raise ServiceUnavailable(f"request {request_id} already holds credits")
         if code == -2:
             raise insufficient(int(result[1]), credits, facts.period_end(result[2], start, end))
-        self._epochs[request_id] = (str(result[4]), expires_at)
+        self._epochs[request_id] = (f"{result[4]}|{replid}" if replid else str(result[4]),
+                                    expires_at)
         return Hold(request_id, workspace_id, credits, int(result[1]), int(result[2]),
                     str(result[3]), expires_at)
 
@@ -288,11 +304,19 @@ class RedisMeter:
         charge(entry, hold)
         epoch = self._epochs.pop(hold.request_id, ("", 0.0))
         keys = self._workspace(hold.workspace_id).settle
-        args = [hold.request_id, encode_entry(entry), epoch[0], hold.credits,
+        stored, _, replid = epoch[0].partition("|")
+        args = [hold.request_id, encode_entry(entry), stored, hold.credits,
                 hold.from_allotment, hold.from_topups, hold.period_start]
         for attempt in range(SETTLE_ATTEMPTS):
             try:
                 result = await self._run("settle", keys, args)
+                if int(result[0]) == 0 and replid and args[2] == stored \
+                        and replid != await self._replid(keys[0]):
+                    # Another primary since the reserve (a failover): a new epoch. A hold it
+                    # lacks never replicated: it was lost, not resolved, and is charged
+                    # (unless its settle replicated: the script checks `pending`).
+                    args[2] = "~" + stored
+                    result = await self._run("settle", keys, args)
             except ServiceUnavailable as exc:
                 if attempt + 1 == SETTLE_ATTEMPTS or not transient(exc.__cause__ or exc):
                     self._epochs.setdefault(hold.request_id, epoch)

@@ -161,6 +161,10 @@ class RespClient:
         except NoScriptError:  # Redis restarted or its script cache was flushed
             return await self._call(pack(b"EVAL", script.source, len(keys), *keys, *args), asking)
 
+    async def command(self, *args: Arg) -> Any:
+        """Any other command on the same pipelined connection (INFO, WAIT)."""
+        return await self._call(pack(*args))
+
     async def _call(self, command: bytes, asking: bool = False) -> Any:
         try:
             return await self._send(await self._connected(), command, asking)

@@ -46,6 +46,7 @@ class ClusterScripts:
         self._connect_timeout = connect_timeout
         self._timeout = timeout
         self._nodes: dict[tuple[str, int], RespClient] = {}
+        self._replids: dict[tuple[str, int], str] = {}  # primary -> its replication id
         self._refreshing: asyncio.Future[None] | None = None
         self._refreshed = 0.0
         self._stale = True  # no slot map yet
@@ -90,17 +91,38 @@ class ClusterScripts:
             self._refreshing = asyncio.ensure_future(refresh())
         await asyncio.shield(self._refreshing)
 
+    async def replid(self, key: str) -> str:
+        """The replication id of the primary serving `key` now: it changes when a replica is
+        promoted (or a primary restarts), so it names the epoch of that shard's data."""
+        if self._stale:
+            await self._refresh()
+        address = self._primary(key_slot(key.encode()))
+        replid = self._replids.get(address)
+        if replid is None:
+            try:
+                info = str(await self._node(address).command(b"INFO", b"replication"))
+            except RedisConnectionError:
+                self._replids.pop(address, None)
+                self._stale = True
+                raise
+            fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+            replid = self._replids[address] = fields.get("master_replid", "").strip()
+        return replid
+
     async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         slot = key_slot(keys[0].encode())
         if self._stale:
             await self._refresh()
+        address = self._primary(slot)
         try:
-            return await self._node(self._primary(slot)).evalsha(script, keys, args)
+            return await self._node(address).evalsha(script, keys, args)
         except RedisConnectionError:
+            self._replids.pop(address, None)  # restarted or replaced: ask again
             self._stale = True  # a primary is gone: its replica may have taken over
             await self._refresh()
             return await self._node(self._primary(slot)).evalsha(script, keys, args)
         except RedisTimeoutError:
+            self._replids.pop(address, None)
             self._stale = True
             raise
         except ResponseError as exc:
