@@ -111,7 +111,7 @@ class RedisCluster:
             try:
                 if check():
                     return
-            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, LookupError):
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the Redis cluster did not reach {what} in {timeout:g}s")
@@ -192,3 +192,17 @@ def raw_client(url: str) -> Any:
     if cluster is None:
         return aioredis.Redis.from_url(url)
     return AsyncCluster(startup_nodes=[ClusterNode(h, p) for h, p in cluster.seeds])
+
+
+def sync_client(url: str) -> Any:
+    """A plain synchronous redis-py client (str replies) for a single-node or cluster URL."""
+    from redis.cluster import ClusterNode as SyncNode
+    from redis.cluster import RedisCluster as SyncCluster
+
+    from gateway.metering.redis_client import cluster_url
+
+    cluster = cluster_url(url)
+    if cluster is None:
+        return redis.Redis.from_url(url, socket_timeout=5, decode_responses=True)
+    return SyncCluster(startup_nodes=[SyncNode(h, p) for h, p in cluster.seeds],
+                       socket_timeout=5, decode_responses=True)
