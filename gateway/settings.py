@@ -98,6 +98,10 @@ class Settings:
     webhook_timeout: float = 10.0
     spool_path: Path | None = None  # None: next to the SQLite file, else ./bookbag-spool.jsonl
     litellm_preload: bool = False  # import litellm after startup, not at a litellm route's first use
+    # Redis Cluster (issue 17): after each settle, wait for this many replicas to have it
+    # (WAIT, pipelined with the settle script), at most redis_wait_timeout seconds; 0 = off.
+    redis_wait_replicas: int = 0
+    redis_wait_timeout: float = 0.05
     crash_at: str | None = None  # BOOKBAG_TEST_CRASH_AT: TEST-ONLY, see gateway/crashpoints.py
 
     def __post_init__(self) -> None:
@@ -118,6 +122,11 @@ class Settings:
                 cluster_url(self.redis_url)
             except ValueError as exc:
                 raise SettingsError(f"BOOKBAG_REDIS_URL: {exc}") from None
+        if self.redis_wait_replicas < 0:
+            raise SettingsError("BOOKBAG_REDIS_WAIT_REPLICAS must be 0 (off) or more")
+        if self.redis_wait_replicas and not 0 < self.redis_wait_timeout < self.redis_timeout:
+            raise SettingsError(  # WAIT blocks its connection: the read timeout must outlast it
+                "BOOKBAG_REDIS_WAIT_TIMEOUT must be above 0 and below BOOKBAG_REDIS_TIMEOUT")
         if self.crash_at:
             try:
                 CrashSpec.parse(self.crash_at)
@@ -167,6 +176,9 @@ class Settings:
             "webhook_timeout": _float(env, "BOOKBAG_WEBHOOK_TIMEOUT", 10.0),
             "spool_path": Path(env["BOOKBAG_SPOOL_PATH"]) if env.get("BOOKBAG_SPOOL_PATH") else None,
             "litellm_preload": (env.get("BOOKBAG_LITELLM_PRELOAD") or "").lower() in ("1", "true", "on"),
+            # Redis Cluster (issue 17)
+            "redis_wait_replicas": _int(env, "BOOKBAG_REDIS_WAIT_REPLICAS", 0),
+            "redis_wait_timeout": _float(env, "BOOKBAG_REDIS_WAIT_TIMEOUT", 0.05),
             "crash_at": env.get("BOOKBAG_TEST_CRASH_AT") or None,  # test-only (crashpoints.py)
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -96,11 +96,13 @@ class RedisCluster:
             info = str(self._call(node, "CLUSTER", "INFO"))
             if "cluster_state:ok" not in info:
                 return False
-        return all(self._replica_synced(self.replica_of(p)) for p in self.primaries())
+        primaries = self.primaries()  # every node's view: a replica of each primary, in sync
+        return len(primaries) == len(SLOT_RANGES) and all(
+            self._replica_synced(self.replica_of(p)) for p in primaries)
 
     def _replica_synced(self, replica: RedisServer | None) -> bool:
         if replica is None or replica.proc is None:
-            return True
+            return False
         info = self._client(replica).info("replication")
         return info.get("master_link_status") == "up"
 

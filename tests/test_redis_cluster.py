@@ -18,13 +18,15 @@ from redis.crc import key_slot
 
 from gateway.clock import ManualClock
 from gateway.metering.cluster_url import ClusterUrl, cluster_url
+from gateway.metering.redis import RedisMeter
+from gateway.metering.redis_client import connect
 from gateway.metering.redis_scripts import shard_of
 from gateway.settings import Settings, SettingsError
 from tests.conftest import GatewayFactory, service_missing
 from tests.fake_provider import FakeProvider
 from tests.harness import RunningGateway
-from tests.meter_contract import START, reply
-from tests.redis_backend import redis_backend
+from tests.meter_contract import HOLD_TTL, START, allotment_for, catalog, reply
+from tests.redis_backend import IDLE, redis_backend
 from tests.redis_cluster import RedisCluster
 
 
@@ -149,3 +151,51 @@ async def test_a_hold_lost_in_a_failover_is_charged_at_settle(
         assert (await meter.balance(ws)).available == 7
     finally:
         await backend.close()
+
+
+# --- WAIT: a settle confirmed by a replica ------------------------------------------------
+
+
+async def test_a_settle_no_replica_confirms_in_time_is_counted_unconfirmed(
+    own_cluster: RedisCluster, tmp_path: Path,
+) -> None:
+    """BOOKBAG_REDIS_WAIT_REPLICAS=1: WAIT goes in the settle's pipeline on the per-node
+    connection; with the replica paused it times out and the charge is "unconfirmed"
+    (counted and logged), and the settle itself stands."""
+    clock = ManualClock(START)
+    backend = redis_backend("cluster-wait", f"sqlite:///{tmp_path / 'meter.db'}",
+                            own_cluster.url, clock)
+    meter = RedisMeter(connect(own_cluster.url, timeout=2.0), backend.engine, clock,
+                       allotment_for(catalog()), hold_ttl=HOLD_TTL, sync_interval=IDLE,
+                       sweep_interval=IDLE, breaker=2.0, wait_replicas=1, wait_timeout=0.2)
+    try:
+        ws = await backend.workspace(allotment=10)
+        hold = await meter.reserve(ws, 1, "confirmed")
+        await meter.settle(hold, reply(hold))
+        assert meter.unconfirmed == 0
+
+        replica = own_cluster.replica_of(
+            own_cluster.primary_of(key_slot(f"{{s{shard_of(ws):02d}}}".encode())))
+        assert replica is not None
+        replica.pause()
+        try:
+            hold = await meter.reserve(ws, 2, "unconfirmed")
+            await meter.settle(hold, reply(hold))
+            assert meter.unconfirmed == 1
+        finally:
+            replica.resume()
+        hold = await meter.reserve(ws, 3, "confirmed-again")
+        await meter.settle(hold, reply(hold))
+        assert meter.unconfirmed == 1
+        assert (await meter.balance(ws)).available == 4  # every settle stood
+    finally:
+        await meter.close()
+        await backend.close()
+
+
+def test_the_wait_timeout_must_be_below_the_redis_timeout() -> None:
+    with pytest.raises(SettingsError, match="BOOKBAG_REDIS_WAIT_TIMEOUT"):
+        Settings.from_env({"BOOKBAG_REDIS_URL": "redis://x", "BOOKBAG_REDIS_WAIT_REPLICAS": "1",
+                           "BOOKBAG_REDIS_WAIT_TIMEOUT": "0.5", "BOOKBAG_REDIS_TIMEOUT": "0.5"})
+    settings = Settings.from_env({"BOOKBAG_REDIS_WAIT_REPLICAS": "1"})
+    assert (settings.redis_wait_replicas, settings.redis_wait_timeout) == (1, 0.05)

@@ -91,6 +91,8 @@ class RedisMeter:
         breaker: float = 0.5,
         layout: Layout | None = None,
         outbox: OutboxConsumer | None = None,
+        wait_replicas: int = 0,
+        wait_timeout: float = 0.05,
     ) -> None:
         self._redis = client
         self._engine = engine
@@ -102,6 +104,10 @@ class RedisMeter:
         self._breaker = breaker
         self.layout = layout or Layout()
         self._outbox = outbox
+        # WAIT after each settle (BOOKBAG_REDIS_WAIT_REPLICAS): a charge no replica confirmed
+        # in time is "unconfirmed": counted and logged, the reply goes out all the same.
+        self._wait = (wait_replicas, max(1, int(wait_timeout * 1000)))
+        self.unconfirmed = 0  # settles whose WAIT timed out short of `wait_replicas`
         sources = {"reserve": RESERVE, "settle": SETTLE, "void": VOID, "balance": BALANCE,
                    "apply": APPLY, "seed": SEED, "mark": MARK}
         # The scripts go through the pipelined client (redis-py's per-command cost was most
@@ -168,6 +174,14 @@ class RedisMeter:
 
     async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         try:
+            if self._fast is not None and name == "settle" and self._wait[0]:
+                result, acked = await self._fast.evalsha_wait(self._lua[name], keys, args,
+                                                              *self._wait)
+                if acked < self._wait[0]:
+                    self.unconfirmed += 1
+                    log.warning("charge unconfirmed: %s replica(s) of %s acknowledged the "
+                                "settle of %s in time", acked, self._wait[0], args[0])
+                return result
             if self._fast is not None:
                 return await self._fast.evalsha(self._lua[name], keys, args)
             return await self._scripts[name](keys=keys, args=args)

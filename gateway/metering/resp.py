@@ -161,6 +161,34 @@ class RespClient:
         except NoScriptError:  # Redis restarted or its script cache was flushed
             return await self._call(pack(b"EVAL", script.source, len(keys), *keys, *args), asking)
 
+    async def evalsha_wait(self, script: Script, keys: Sequence[str], args: Sequence[Arg],
+                           replicas: int, timeout_ms: int) -> tuple[Any, int]:
+        """The script and `WAIT replicas timeout_ms` in one write on this connection (WAIT
+        counts only this connection's writes): (the script's reply, replicas that have it).
+        WAIT holds up the commands pipelined behind it until the replicas answer."""
+        wait = pack(b"WAIT", replicas, timeout_ms)
+        try:
+            return await self._pair(pack(b"EVALSHA", script.sha, len(keys), *keys, *args), wait)
+        except NoScriptError:
+            return await self._pair(pack(b"EVAL", script.source, len(keys), *keys, *args), wait)
+
+    async def _pair(self, first: bytes, second: bytes) -> tuple[Any, int]:
+        try:
+            return await self._send_pair(await self._connected(), first, second)
+        except RedisConnectionError:  # as `_call`: once more on a new connection
+            return await self._send_pair(await self._connected(), first, second)
+
+    @staticmethod
+    async def _send_pair(connection: _Connection, first: bytes, second: bytes
+                         ) -> tuple[Any, int]:
+        one, two = connection.send(first), connection.send(second)
+        try:
+            result = await one
+        except BaseException:
+            two.cancel()  # its reply is read and dropped
+            raise
+        return result, int(await two)
+
     async def command(self, *args: Arg) -> Any:
         """Any other command on the same pipelined connection (INFO, WAIT)."""
         return await self._call(pack(*args))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from gateway.metering.redis_client import (
@@ -109,18 +109,37 @@ class ClusterScripts:
             replid = self._replids[address] = fields.get("master_replid", "").strip()
         return replid
 
+    async def evalsha_wait(self, script: Script, keys: Sequence[str], args: Sequence[Arg],
+                           replicas: int, timeout_ms: int) -> tuple[Any, int]:
+        """The script and WAIT pipelined on the slot's primary (`RespClient.evalsha_wait`)."""
+        acked: list[int] = []
+
+        async def send(node: RespClient, asking: bool) -> Any:
+            result, n = await node.evalsha_wait(script, keys, args, replicas, timeout_ms)
+            acked.append(n)
+            return result
+
+        return await self._routed(keys, send), acked[-1]
+
     async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        async def send(node: RespClient, asking: bool) -> Any:
+            return await node.evalsha(script, keys, args, asking=asking)
+
+        return await self._routed(keys, send)
+
+    async def _routed(self, keys: Sequence[str],
+                      send: Callable[[RespClient, bool], Awaitable[Any]]) -> Any:
         slot = key_slot(keys[0].encode())
         if self._stale:
             await self._refresh()
         address = self._primary(slot)
         try:
-            return await self._node(address).evalsha(script, keys, args)
+            return await send(self._node(address), False)
         except RedisConnectionError:
             self._replids.pop(address, None)  # restarted or replaced: ask again
             self._stale = True  # a primary is gone: its replica may have taken over
             await self._refresh()
-            return await self._node(self._primary(slot)).evalsha(script, keys, args)
+            return await send(self._node(self._primary(slot)), False)
         except RedisTimeoutError:
             self._replids.pop(address, None)
             self._stale = True
@@ -130,11 +149,10 @@ class ClusterScripts:
             if kind == "MOVED":
                 self._stale = True
                 await self._refresh()
-                return await self._node(self._primary(slot)).evalsha(script, keys, args)
+                return await send(self._node(self._primary(slot)), False)
             if kind == "ASK":
                 host, _, port = rest.split(" ")[-1].rpartition(":")
-                return await self._node((host, int(port))).evalsha(script, keys, args,
-                                                                  asking=True)
+                return await send(self._node((host, int(port))), True)
             raise
 
     async def aclose(self) -> None:
