@@ -196,9 +196,8 @@ class OutboxConsumer:
         hold up the others); a shard that fails is skipped; when every stream is empty, wait
         a short `poll` before the next read."""
         streams = sorted(self.owned)
-        replies = await asyncio.gather(*(
-            self._redis.xreadgroup(GROUP, self.name, {stream: ">"}, count=self._batch)
-            for stream in streams), return_exceptions=True)
+        replies = await asyncio.gather(*(self._read_one(stream) for stream in streams),
+                                       return_exceptions=True)
         batch: list[Message] = []
         for stream, reply in zip(streams, replies, strict=True):
             if isinstance(reply, BaseException):  # its shard is down: the others go on
@@ -213,6 +212,15 @@ class OutboxConsumer:
         if not batch:
             await self._pause(min(self._block_ms / 1000, self.poll))
         return batch
+
+    async def _read_one(self, stream: str) -> object:
+        """XREADGROUP on the stream's primary, named here: left to redis-py, it would ask a
+        node for the command's keys (COMMAND GETKEYS) on every poll. A moved slot fails
+        this read; the stream is leased and read again after a topology refresh."""
+        node = self._redis.get_node_from_key(stream)
+        return await self._redis.execute_command(
+            "XREADGROUP", "GROUP", GROUP, self.name, "COUNT", self._batch, "STREAMS", stream,
+            ">", target_nodes=node)
 
     async def write(self, batch: list[Message]) -> None:
         entries: list[LedgerEntry] = []
