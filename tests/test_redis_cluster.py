@@ -17,6 +17,7 @@ import redis
 from redis.crc import key_slot
 
 from gateway.clock import ManualClock
+from gateway.errors import ServiceUnavailable
 from gateway.metering.cluster_url import ClusterUrl, cluster_url
 from gateway.metering.redis import RedisMeter
 from gateway.metering.redis_client import connect
@@ -104,6 +105,13 @@ def test_a_shard_down_stops_only_its_own_workspaces_metered_requests(
         r = chat(gw, key, BODY)
         assert r.status_code == 200, r.text
         assert chat(gw, key, LOCAL).status_code == 200
+    # Top-ups written straight to SQL (the CLI) reach the other shards' workspaces, even
+    # when a grant of a workspace on the dead shard comes first.
+    for ws, _ in (on_down[0], elsewhere[0]):
+        assert gw.accounts.apply(gw.accounts.topup_entry(ws, 50, ref=f"cli-{ws}"))
+    with pytest.raises(ServiceUnavailable):
+        gw.run(gw.gw.meter.sync())
+    assert gw.balance(elsewhere[0][1])["topups_remaining"] == 50
     # Their charges still reach SQL: the outbox consumer goes on with the other shards.
     assert len(gw.wait_ledger(elsewhere[0][0], 3, timeout=15)) == 3  # 2 metered + 1 local
     charged_down = [row for row in gw.ledger(on_down[0][0]) if row["billing_mode"] == "metered"]

@@ -466,9 +466,17 @@ class RedisMeter:
             self._feed = GrantFeed(self._engine, low, lag=max(5.0, 3 * self._sync_interval))
         grants, facts = await self._sql(self._feed.read, list(self._facts))
         self._facts.update(facts)
+        shards_down: ServiceUnavailable | None = None
         for grant in grants:
-            if await self._apply_grant(grant) >= 0:  # -1: not in Redis; its seed will include it
-                self._feed.done(grant)
+            try:
+                if await self._apply_grant(grant) >= 0:  # -1: not in Redis; its seed has it
+                    self._feed.done(grant)
+            except ServiceUnavailable as exc:
+                if not self._cluster:
+                    raise
+                shards_down = exc  # its shard is down: the other workspaces' grants go on
+        if shards_down is not None:
+            raise shards_down  # no advance: the grants not applied are read again next time
         await self._run("mark", [self.layout.sync_mark], [self._feed.advance()])
 
     async def _apply_grant(self, grant: Grant) -> int:
