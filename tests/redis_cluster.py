@@ -71,6 +71,13 @@ class RedisCluster:
             client.close()
 
     def start(self, timeout: float = 30.0) -> RedisCluster:
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()  # no redis-server left behind by a start that failed half-way
+            raise
+
+    def _start(self, timeout: float) -> RedisCluster:
         for node in self.nodes:
             node.start()
             self._ids[node.port] = str(self._call(node, "CLUSTER", "MYID"))
