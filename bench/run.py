@@ -7,7 +7,8 @@ Layout (2 cores): the gateway, the reference relay and their threads on core 0
 (`taskset -c 0`); wrk, the fake provider and this script on core 1. Variants:
 direct (wrk -> fake provider), reference (bare Starlette + aiohttp relay),
 embedded (metering on, SQLite memory meter, synchronous=FULL), metering off,
-Redis (when the Redis meter exists and BOOKBAG_REDIS_URL answers). Scenarios:
+Redis (when the Redis meter exists and BOOKBAG_REDIS_URL answers), Redis cluster
+(`--cluster`: three primaries with a replica each, started here). Scenarios:
 JSON / stream x 1 / 16 / 64 in flight x 0 ms / 50 ms provider, each run back
 to back for every variant so that ratios come from the same minute.
 See bench/README.md for how to read the table.
@@ -21,7 +22,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -87,10 +88,13 @@ def litellm_figures(run: Run, workdir: Path, fast: int, slow: int, seconds: floa
 
 
 def start_gateways(run: Run, workdir: Path, fast: int, slow: int, only: set[str] | None,
-                   sources: list[str], redis_sources: Sequence[str] = ()) -> list[Gateway]:
+                   sources: list[str], redis_sources: Sequence[str] = (),
+                   cluster_url: str | None = None) -> list[Gateway]:
     plain = pricing(fast, slow, anthropic=False)
     wanted: list[tuple[str, dict[str, str]]] = [
         ("embedded", {}), ("metering off", {"BOOKBAG_METERING": "off"})]
+    if cluster_url:  # --cluster: the Redis meter on a three-primary Redis Cluster
+        wanted.append(("redis cluster", {"BOOKBAG_REDIS_URL": cluster_url}))
     redis_url = os.environ.get("BOOKBAG_REDIS_URL") or "redis://127.0.0.1:6379/15"
     if not redis_meter_available():
         run.notes.append("Redis: not yet (gateway/metering/redis.py does not exist)")
@@ -136,7 +140,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, help="length of each wrk run (whole seconds)")
     parser.add_argument("--probe", type=int, help="sequential requests per TTFB probe")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
-    parser.add_argument("--only", help="comma-separated gateway variants: embedded,metering off,redis")
+    parser.add_argument("--only", help="comma-separated gateway variants: embedded,metering off,"
+                                       "redis,redis cluster")
+    parser.add_argument("--cluster", action="store_true",
+                        help="also run the Redis meter on a Redis Cluster this script starts "
+                             "(six redis-server processes: 3 primaries + 1 replica each)")
     parser.add_argument("--no-litellm", action="store_true", help="skip the Anthropic route")
     parser.add_argument("--source", action="append", default=[], metavar="LABEL=DIR",
                         help="also run an embedded gateway importing gateway/ from DIR "
@@ -156,6 +164,7 @@ def main() -> None:
     run = Run(quick=args.quick, seconds=seconds, machine=machine(wrk_path))
     started = time.monotonic()
     procs: list[Proc] = []
+    stops: list[Callable[[], None]] = []  # after the processes: the cluster
     with tempfile.TemporaryDirectory(prefix="bookbag-bench-") as tmp:
         workdir = Path(tmp)
         try:
@@ -164,8 +173,15 @@ def main() -> None:
             relay, relay_url = start_relay(workdir, fast, slow)
             procs.append(relay)
             run.cold_start["reference relay"] = relay.cold_start_s or 0.0
+            cluster_url = None
+            if args.cluster:
+                from tests.redis_cluster import RedisCluster
+
+                cluster = RedisCluster(workdir / "cluster").start()
+                stops.append(cluster.stop)
+                cluster_url = cluster.url
             gateways = start_gateways(run, workdir, fast, slow, only, args.source,
-                                      args.source_redis)
+                                      args.source_redis, cluster_url)
             procs += [g.proc for g in gateways]
             bodies = {}
             for model in ("gpt-4o-mini", "gpt-4o-mini-50ms"):
@@ -211,6 +227,8 @@ def main() -> None:
         finally:
             for proc in reversed(procs):
                 proc.stop()
+            for stop in stops:
+                stop()
     run.elapsed_s = time.monotonic() - started
     run.machine["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print()

@@ -164,7 +164,9 @@ def build_meter(settings: Settings, engine: Engine, writer: GroupWriter, clock: 
                           engine, clock, allotment, hold_ttl=settings.hold_ttl,
                           sync_interval=settings.sync_interval,
                           sweep_interval=settings.sweep_interval,
-                          breaker=settings.redis_timeout, outbox=outbox)
+                          breaker=settings.redis_timeout, outbox=outbox,
+                          wait_replicas=settings.redis_wait_replicas,
+                          wait_timeout=settings.redis_wait_timeout)
     raise NotImplementedError(f"meter {kind!r} is not available in this build")
 
 

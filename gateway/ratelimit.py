@@ -64,13 +64,16 @@ def gcra(tat_ms: float | None, now_ms: float, limit: RateLimit) -> tuple[Verdict
 
 
 class LimitStore(Protocol):
-    async def hit(self, key: str, limit: RateLimit, now_ms: float) -> Verdict:
-        """Count one request for `key`; raises ServiceUnavailable when the store is down."""
+    async def hit(self, key: str, limit: RateLimit, now_ms: float, *,
+                  workspace_id: str = "") -> Verdict:
+        """Count one request for `key` (of `workspace_id`: a shared store keeps the state under
+        the workspace's shard); raises ServiceUnavailable when the store is down."""
         ...
 
     async def close(self) -> None: ...
 
-    async def peek(self, key: str, limit: RateLimit, now_ms: float) -> Verdict:
+    async def peek(self, key: str, limit: RateLimit, now_ms: float, *,
+                   workspace_id: str = "") -> Verdict:
         """What `hit` would answer now, counting nothing (the admission dry-run)."""
         ...
 
@@ -81,7 +84,8 @@ class MemoryLimits:
     def __init__(self) -> None:
         self._tat: dict[str, float] = {}
 
-    async def hit(self, key: str, limit: RateLimit, now_ms: float) -> Verdict:
+    async def hit(self, key: str, limit: RateLimit, now_ms: float, *,
+                  workspace_id: str = "") -> Verdict:
         verdict, new_tat = gcra(self._tat.get(key), now_ms, limit)
         if new_tat is not None:
             if len(self._tat) >= _MEMORY_LIMIT:
@@ -89,7 +93,8 @@ class MemoryLimits:
             self._tat[key] = new_tat
         return verdict
 
-    async def peek(self, key: str, limit: RateLimit, now_ms: float) -> Verdict:
+    async def peek(self, key: str, limit: RateLimit, now_ms: float, *,
+                   workspace_id: str = "") -> Verdict:
         return gcra(self._tat.get(key), now_ms, limit)[0]
 
     async def close(self) -> None:
@@ -130,7 +135,8 @@ class RateLimiter:
         if now < self._down_until:
             return replace(caller, rate_unchecked=True), {}
         try:
-            verdict = await self._store.hit(caller.key_id, limit, now * 1000)
+            verdict = await self._store.hit(caller.key_id, limit, now * 1000,
+                                            workspace_id=caller.workspace_id)
         except ServiceUnavailable:
             # Fail open here; metered requests are refused later (fail closed).
             self._down_until = now + _BREAKER_SECONDS
@@ -152,7 +158,8 @@ class RateLimiter:
         if limit is None or self._clock.now() < self._down_until:
             return limit, None
         try:
-            return limit, await self._store.peek(caller.key_id, limit, self._clock.now() * 1000)
+            return limit, await self._store.peek(caller.key_id, limit, self._clock.now() * 1000,
+                                                 workspace_id=caller.workspace_id)
         except ServiceUnavailable:
             return limit, None
 

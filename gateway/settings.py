@@ -103,6 +103,10 @@ class Settings:
     max_header_bytes: int = 64 * 1024  # request head size; over it 431 (gateway/http_protocol.py)
     max_headers: int = 100  # header lines; over it 431
     header_timeout: float = 10.0  # seconds from a head's first byte to its end; over it 408
+    # Redis Cluster (issue 17): after each settle, wait for this many replicas to have it
+    # (WAIT, pipelined with the settle script), at most redis_wait_timeout seconds; 0 = off.
+    redis_wait_replicas: int = 0
+    redis_wait_timeout: float = 0.05
     crash_at: str | None = None  # BOOKBAG_TEST_CRASH_AT: TEST-ONLY, see gateway/crashpoints.py
     # --- input checks (issue 12): webhook targets -------------------------------------
     # Webhook URLs at private, loopback, link-local, unspecified or multicast addresses
@@ -120,6 +124,18 @@ class Settings:
             raise SettingsError(f"BOOKBAG_METER must be auto, memory, sql or redis, got {self.meter!r}")
         if self.meter == "redis" and not self.redis_url:
             raise SettingsError("BOOKBAG_METER=redis needs BOOKBAG_REDIS_URL")
+        if self.redis_url:  # Redis Cluster: redis+cluster://host:port,host:port (issue 17)
+            from gateway.metering.cluster_url import cluster_url
+
+            try:
+                cluster_url(self.redis_url)
+            except ValueError as exc:
+                raise SettingsError(f"BOOKBAG_REDIS_URL: {exc}") from None
+        if self.redis_wait_replicas < 0:
+            raise SettingsError("BOOKBAG_REDIS_WAIT_REPLICAS must be 0 (off) or more")
+        if self.redis_wait_replicas and not 0 < self.redis_wait_timeout < self.redis_timeout:
+            raise SettingsError(  # WAIT blocks its connection: the read timeout must outlast it
+                "BOOKBAG_REDIS_WAIT_TIMEOUT must be above 0 and below BOOKBAG_REDIS_TIMEOUT")
         if self.crash_at:
             try:
                 CrashSpec.parse(self.crash_at)
@@ -174,6 +190,9 @@ class Settings:
             "max_header_bytes": _int(env, "BOOKBAG_MAX_HEADER_BYTES", 64 * 1024),
             "max_headers": _int(env, "BOOKBAG_MAX_HEADERS", 100),
             "header_timeout": _float(env, "BOOKBAG_HEADER_TIMEOUT", 10.0),
+            # Redis Cluster (issue 17)
+            "redis_wait_replicas": _int(env, "BOOKBAG_REDIS_WAIT_REPLICAS", 0),
+            "redis_wait_timeout": _float(env, "BOOKBAG_REDIS_WAIT_TIMEOUT", 0.05),
             "crash_at": env.get("BOOKBAG_TEST_CRASH_AT") or None,  # test-only (crashpoints.py)
             # --- input checks (issue 12): webhook targets
             "webhook_allow_private": (env.get("BOOKBAG_WEBHOOK_ALLOW_PRIVATE") or "").lower()

@@ -14,6 +14,7 @@ from tests.fake_provider import FakeProvider
 from tests.harness import RunningGateway, sqlite_settings, test_pricing
 
 if TYPE_CHECKING:
+    from tests.redis_cluster import RedisCluster
     from tests.redis_server import RedisServer
 
 REQUIRE_SERVICES = os.environ.get("BOOKBAG_TEST_REQUIRE_SERVICES") == "1"
@@ -78,6 +79,28 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One Redis Cluster (3 primaries, 1 replica each) for the whole session: tests keep to
+    their own workspaces or key prefixes. Tests that kill or pause nodes start their own."""
+    import shutil
+
+    from tests.redis_cluster import RedisCluster
+
+    if shutil.which("redis-server") is None:
+        service_missing("redis-server (apt-get install redis-server)")
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: RedisCluster) -> str:
+    """The session's Redis Cluster, emptied for this test (for tests that run gateways)."""
+    redis_cluster.flush()
+    return redis_cluster.url
 
 
 def service_missing(what: str) -> None:

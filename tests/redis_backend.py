@@ -90,6 +90,13 @@ async def redis_sqlite(request: pytest.FixtureRequest, tmp: Path, clock: ManualC
     return redis_backend("redis-sqlite", f"sqlite:///{tmp / 'meter.db'}", url, clock)
 
 
+async def redis_cluster_sqlite(request: pytest.FixtureRequest, tmp: Path, clock: ManualClock
+                               ) -> MeterBackend:
+    """The Redis meter on the session's Redis Cluster (tests/redis_cluster.py)."""
+    url: str = request.getfixturevalue("redis_cluster").url
+    return redis_backend("redis-cluster-sqlite", f"sqlite:///{tmp / 'meter.db'}", url, clock)
+
+
 async def redis_postgres(request: pytest.FixtureRequest, tmp: Path, clock: ManualClock
                          ) -> MeterBackend:
     url: str = request.getfixturevalue("redis_url")

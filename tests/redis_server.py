@@ -26,7 +26,8 @@ from tests.harness import free_port
 
 
 class RedisServer:
-    def __init__(self, directory: Path, *, aof: bool = False, fsync: str = "always") -> None:
+    def __init__(self, directory: Path, *, aof: bool = False, fsync: str = "always",
+                 extra: list[str] | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             service_missing("redis-server (apt-get install redis-server)")
@@ -36,6 +37,7 @@ class RedisServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.aof = aof
         self.fsync = fsync
+        self.extra = extra or []  # more redis-server arguments (cluster mode: tests/redis_cluster.py)
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -46,7 +48,7 @@ class RedisServer:
             "--save", "", "--appendonly", "yes" if self.aof else "no",
             "--appendfsync", self.fsync, "--maxmemory-policy", "noeviction",
             "--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning",
-            "--logfile", str(self.dir / "redis.log"),
+            "--logfile", str(self.dir / "redis.log"), *self.extra,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout

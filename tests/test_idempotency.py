@@ -22,10 +22,12 @@ import pytest
 
 from gateway.clock import ManualClock
 from gateway.errors import IdempotencyInProgress, IdempotencyKeyReused, ServiceUnavailable
+from gateway.metering.redis_scripts import shard_of
 from tests.conftest import GatewayFactory
 from tests.fake_provider import OPENAI_KEY, FakeProvider
 from tests.harness import RunningGateway, free_port
 from tests.postgres import fresh_database
+from tests.redis_cluster import raw_client
 from tests.redis_server import RedisServer
 
 CHAT = "/v1/chat/completions"
@@ -485,9 +487,13 @@ def _hash(body: dict[str, Any]) -> str:
 # --- Redis ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    return redis_server.url
+@pytest.fixture(params=["single", "cluster"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """A redis-server of the test's own, or the session's Redis Cluster (emptied)."""
+    if request.param == "cluster":
+        return str(request.getfixturevalue("cluster_url"))
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return server.url
 
 
 def test_with_redis_down_unmetered_keys_run_and_metered_ones_fail_closed(
@@ -551,14 +557,13 @@ async def test_redis_store_rules(redis_url: str) -> None:
 
     idem = Idempotency(store, clock, in_ledger, retention=60, lease=10)
     k = IdempotencyKey("key-1", "h1")
-    import redis.asyncio as aioredis
-
-    raw = aioredis.Redis.from_url(redis_url)
+    raw = raw_client(redis_url)
     try:
         first = await idem.claim("ws_a", k, "req_1", metered=True)
         assert isinstance(first, Claim)
         name = store.name("ws_a", "key-1")
-        assert name == prefix + "{ws_a}:idem:key-1"  # the workspace is the cluster hash tag
+        # Under the workspace's shard tag, the slot of its balance and holds (issue 17).
+        assert name == f"{prefix}{{s{shard_of('ws_a'):02d}}}:idem:ws_a:key-1"
         assert 0 < await raw.pttl(name) <= 60_000
         with pytest.raises(IdempotencyInProgress):
             await idem.claim("ws_a", k, "req_2", metered=True)
@@ -629,6 +634,64 @@ async def test_redis_store_rules(redis_url: str) -> None:
             await raw.delete(name)
         await raw.aclose()
         await idem.close()
+
+
+async def test_records_of_the_legacy_layout_keep_working_on_a_single_node(
+    redis_server: RedisServer,
+) -> None:
+    """An upgrade with keys in flight: a record an older gateway wrote at its old name
+    (`bookbag:{<workspace>}:idem:<key>`) is still in progress, replayed once done, and
+    taken over when its holder died; new records go to the new name."""
+    from gateway.idempotency import Claim, Idempotency, IdempotencyKey, Replay
+    from gateway.idempotency_redis import RedisIdempotencyStore
+
+    prefix, legacy = f"new-{uuid.uuid4().hex[:8]}:", f"old-{uuid.uuid4().hex[:8]}:"
+    store = RedisIdempotencyStore(redis_server.url, prefix=prefix, legacy_prefix=legacy)
+    clock = ManualClock(time.time())
+    idem = Idempotency(store, clock, _never_charged, retention=60, lease=10)
+    raw = raw_client(redis_server.url)
+    now = int(clock.now() * 1000)
+
+    async def old_gateway_claims(key: str, request_id: str) -> str:
+        name = f"{legacy}{{ws_a}}:idem:{key}"
+        await raw.hset(name, mapping={"state": "in_flight", "hash": "h", "rid": request_id,
+                                      "created": now, "lease": now + 10_000,
+                                      "expires": now + 60_000})
+        return name
+
+    try:
+        done = await old_gateway_claims("k-done", "req_old_1")
+        with pytest.raises(IdempotencyInProgress):  # in flight on the old gateway
+            await idem.claim("ws_a", IdempotencyKey("k-done", "h"), "req_new_1", metered=True)
+        await raw.hset(done, mapping={"state": "done", "kind": "json", "status": 200,
+                                      "headers": "{}", "body": b'{"old":1}'})
+        replay = await idem.claim("ws_a", IdempotencyKey("k-done", "h"), "req_new_2",
+                                  metered=True)
+        assert isinstance(replay, Replay) and replay.response.body == b'{"old":1}'
+        with pytest.raises(IdempotencyKeyReused):
+            await idem.claim("ws_a", IdempotencyKey("k-done", "other"), "req_new_3",
+                             metered=True)
+
+        await old_gateway_claims("k-dead", "req_old_2")
+        clock.advance(11)  # the old gateway died holding it, uncharged: taken over
+        taken = await idem.claim("ws_a", IdempotencyKey("k-dead", "h"), "req_new_4",
+                                 metered=True)
+        assert isinstance(taken, Claim) and taken.request_id == "req_new_4"
+
+        fresh = await idem.claim("ws_a", IdempotencyKey("k-new", "h"), "req_new_5", metered=True)
+        assert isinstance(fresh, Claim)
+        assert await raw.exists(store.name("ws_a", "k-new"))
+        assert not await raw.exists(f"{legacy}{{ws_a}}:idem:k-new")
+    finally:
+        for pattern in (prefix + "*", legacy + "*"):
+            async for name in raw.scan_iter(match=pattern):
+                await raw.delete(name)
+        await raw.aclose()
+        await idem.close()
+
+
+async def _never_charged(request_id: str) -> bool:
+    return False
 
 
 async def test_unmetered_request_runs_when_the_store_is_down() -> None:

@@ -38,7 +38,7 @@ from tests.meter_contract import (
     reply,
 )
 from tests.meter_contract_caps import CapContract, SharedCapContract
-from tests.redis_backend import redis_postgres, redis_sqlite
+from tests.redis_backend import redis_cluster_sqlite, redis_postgres, redis_sqlite
 from tests.redis_backend import redis_url as redis_url  # the session's redis-server (a fixture)
 
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
@@ -99,6 +99,7 @@ BUILDERS: dict[str, Builder] = {
     "sql-postgres": sql_postgres,
     "redis-sqlite": redis_sqlite,
     "redis-postgres": redis_postgres,
+    "redis-cluster-sqlite": redis_cluster_sqlite,
 }
 SHARED = [name for name in BUILDERS if not name.startswith("memory-")]
 

@@ -3,6 +3,7 @@ reserved; shared through Redis; failing open for unmetered requests when Redis i
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,14 @@ import openai
 import pytest
 
 from gateway.catalog import RateLimit
+from gateway.metering.redis_scripts import shard_of
 from gateway.ratelimit import gcra
 from tests import harness
 from tests.conftest import GatewayFactory
 from tests.fake_provider import FakeProvider
 from tests.harness import RunningGateway
 from tests.lifecycle_support import HELLO, admin, chat
+from tests.redis_cluster import raw_client
 from tests.redis_server import RedisServer
 
 LIMITED = "6/60s"
@@ -142,6 +145,27 @@ def test_the_limit_is_shared_across_processes_through_redis(
     _, key = gws[0].workspace("free")
     codes = [chat(gws[i % 2], key, "bookbag-local").status_code for i in range(8)]
     assert codes == [200] * 6 + [429] * 2
+
+
+def test_the_limit_is_shared_across_processes_on_a_redis_cluster(
+    make_gateway: GatewayFactory, limited_pricing: Path, cluster_url: str,
+) -> None:
+    """On the session's Redis Cluster; the state lives under the workspace's shard tag."""
+    env = {"BOOKBAG_PRICING": str(limited_pricing), "BOOKBAG_REDIS_URL": cluster_url}
+    gws = [make_gateway(**env) for _ in range(2)]
+    ws, key = gws[0].workspace("free")
+    codes = [chat(gws[i % 2], key, "bookbag-local").status_code for i in range(8)]
+    assert codes == [200] * 6 + [429] * 2
+
+    async def names() -> list[str]:
+        raw = raw_client(cluster_url)
+        try:
+            return [n.decode() async for n in raw.scan_iter(match="bk:*:rl:*")]
+        finally:
+            await raw.aclose()
+
+    found = asyncio.run(names())
+    assert len(found) == 1 and found[0].startswith(f"bk:{{s{shard_of(ws):02d}}}:rl:key_"), found
 
 
 @pytest.mark.parametrize("meter", ["redis", "sql"])

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from gateway.catalog import load
 from gateway.clock import SystemClock
@@ -71,11 +72,15 @@ async def fire(urls: list[str], key: str, capped: str) -> list[tuple[int, int, s
         return first + list(await asyncio.gather(*(one(i) for i in range(2, REQUESTS))))
 
 
+@pytest.mark.parametrize("topology", ["single", "cluster"])
 def test_two_gateways_on_redis_and_postgres_never_overdraw(
-    tmp_path: Path, provider: FakeProvider
+    tmp_path: Path, provider: FakeProvider, topology: str, request: pytest.FixtureRequest,
 ) -> None:
+    """`cluster`: the session's Redis Cluster (three primaries, tests/redis_cluster.py)."""
     pricing = two_model_pricing(tmp_path / "pricing.toml", provider)
-    redis = RedisServer(tmp_path / "redis").start()
+    redis = RedisServer(tmp_path / "redis")
+    redis_url = redis.start().url if topology == "single" else str(
+        request.getfixturevalue("cluster_url"))
     gateways: list[GatewayProcess] = []
     try:
         with fresh_database() as db_url, contextlib.ExitStack() as cleanup:
@@ -89,7 +94,7 @@ def test_two_gateways_on_redis_and_postgres_never_overdraw(
             roomy = accounts.create_workspace("capped", "enterprise", custom_allotment=10_000)
             capped = accounts.create_key(roomy.id)
             accounts.set_cap(roomy.id, "key", capped.id, CAP)
-            env = base_env(tmp_path, pricing, db_url, BOOKBAG_REDIS_URL=redis.url,
+            env = base_env(tmp_path, pricing, db_url, BOOKBAG_REDIS_URL=redis_url,
                            BOOKBAG_PROVIDER_TIMEOUT="5,30,30", BOOKBAG_HOLD_TTL="60",
                            # Not a fault test: the 0.5 s fail-fast default would turn a
                            # 1,000-request burst on 2 busy cores into 503s.
@@ -127,7 +132,7 @@ def test_two_gateways_on_redis_and_postgres_never_overdraw(
             assert sum(r[1] for r in rows) == charged
             capped_ok = sum(1 for r in results if r[4] and r[1] == 200)
             assert provider.count("/v1/chat/completions") == len(ok) + capped_ok  # no 402 called it
-            print(f"\ntwo gateways: {len(ok)} x 200, {len(results) - len(ok)} x 402, "
+            print(f"\ntwo gateways ({topology}): {len(ok)} x 200, {len(results) - len(ok)} x 402, "
                   f"charged {charged}/{BALANCE} (capped key {capped_charged}/{CAP}), "
                   f"served a={sum(1 for r in ok if r[0] == 0)} b={sum(1 for r in ok if r[0] == 1)}")
     finally:

@@ -36,7 +36,7 @@ from redis.exceptions import ResponseError
 from sqlalchemy import Engine
 
 from gateway.database import apply_entry, transaction
-from gateway.metering.redis_client import ERRORS, Redis, transient
+from gateway.metering.redis_client import ERRORS, Redis, is_cluster, transient
 from gateway.metering.redis_scripts import LEASE, RELEASE, SHARDS, Layout, decode_entry
 from gateway.types import LedgerEntry
 
@@ -64,6 +64,7 @@ class OutboxConsumer:
         self._lease_ms = int(lease_ttl * 1000)
         self._retry = retry
         self._linger = linger  # after a short batch: let entries gather, fewer SQL commits
+        self.poll = 0.05  # Redis Cluster: the wait after reading every stream empty
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lease = client.register_script(LEASE)
         self._release = client.register_script(RELEASE)
@@ -137,10 +138,11 @@ class OutboxConsumer:
         """Take or renew the shard leases (every third of their TTL)."""
         if time.monotonic() - self._renewed < self._lease_ms / 3000:
             return self.owned
-        results = [await self._lease(keys=[lease], args=[self.name, self._lease_ms])
-                   for lease in self._streams.values()]
+        results = [await self._lease_one(lease) for lease in self._streams.values()]
+        if all(r is None for r in results):
+            raise ConnectionError("no shard's lease could be taken: Redis is unreachable")
         for stream, result in zip(self._streams, results, strict=True):
-            if int(result) == 0:
+            if result is None or int(result) == 0:
                 self.owned.discard(stream)
             elif stream not in self.owned:
                 await self._ensure_group(stream)
@@ -148,6 +150,17 @@ class OutboxConsumer:
                 self._to_claim.add(stream)
         self._renewed = time.monotonic()
         return self.owned
+
+    async def _lease_one(self, lease: str) -> int | None:
+        """Take or renew one lease; None when its shard is down (Redis Cluster: the other
+        shards' entries keep moving to SQL; on one node every shard is down at once)."""
+        try:
+            return int(await self._lease(keys=[lease], args=[self.name, self._lease_ms]))
+        except ERRORS as exc:
+            if not is_cluster(self._redis) or not transient(exc):
+                raise
+            log.warning("outbox lease %s: its shard is unreachable (%s)", lease, exc)
+            return None
 
     async def _ensure_group(self, stream: str) -> None:
         try:
@@ -169,11 +182,45 @@ class OutboxConsumer:
         return []
 
     async def read(self) -> list[Message]:
+        if is_cluster(self._redis):
+            return await self._read_each()
         reply = await self._redis.xreadgroup(
             GROUP, self.name, {stream: ">" for stream in sorted(self.owned)},
             count=self._batch, block=self._block_ms)
         return [_message(stream, id_, fields) for stream, entries in reply or []
                 for id_, fields in entries]
+
+    async def _read_each(self) -> list[Message]:
+        """Redis Cluster: one XREADGROUP per stream (each shard tag is its own slot, and a
+        command spanning slots is refused), all at once, without BLOCK (a blocked read would
+        hold up the others); a shard that fails is skipped; when every stream is empty, wait
+        a short `poll` before the next read."""
+        streams = sorted(self.owned)
+        replies = await asyncio.gather(*(self._read_one(stream) for stream in streams),
+                                       return_exceptions=True)
+        batch: list[Message] = []
+        for stream, reply in zip(streams, replies, strict=True):
+            if isinstance(reply, BaseException):  # its shard is down: the others go on
+                if not isinstance(reply, ERRORS):
+                    raise reply
+                log.warning("outbox %s unreadable (%s)", stream, reply)
+                self.owned.discard(stream)  # taken again (and its pending claimed) later
+                self._renewed = 0.0
+                continue
+            batch += [_message(stream, id_, fields) for name, entries in _entries(reply)
+                      for id_, fields in entries]
+        if not batch:
+            await self._pause(min(self._block_ms / 1000, self.poll))
+        return batch
+
+    async def _read_one(self, stream: str) -> object:
+        """XREADGROUP on the stream's primary, named here: left to redis-py, it would ask a
+        node for the command's keys (COMMAND GETKEYS) on every poll. A moved slot fails
+        this read; the stream is leased and read again after a topology refresh."""
+        node = self._redis.get_node_from_key(stream)
+        return await self._redis.execute_command(
+            "XREADGROUP", "GROUP", GROUP, self.name, "COUNT", self._batch, "STREAMS", stream,
+            ">", target_nodes=node)
 
     async def write(self, batch: list[Message]) -> None:
         entries: list[LedgerEntry] = []
@@ -218,6 +265,15 @@ class OutboxConsumer:
 def _appended_ms(stream_id: str) -> int:
     """When Redis appended a stream entry: the milliseconds part of its id (`<ms>-<seq>`)."""
     return int(stream_id.split("-", 1)[0])
+
+
+def _entries(reply: object) -> list[tuple[str, list[tuple[str, dict[str, str] | None]]]]:
+    """XREADGROUP's reply as (stream, entries) pairs (RESP2 gives a list, RESP3 a dict)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [(str(k), v) for k, v in reply.items()]
+    return [(str(k), v) for k, v in reply]  # type: ignore[attr-defined]
 
 
 def _message(stream: str, id_: str, fields: dict[str, str] | None) -> Message:

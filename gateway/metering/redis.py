@@ -38,6 +38,7 @@ from gateway.metering.redis_client import (
     ERRORS,
     Redis,
     advise,
+    is_cluster,
     script_client,
     transient,
     unavailable,
@@ -66,6 +67,7 @@ from gateway.metering.redis_sync import (
     write_entry,
 )
 from gateway.metering.resp import Script
+from gateway.metering.resp_cluster import ClusterScripts
 from gateway.periods import period_of
 from gateway.spend_caps import ledger_cap_used, refusal
 from gateway.types import Balance, Cap, Hold, LedgerEntry
@@ -91,6 +93,8 @@ class RedisMeter:
         breaker: float = 0.5,
         layout: Layout | None = None,
         outbox: OutboxConsumer | None = None,
+        wait_replicas: int = 0,
+        wait_timeout: float = 0.05,
     ) -> None:
         self._redis = client
         self._engine = engine
@@ -102,6 +106,10 @@ class RedisMeter:
         self._breaker = breaker
         self.layout = layout or Layout()
         self._outbox = outbox
+        # WAIT after each settle (BOOKBAG_REDIS_WAIT_REPLICAS): a charge no replica confirmed
+        # in time is "unconfirmed": counted and logged, the reply goes out all the same.
+        self._wait = (wait_replicas, max(1, int(wait_timeout * 1000)))
+        self.unconfirmed = 0  # settles whose WAIT timed out short of `wait_replicas`
         sources = {"caps": CAPS, "reserve": RESERVE, "settle": SETTLE, "void": VOID, "balance": BALANCE,
                    "apply": APPLY, "seed": SEED, "mark": MARK}
         # The scripts go through the pipelined client (redis-py's per-command cost was most
@@ -116,7 +124,10 @@ class RedisMeter:
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._epochs: dict[str, tuple[str, float]] = {}  # request id -> (epoch, expires_at)
         self._doubtful: dict[str, str] = {}  # request id -> workspace: reserves that timed out
-        self._down_until = 0.0
+        # Redis just failed: metered requests get 503 at once for `breaker` seconds (no
+        # pile-up). On a cluster, per shard tag: a shard down stops only its own workspaces.
+        self._cluster = is_cluster(client)
+        self._down_until: dict[str, float] = {}
         self._feed: GrantFeed | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -165,13 +176,38 @@ class RedisMeter:
 
     async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         try:
+            if self._fast is not None and name == "settle" and self._wait[0]:
+                result, acked = await self._fast.evalsha_wait(self._lua[name], keys, args,
+                                                              *self._wait)
+                if acked < self._wait[0]:
+                    self.unconfirmed += 1
+                    log.warning("charge unconfirmed: %s replica(s) of %s acknowledged the "
+                                "settle of %s in time", acked, self._wait[0], args[0])
+                return result
             if self._fast is not None:
                 return await self._fast.evalsha(self._lua[name], keys, args)
             return await self._scripts[name](keys=keys, args=args)
         except ERRORS as exc:
             if transient(exc):
-                self._down_until = time.monotonic() + self._breaker
+                self._down_until[self._breaker_of(keys[0])] = time.monotonic() + self._breaker
             raise unavailable(exc) from exc
+
+    async def _replid(self, key: str) -> str:
+        """Redis Cluster: the replication id of the primary serving `key` (a change of primary
+        is a new epoch, DESIGN "Redis Cluster"); '' on one node, where the shard's `epoch`
+        key alone tells a Redis that restarted without its data."""
+        if not isinstance(self._fast, ClusterScripts):
+            return ""
+        try:
+            return await self._fast.replid(key)
+        except ERRORS as exc:
+            if transient(exc):
+                self._down_until[self._breaker_of(key)] = time.monotonic() + self._breaker
+            raise unavailable(exc) from exc
+
+    def _breaker_of(self, key: str) -> str:
+        """The circuit a key's failure opens: its shard tag on a cluster, else the one node."""
+        return key.split("{", 1)[1].split("}", 1)[0] if self._cluster else ""
 
     async def _once(self, key: str, make: Callable[[], Awaitable[T]]) -> T:
         """One `make()` at a time per key; concurrent callers share its outcome."""
@@ -251,15 +287,17 @@ class RedisMeter:
 
     async def reserve(self, workspace_id: str, credits: int, request_id: str,
                       caps: tuple[Cap, ...] = ()) -> Hold:
-        if time.monotonic() < self._down_until:  # Redis just failed: 503 now, no pile-up
+        keys = self._workspace(workspace_id).reserve
+        if self._down_until and time.monotonic() < self._down_until.get(
+                self._breaker_of(keys[0]), 0.0):  # Redis just failed: 503 now, no pile-up
             raise ServiceUnavailable("The balance store is unreachable; retry shortly.")
         facts = self._facts.get(workspace_id) or await self._facts_of(workspace_id)
         now = self._clock.now()
         start, end = self._current(facts.anchor, now)
         expires_at = now + self._hold_ttl
-        keys = self._workspace(workspace_id).reserve
         seeds: dict[str, int] = {}
         try:
+            replid = await self._replid(keys[0])
             for _ in range(len(caps) + 1):
                 args = [request_id, credits, int(expires_at * 1000), workspace_id, len(caps),
                         *(x for c in caps for x in (c.subject, c.credits, seeds.get(c.subject, "")))]
@@ -287,7 +325,8 @@ class RedisMeter:
                           facts.period_end(result[3], start, end))
         if code == 4:  # pragma: no cover - each round seeds one more cap
             raise ServiceUnavailable("spend cap usage could not be loaded")
-        self._epochs[request_id] = (str(result[4]), expires_at)
+        self._epochs[request_id] = (f"{result[4]}|{replid}" if replid else str(result[4]),
+                                    expires_at)
         return Hold(request_id, workspace_id, credits, int(result[1]), int(result[2]),
                     str(result[3]), expires_at, tuple(c.subject for c in caps))
 
@@ -302,11 +341,19 @@ class RedisMeter:
         charge(entry, hold)
         epoch = self._epochs.pop(hold.request_id, ("", 0.0))
         keys = self._workspace(hold.workspace_id).settle
-        args = [hold.request_id, encode_entry(entry), epoch[0], hold.credits,
+        stored, _, replid = epoch[0].partition("|")
+        args = [hold.request_id, encode_entry(entry), stored, hold.credits,
                 hold.from_allotment, hold.from_topups, hold.period_start]
         for attempt in range(SETTLE_ATTEMPTS):
             try:
                 result = await self._run("settle", keys, args)
+                if int(result[0]) == 0 and replid and args[2] == stored \
+                        and replid != await self._replid(keys[0]):
+                    # Another primary since the reserve (a failover): a new epoch. A hold it
+                    # lacks never replicated: it was lost, not resolved, and is charged
+                    # (unless its settle replicated: the script checks `pending`).
+                    args[2] = "~" + stored
+                    result = await self._run("settle", keys, args)
             except ServiceUnavailable as exc:
                 if attempt + 1 == SETTLE_ATTEMPTS or not transient(exc.__cause__ or exc):
                     self._epochs.setdefault(hold.request_id, epoch)
@@ -454,9 +501,17 @@ class RedisMeter:
             self._feed = GrantFeed(self._engine, low, lag=max(5.0, 3 * self._sync_interval))
         grants, facts = await self._sql(self._feed.read, list(self._facts))
         self._facts.update(facts)
+        shards_down: ServiceUnavailable | None = None
         for grant in grants:
-            if await self._apply_grant(grant) >= 0:  # -1: not in Redis; its seed will include it
-                self._feed.done(grant)
+            try:
+                if await self._apply_grant(grant) >= 0:  # -1: not in Redis; its seed has it
+                    self._feed.done(grant)
+            except ServiceUnavailable as exc:
+                if not self._cluster:
+                    raise
+                shards_down = exc  # its shard is down: the other workspaces' grants go on
+        if shards_down is not None:
+            raise shards_down  # no advance: the grants not applied are read again next time
         await self._run("mark", [self.layout.sync_mark], [self._feed.advance()])
 
     async def _apply_grant(self, grant: Grant) -> int:

@@ -22,7 +22,10 @@ The shard count is part of the layout: changing it moves every key.
 
 The `epoch` tells a hold Redis lost (a restart without persistence: a new
 epoch) from one already resolved (same epoch): settling a lost hold still
-records its charge; settling a resolved one does nothing.
+records its charge; settling a resolved one does nothing. On Redis Cluster the
+epoch of a hold also names the replication id of the primary that took it: after
+a failover the meter sends a changed epoch, so a hold the promoted replica lacks
+(it never replicated) is charged, unless its settle did replicate (`pending`).
 """
 
 from __future__ import annotations
@@ -207,6 +210,7 @@ if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
   return after(1)
 end
 if ARGV[3] == '' or redis.call('GET', KEYS[5]) == ARGV[3] then return after(0) end
+if redis.call('HEXISTS', KEYS[6], ARGV[1]) == 1 then return after(0) end  -- settled, replicated
 redis.call('XADD', KEYS[4], '*', 'e', ARGV[2])
 redis.call('HSET', KEYS[6], ARGV[1], 1)
 if redis.call('EXISTS', KEYS[1]) == 1 then

@@ -152,18 +152,61 @@ class RespClient:
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
 
-    async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Arg], *,
+                      asking: bool = False) -> Any:
+        """`asking`: Redis Cluster's ASK redirection, `ASKING` sent just before (one write)."""
         command = pack(b"EVALSHA", script.sha, len(keys), *keys, *args)
         try:
-            return await self._call(command)
+            return await self._call(command, asking)
         except NoScriptError:  # Redis restarted or its script cache was flushed
-            return await self._call(pack(b"EVAL", script.source, len(keys), *keys, *args))
+            return await self._call(pack(b"EVAL", script.source, len(keys), *keys, *args), asking)
 
-    async def _call(self, command: bytes) -> Any:
+    async def evalsha_wait(self, script: Script, keys: Sequence[str], args: Sequence[Arg],
+                           replicas: int, timeout_ms: int) -> tuple[Any, int]:
+        """The script and `WAIT replicas timeout_ms` in one write on this connection (WAIT
+        counts only this connection's writes): (the script's reply, replicas that have it).
+        WAIT holds up the commands pipelined behind it until the replicas answer."""
+        wait = pack(b"WAIT", replicas, timeout_ms)
         try:
-            return await (await self._connected()).send(command)
+            return await self._pair(pack(b"EVALSHA", script.sha, len(keys), *keys, *args), wait)
+        except NoScriptError:
+            return await self._pair(pack(b"EVAL", script.source, len(keys), *keys, *args), wait)
+
+    async def _pair(self, first: bytes, second: bytes) -> tuple[Any, int]:
+        try:
+            return await self._send_pair(await self._connected(), first, second)
+        except RedisConnectionError:  # as `_call`: once more on a new connection
+            return await self._send_pair(await self._connected(), first, second)
+
+    @staticmethod
+    async def _send_pair(connection: _Connection, first: bytes, second: bytes
+                         ) -> tuple[Any, int]:
+        one, two = connection.send(first), connection.send(second)
+        try:
+            result = await one
+        except BaseException:
+            two.cancel()  # its reply is read and dropped
+            raise
+        return result, int(await two)
+
+    async def command(self, *args: Arg) -> Any:
+        """Any other command on the same pipelined connection (INFO, WAIT)."""
+        return await self._call(pack(*args))
+
+    async def _call(self, command: bytes, asking: bool = False) -> Any:
+        try:
+            return await self._send(await self._connected(), command, asking)
         except RedisConnectionError:  # a connection that died with a Redis restart: once more
-            return await (await self._connected()).send(command)
+            return await self._send(await self._connected(), command, asking)
+
+    @staticmethod
+    async def _send(connection: _Connection, command: bytes, asking: bool) -> Any:
+        if not asking:
+            return await connection.send(command)
+        ask = connection.send(pack(b"ASKING"))
+        reply = connection.send(command)  # the same loop turn: written together, in order
+        await ask
+        return await reply
 
     async def _connected(self) -> _Connection:
         connection = self._connection

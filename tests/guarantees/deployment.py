@@ -6,7 +6,8 @@
         figures = dep.check("name", history)  # settle down, read the stores, check, emit
 
 meter: `embedded` (the default: SQLite, balances in memory), `sql` (balance
-and hold rows), `redis` (Redis with AOF unless `redis_aof=False`).
+and hold rows), `redis` (Redis with AOF unless `redis_aof=False`), `redis-cluster`
+(tests/redis_cluster.py: three primaries with a replica each).
 sql: `sqlite`, `postgres` (a fresh database on the machine's server) or
 `private-postgres` (a server of the test's own, to stop and start).
 `proxy_redis` / `proxy_sql` put a `FaultProxy` between the gateway and that
@@ -28,6 +29,7 @@ from tests.guarantees.history import Figures, History
 from tests.guarantees.observe import observe_and_check
 from tests.guarantees.process import HOLD_TTL, SWEEP, GatewayProcess, base_env
 from tests.postgres import PostgresServer, fresh_database
+from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer
 
 
@@ -42,6 +44,7 @@ class Deployment:
     redis_proxy: FaultProxy | None = None
     sql_proxy: FaultProxy | None = None
     closers: list[Any] = field(default_factory=list)
+    cluster: RedisCluster | None = None
 
     @property
     def url(self) -> str:
@@ -50,7 +53,13 @@ class Deployment:
     def check(self, name: str, history: History, **extra: Any) -> Figures:
         return observe_and_check(name, history, url=self.url, database_url=self.database_url,
                                  accounts=self.accounts, hold_ttl=HOLD_TTL, sweep=SWEEP,
-                                 redis_url=self.redis.url if self.redis else None, **extra)
+                                 redis_url=self.redis_url, **extra)
+
+    @property
+    def redis_url(self) -> str | None:
+        if self.cluster is not None:
+            return self.cluster.url
+        return self.redis.url if self.redis else None
 
 
 def _through(proxy: FaultProxy, url: str, port: int) -> str:
@@ -82,6 +91,7 @@ def deployment(tmp: Path, pricing: Path, *, meter: str = "embedded", sql: str = 
             stack.callback(sql_proxy.stop)
             gateway_db = _through(sql_proxy, database_url, port)
         redis: RedisServer | None = None
+        cluster: RedisCluster | None = None
         redis_proxy = None
         if meter == "redis":
             redis = RedisServer(tmp / "redis", aof=redis_aof).start()
@@ -92,9 +102,14 @@ def deployment(tmp: Path, pricing: Path, *, meter: str = "embedded", sql: str = 
                 stack.callback(redis_proxy.stop)
                 redis_url = _through(redis_proxy, redis.url, redis.port)
             env["BOOKBAG_REDIS_URL"] = redis_url
+        elif meter == "redis-cluster":  # three primaries with a replica each, no AOF
+            cluster = RedisCluster(tmp / "cluster").start()
+            stack.callback(cluster.stop)
+            env["BOOKBAG_REDIS_URL"] = cluster.url
         elif meter == "sql":
             env["BOOKBAG_METER"] = "sql"
         made = create_accounts(database_url, pricing, accounts, allotment, topups)
         gateway = GatewayProcess(tmp, base_env(tmp, pricing, gateway_db, **env))
         stack.callback(gateway.stop)  # first out: the gateway stops before its stores
-        yield Deployment(tmp, database_url, gateway, made, redis, pg, redis_proxy, sql_proxy)
+        yield Deployment(tmp, database_url, gateway, made, redis, pg, redis_proxy, sql_proxy,
+                         cluster=cluster)

@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import httpx
-import redis
 from sqlalchemy import Engine
 
 from gateway.database import make_engine, transaction
@@ -20,6 +19,7 @@ from gateway.metering.redis_scripts import SHARDS, Layout
 from gateway.schema import LEDGER_COLUMNS
 from tests.guarantees.client import Account
 from tests.guarantees.history import Figures, History, Observed, check
+from tests.redis_cluster import sync_client
 
 
 def ledger_rows(engine: Engine, workspace_ids: Iterable[str]) -> list[dict[str, Any]]:
@@ -48,7 +48,7 @@ def redis_holds(url: str, workspace_ids: Iterable[str], layout: Layout | None = 
     """Holds in the Redis meter's shard hashes (each value starts with its workspace id)."""
     layout = layout or Layout()
     counts = {ws: 0 for ws in workspace_ids}
-    client = redis.Redis.from_url(url, socket_timeout=5, decode_responses=True)
+    client = sync_client(url)  # one node or a cluster
     try:
         for i in range(SHARDS):
             for value in client.hvals(layout.shard(i).holds):

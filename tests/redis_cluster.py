@@ -1,0 +1,217 @@
+"""A Redis Cluster of the test's own on loopback: six redis-server processes in cluster mode,
+three primaries with one replica each, built with CLUSTER commands (no redis-cli needed).
+
+    cluster = RedisCluster(tmp_path).start()
+    cluster.url                      # redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...
+    cluster.primary_of(slot)         # the RedisServer serving a slot now (kill, pause ...)
+    cluster.replica_of(server)       # its replica
+    cluster.wait_for_failover(old)   # until a replica took over the dead primary's slots
+    cluster.stop()
+
+Slots are assigned as docs/deployment.md documents (`SLOT_RANGES`), so the gateway's
+sixteen shard tags `{s00}`..`{s15}` split 6/5/5 over the three primaries instead of the
+8/4/4 of an even split of the slot space.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tests.redis_server import RedisServer
+
+# The gateway's shard tags by slot: {s14} 299, {s10} 431, {s07} 633, {s03} 765, {s15} 4362,
+# {s11} 4494 | {s06} 4696, {s02} 4828, {s12} 8685, {s05} 8763, {s01} 8895 | {s09} 9143,
+# {s13} 12748, {s04} 12826, {s00} 12958, {s08} 13206.
+SLOT_RANGES = ((0, 4600), (4601, 9000), (9001, 16383))
+
+
+def _bus_port_pair() -> int:
+    """A free port below 55536 whose cluster bus port (+10000) is free too."""
+    for _ in range(200):
+        port = random.randint(20000, 55535)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+                return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class RedisCluster:
+    def __init__(self, directory: Path, *, node_timeout_ms: int = 2000, aof: bool = False) -> None:
+        self.node_timeout_ms = node_timeout_ms
+        extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                 "--cluster-node-timeout", str(node_timeout_ms),
+                 "--cluster-require-full-coverage", "no", "--repl-diskless-sync-delay", "0"]
+        self.nodes = [RedisServer(directory / f"node{i}", aof=aof, extra=extra)
+                      for i in range(2 * len(SLOT_RANGES))]
+        for node in self.nodes:  # the cluster bus listens on port + 10000
+            node.port = _bus_port_pair()
+            node.url = f"redis://127.0.0.1:{node.port}/0"
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        self._ids: dict[int, str] = {}
+
+    def _client(self, server: RedisServer) -> redis.Redis:
+        return redis.Redis(port=server.port, socket_timeout=2, socket_connect_timeout=2,
+                           decode_responses=True)
+
+    def _call(self, server: RedisServer, *args: object) -> object:
+        client = self._client(server)
+        try:
+            return client.execute_command(*args)
+        finally:
+            client.close()
+
+    def start(self, timeout: float = 30.0) -> RedisCluster:
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()  # no redis-server left behind by a start that failed half-way
+            raise
+
+    def _start(self, timeout: float) -> RedisCluster:
+        for node in self.nodes:
+            node.start()
+            self._ids[node.port] = str(self._call(node, "CLUSTER", "MYID"))
+        primaries, replicas = self.nodes[:len(SLOT_RANGES)], self.nodes[len(SLOT_RANGES):]
+        for node in self.nodes[1:]:
+            self._call(node, "CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port)
+        for node, (low, high) in zip(primaries, SLOT_RANGES, strict=True):
+            self._call(node, "CLUSTER", "ADDSLOTSRANGE", low, high)
+        self._until(lambda: all(self._knows_all(n) for n in self.nodes), timeout, "meet")
+        for replica, primary in zip(replicas, primaries, strict=True):
+            self._call(replica, "CLUSTER", "REPLICATE", self._ids[primary.port])
+        self._until(self._healthy, timeout, "cluster_state:ok with every replica in sync")
+        return self
+
+    def _knows_all(self, node: RedisServer) -> bool:
+        lines = str(self._call(node, "CLUSTER", "NODES")).splitlines()
+        return len(lines) == len(self.nodes) and "handshake" not in "".join(lines)
+
+    def _healthy(self) -> bool:
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            info = str(self._call(node, "CLUSTER", "INFO"))
+            if "cluster_state:ok" not in info:
+                return False
+        primaries = self.primaries()  # every node's view: a replica of each primary, in sync
+        return len(primaries) == len(SLOT_RANGES) and all(
+            self._replica_synced(self.replica_of(p)) for p in primaries)
+
+    def _replica_synced(self, replica: RedisServer | None) -> bool:
+        if replica is None or replica.proc is None:
+            return False
+        info = self._client(replica).info("replication")
+        return info.get("master_link_status") == "up"
+
+    def _until(self, check: object, timeout: float, what: str) -> None:
+        assert callable(check)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if check():
+                    return
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, LookupError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Redis cluster did not reach {what} in {timeout:g}s")
+            time.sleep(0.05)
+
+    def _by_id(self) -> dict[str, RedisServer]:
+        return {self._ids[n.port]: n for n in self.nodes}
+
+    def _topology(self) -> list[list[str]]:
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            try:
+                return [line.split() for line in
+                        str(self._call(node, "CLUSTER", "NODES")).splitlines()]
+            except (redis.ConnectionError, redis.TimeoutError):
+                continue
+        raise RuntimeError("no cluster node answers")
+
+    def primaries(self) -> list[RedisServer]:
+        by_id = self._by_id()
+        return [by_id[f[0]] for f in self._topology()
+                if "master" in f[2] and "fail" not in f[2] and len(f) > 8]
+
+    def primary_of(self, slot: int) -> RedisServer:
+        by_id = self._by_id()
+        for f in self._topology():
+            if "master" not in f[2] or "fail" in f[2]:
+                continue
+            for part in f[8:]:
+                low, _, high = part.partition("-")
+                if int(low) <= slot <= int(high or low):
+                    return by_id[f[0]]
+        raise LookupError(f"no primary serves slot {slot}")
+
+    def replica_of(self, primary: RedisServer) -> RedisServer | None:
+        by_id = self._by_id()
+        for f in self._topology():
+            if "slave" in f[2] and f[3] == self._ids[primary.port]:
+                return by_id[f[0]]
+        return None
+
+    def wait_for_failover(self, slot: int, old: RedisServer, timeout: float = 30.0) -> RedisServer:
+        """Until a live node other than `old` serves `slot` (its replica was promoted)."""
+        found: list[RedisServer] = []
+
+        def promoted() -> bool:
+            node = self.primary_of(slot)
+            if node is old or node.proc is None:
+                return False
+            info = str(self._call(node, "CLUSTER", "INFO"))
+            found[:] = [node]
+            return "cluster_state:ok" in info
+
+        self._until(promoted, timeout, f"a new primary for slot {slot}")
+        return found[0]
+
+    def flush(self) -> None:
+        """Every key gone (FLUSHALL on each primary): a test of gateways starts from nothing,
+        as the gateways' shard keys (outbox, holds, sync mark) have no per-test prefix."""
+        for node in self.primaries():
+            self._call(node, "FLUSHALL")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def raw_client(url: str) -> Any:
+    """A plain redis-py asyncio client (bytes replies) for a single-node or cluster URL."""
+    import redis.asyncio as aioredis
+    from redis.asyncio.cluster import ClusterNode
+    from redis.asyncio.cluster import RedisCluster as AsyncCluster
+
+    from gateway.metering.redis_client import cluster_url
+
+    cluster = cluster_url(url)
+    if cluster is None:
+        return aioredis.Redis.from_url(url)
+    return AsyncCluster(startup_nodes=[ClusterNode(h, p) for h, p in cluster.seeds])
+
+
+def sync_client(url: str) -> Any:
+    """A plain synchronous redis-py client (str replies) for a single-node or cluster URL."""
+    from redis.cluster import ClusterNode as SyncNode
+    from redis.cluster import RedisCluster as SyncCluster
+
+    from gateway.metering.redis_client import cluster_url
+
+    cluster = cluster_url(url)
+    if cluster is None:
+        return redis.Redis.from_url(url, socket_timeout=5, decode_responses=True)
+    return SyncCluster(startup_nodes=[SyncNode(h, p) for h, p in cluster.seeds],
+                       socket_timeout=5, decode_responses=True)

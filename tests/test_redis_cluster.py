@@ -1,0 +1,209 @@
+"""Redis Cluster (issue 17): the URL form, and what only the cluster does.
+
+The Meter contract suite (tests/test_meter_contract.py, backend `redis-cluster-sqlite`),
+the two-gateway no-overdraft test and the Redis idempotency tests also run on the
+session's cluster (tests/redis_cluster.py: three primaries with a replica each).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from redis.crc import key_slot
+
+from gateway.clock import ManualClock
+from gateway.errors import ServiceUnavailable
+from gateway.metering.cluster_url import ClusterUrl, cluster_url
+from gateway.metering.redis import RedisMeter
+from gateway.metering.redis_client import connect
+from gateway.metering.redis_scripts import shard_of
+from gateway.settings import Settings, SettingsError
+from tests.conftest import GatewayFactory, service_missing
+from tests.fake_provider import FakeProvider
+from tests.harness import RunningGateway
+from tests.meter_contract import HOLD_TTL, START, allotment_for, catalog, reply
+from tests.redis_backend import IDLE, redis_backend
+from tests.redis_cluster import RedisCluster
+
+
+def test_the_cluster_url_names_its_seeds_credentials_and_tls() -> None:
+    assert cluster_url("redis://127.0.0.1:6379/0") is None
+    assert cluster_url("redis+cluster://a:7000,b:7001,c") == ClusterUrl(
+        (("a", 7000), ("b", 7001), ("c", 6379)), None, None, False)
+    assert cluster_url("rediss+cluster://user:p%40ss:w@h1:7000,h2:7001/0") == ClusterUrl(
+        (("h1", 7000), ("h2", 7001)), "user", "p@ss:w", True)
+    assert cluster_url("redis+cluster://[::1]:7000") == ClusterUrl(
+        (("::1", 7000),), None, None, False)
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("redis+cluster://a:7000,:7001", "has no host"),
+    ("redis+cluster://a:notaport", "bad port"),
+    ("redis+cluster://a:7000/3", "only database 0"),
+])
+def test_a_malformed_cluster_url_is_refused_at_startup(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        cluster_url(url)
+    with pytest.raises(SettingsError, match="BOOKBAG_REDIS_URL: .*" + message):
+        Settings.from_env({"BOOKBAG_REDIS_URL": url})
+
+
+# --- a shard down -----------------------------------------------------------------------
+
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+LOCAL = {**BODY, "model": "bookbag-local"}
+
+
+def chat(gw: RunningGateway, key: str, body: dict[str, object]) -> httpx.Response:
+    with gw.client(key) as c:
+        return c.post("/v1/chat/completions", json=body)
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A cluster of this test's own (it kills nodes); asked for before `make_gateway`, so
+    it outlives the gateways."""
+    if shutil.which("redis-server") is None:
+        service_missing("redis-server (apt-get install redis-server)")
+    cluster = RedisCluster(tmp_path / "cluster").start()
+    yield cluster
+    cluster.stop()
+
+
+def test_a_shard_down_stops_only_its_own_workspaces_metered_requests(
+    own_cluster: RedisCluster, make_gateway: GatewayFactory, provider: FakeProvider,
+) -> None:
+    gw = make_gateway(BOOKBAG_REDIS_URL=own_cluster.url)
+    assert type(gw.gw.meter).__name__ == "RedisMeter"
+    workspaces = [gw.workspace("free") for _ in range(40)]
+    down_slot = key_slot(f"{{s{shard_of(workspaces[0][0]):02d}}}".encode())
+    primary = own_cluster.primary_of(down_slot)
+    replica = own_cluster.replica_of(primary)
+    on_down = [w for w in workspaces
+               if own_cluster.primary_of(key_slot(f"{{s{shard_of(w[0]):02d}}}".encode()))
+               is primary]
+    elsewhere = [w for w in workspaces if w not in on_down]
+    assert on_down and elsewhere
+    for _, key in (on_down[0], elsewhere[0]):  # both served (and seeded) before
+        assert chat(gw, key, BODY).status_code == 200
+
+    assert replica is not None
+    replica.kill()  # the whole shard: no replica to promote
+    primary.kill()
+
+    for _, key in on_down[:3]:
+        r = chat(gw, key, BODY)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "service_unavailable"
+        assert chat(gw, key, LOCAL).status_code == 200  # unmetered keeps working
+    for _, key in elsewhere[:3]:
+        r = chat(gw, key, BODY)
+        assert r.status_code == 200, r.text
+        assert chat(gw, key, LOCAL).status_code == 200
+    # Top-ups written straight to SQL (the CLI) reach the other shards' workspaces, even
+    # when a grant of a workspace on the dead shard comes first.
+    for ws, _ in (on_down[0], elsewhere[0]):
+        assert gw.accounts.apply(gw.accounts.topup_entry(ws, 50, ref=f"cli-{ws}"))
+    with pytest.raises(ServiceUnavailable):
+        gw.run(gw.gw.meter.sync())
+    assert gw.balance(elsewhere[0][1])["topups_remaining"] == 50
+    # Their charges still reach SQL: the outbox consumer goes on with the other shards.
+    assert len(gw.wait_ledger(elsewhere[0][0], 3, timeout=15)) == 3  # 2 metered + 1 local
+    charged_down = [row for row in gw.ledger(on_down[0][0]) if row["billing_mode"] == "metered"]
+    assert len(charged_down) <= 1  # the one before the shard went down, nothing since
+
+
+# --- failover: a new epoch ----------------------------------------------------------------
+
+
+async def test_a_hold_lost_in_a_failover_is_charged_at_settle(
+    own_cluster: RedisCluster, tmp_path: Path,
+) -> None:
+    """A hold acknowledged by a primary that died before replicating it: the promoted
+    replica lacks it. Its primary's replication id changed (a new epoch), so the settle
+    charges it (the reply was delivered) instead of taking it as already resolved."""
+    backend = redis_backend("cluster-failover", f"sqlite:///{tmp_path / 'meter.db'}",
+                            own_cluster.url, ManualClock(START))
+    try:
+        meter = await backend.meter()
+        ws = await backend.workspace(allotment=10)
+        await meter.balance(ws)  # seeded
+        slot = key_slot(f"{{s{shard_of(ws):02d}}}".encode())
+        primary = own_cluster.primary_of(slot)
+        replica = own_cluster.replica_of(primary)
+        assert replica is not None
+        direct = redis.Redis(port=primary.port, socket_timeout=5)
+        assert direct.execute_command("WAIT", 1, 5000) == 1  # the seed is on the replica
+        replica.pause()
+        direct.execute_command("CLIENT", "KILL", "TYPE", "replica")  # nothing more replicates
+        direct.close()
+
+        hold = await meter.reserve(ws, 3, "lost-in-failover")
+        primary.kill()
+        replica.resume()
+        redis.Redis(port=replica.port, socket_timeout=5).execute_command(
+            "CLUSTER", "FAILOVER", "TAKEOVER")
+        assert own_cluster.wait_for_failover(slot, primary) is replica
+
+        await meter.settle(hold, reply(hold))
+        await backend.flush()
+        with backend.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT credits FROM ledger WHERE request_id = 'lost-in-failover'").fetchall()
+        assert [r[0] for r in rows] == [3]
+        assert (await meter.balance(ws)).available == 7
+    finally:
+        await backend.close()
+
+
+# --- WAIT: a settle confirmed by a replica ------------------------------------------------
+
+
+async def test_a_settle_no_replica_confirms_in_time_is_counted_unconfirmed(
+    own_cluster: RedisCluster, tmp_path: Path,
+) -> None:
+    """BOOKBAG_REDIS_WAIT_REPLICAS=1: WAIT goes in the settle's pipeline on the per-node
+    connection; with the replica paused it times out and the charge is "unconfirmed"
+    (counted and logged), and the settle itself stands."""
+    clock = ManualClock(START)
+    backend = redis_backend("cluster-wait", f"sqlite:///{tmp_path / 'meter.db'}",
+                            own_cluster.url, clock)
+    meter = RedisMeter(connect(own_cluster.url, timeout=2.0), backend.engine, clock,
+                       allotment_for(catalog()), hold_ttl=HOLD_TTL, sync_interval=IDLE,
+                       sweep_interval=IDLE, breaker=2.0, wait_replicas=1, wait_timeout=0.2)
+    try:
+        ws = await backend.workspace(allotment=10)
+        hold = await meter.reserve(ws, 1, "confirmed")
+        await meter.settle(hold, reply(hold))
+        assert meter.unconfirmed == 0
+
+        replica = own_cluster.replica_of(
+            own_cluster.primary_of(key_slot(f"{{s{shard_of(ws):02d}}}".encode())))
+        assert replica is not None
+        replica.pause()
+        try:
+            hold = await meter.reserve(ws, 2, "unconfirmed")
+            await meter.settle(hold, reply(hold))
+            assert meter.unconfirmed == 1
+        finally:
+            replica.resume()
+        hold = await meter.reserve(ws, 3, "confirmed-again")
+        await meter.settle(hold, reply(hold))
+        assert meter.unconfirmed == 1
+        assert (await meter.balance(ws)).available == 4  # every settle stood
+    finally:
+        await meter.close()
+        await backend.close()
+
+
+def test_the_wait_timeout_must_be_below_the_redis_timeout() -> None:
+    with pytest.raises(SettingsError, match="BOOKBAG_REDIS_WAIT_TIMEOUT"):
+        Settings.from_env({"BOOKBAG_REDIS_URL": "redis://x", "BOOKBAG_REDIS_WAIT_REPLICAS": "1",
+                           "BOOKBAG_REDIS_WAIT_TIMEOUT": "0.5", "BOOKBAG_REDIS_TIMEOUT": "0.5"})
+    settings = Settings.from_env({"BOOKBAG_REDIS_WAIT_REPLICAS": "1"})
+    assert (settings.redis_wait_replicas, settings.redis_wait_timeout) == (1, 0.05)
