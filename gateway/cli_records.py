@@ -22,14 +22,14 @@ console = Console()  # the CLI's stdout (tests narrow or widen it)
 
 FIRST = ("id", "workspace_id", "name")
 WORKSPACE_FIELDS = ("id", "name", "plan", "custom_allotment", "suspended", "anchor_date",
-                    "rate_limit", "byo_enabled", "low_fractions", "pending_plan",
+                    "rate_limit", "byo_enabled", "low_fractions", "alert_thresholds", "pending_plan",
                     "pending_custom_allotment", "pending_from", "created_ms")
 # `workspace list` as a table: what tells workspaces apart (`--json` and `show` have every field)
 WORKSPACE_COLUMNS = ("id", "name", "plan", "suspended", "anchor_date", "pending_plan",
                      "created_ms")
-TIMES = frozenset({"created_ms", "revoked_ms", "updated_ms", "delivered_ms", "next_attempt_ms"})
+TIMES = frozenset({"created_ms", "expires_ms", "revoked_ms", "updated_ms", "delivered_ms", "next_attempt_ms"})
 KEY_FIELDS = ("id", "workspace_id", "prefix", "agent_id", "scopes", "rate_limit", "created_ms",
-              "revoked_ms")
+              "expires_ms", "revoked_ms")
 
 
 def ordered(data: Any) -> Any:

@@ -75,7 +75,6 @@ def register(app: typer.Typer, h: Helpers) -> None:
         """Run the gateway (creates the schema of an empty database)."""
         import uvicorn
 
-        from gateway.http_protocol import protocol_for
         from gateway.reconcile import SqlBalances
 
         export_env({"BOOKBAG_HOST": host, "BOOKBAG_PORT": port,
@@ -111,7 +110,8 @@ def register(app: typer.Typer, h: Helpers) -> None:
             port=settings.port,
             workers=workers if workers > 1 else None,
             loop="uvloop",
-            http=protocol_for(settings),  # httptools; malformed HTTP refused in the OpenAI error shape
+            # httptools; malformed HTTP and oversized heads refused in the OpenAI error shape
+            http="gateway.http_protocol:EnvHttpProtocol",
             access_log=False,
             proxy_headers=False,  # no client address is read; the dashboard reads X-Forwarded-Proto itself
             log_level=settings.log_level,

@@ -16,6 +16,8 @@ closes the connection, so nothing of the head is kept.
 from __future__ import annotations
 
 import asyncio
+import functools
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -132,3 +134,19 @@ def protocol_for(settings: Settings) -> type[GatewayHttpProtocol]:
         "max_headers": settings.max_headers,
         "header_timeout": settings.header_timeout,
     })
+
+
+@functools.cache
+def _limits_from_env() -> tuple[int, int, float]:
+    settings = Settings.from_env()
+    return settings.max_header_bytes, settings.max_headers, settings.header_timeout
+
+
+class EnvHttpProtocol(GatewayHttpProtocol):
+    """What `serve` names to uvicorn: the head limits read from the environment `serve`
+    exported, once per process. uvicorn imports a protocol by name in each worker process
+    (`--workers N`); a class built by `protocol_for` cannot be sent there."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_header_bytes, self.max_headers, self.header_timeout = _limits_from_env()

@@ -192,6 +192,9 @@ def sqlite_settings(tmp_path: Path, pricing: Path, **overrides: Any) -> Settings
         "BOOKBAG_PORT": str(free_port()),
         # Never the working directory, even for a PostgreSQL URL.
         "BOOKBAG_SPOOL_PATH": str(tmp_path / "spool.jsonl"),
+        # Concurrency tests fire bursts of 100-1,000 at one workspace; the per-workspace
+        # in-flight cap (default 64) has its own tests (tests/test_inflight.py).
+        "BOOKBAG_MAX_INFLIGHT_PER_WORKSPACE": "0",
     }
     env.update({k: str(v) for k, v in overrides.items()})
     return Settings.from_env(env)

@@ -563,6 +563,38 @@ class MeterContract:
         assert len({r["request_id"] for r in settled}) == len(settled)
 
 
+async def in_threads(backend: MeterBackend, count: int,
+                     work: Callable[[Meter, int], Awaitable[None]]) -> list[BaseException]:
+    """Run `work(meter, n)` on `count` threads, each with its own event loop and its own meter
+    (connections and all), as that many gateway processes would, released together by a
+    barrier; the exceptions any of them raised."""
+    barrier = threading.Barrier(count)
+    crashed: list[BaseException] = []
+
+    async def process(n: int) -> None:
+        meter = backend.make(backend.clock)
+        await meter.start()
+        try:
+            await asyncio.to_thread(barrier.wait, 30)
+            await work(meter, n)
+        finally:
+            await meter.close()
+
+    def run(n: int) -> None:
+        try:
+            asyncio.run(process(n))
+        except BaseException as exc:
+            crashed.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        await asyncio.to_thread(t.join, 60)
+    return crashed
+
+
 class SharedMeterContract:
     """Backends that several gateway processes serve at once (each meter has its own connections)."""
 
@@ -571,31 +603,12 @@ class SharedMeterContract:
     ) -> None:
         """Four meters, each on its own thread with its own event loop, as four processes would."""
         ws = await backend.workspace(allotment=50)
-        barrier = threading.Barrier(4)
         outcomes: list[tuple[list[Hold], list[BaseException]]] = []
-        crashed: list[BaseException] = []
 
-        async def process(n: int) -> None:
-            meter = backend.make(backend.clock)
-            await meter.start()
-            try:
-                await asyncio.to_thread(barrier.wait, 30)
-                outcomes.append(await reserve_many(meter, ws, 50, prefix=f"p{n}"))
-            finally:
-                await meter.close()
+        async def work(meter: Meter, n: int) -> None:
+            outcomes.append(await reserve_many(meter, ws, 50, prefix=f"p{n}"))
 
-        def run(n: int) -> None:
-            try:
-                asyncio.run(process(n))
-            except BaseException as exc:
-                crashed.append(exc)
-                barrier.abort()
-
-        threads = [threading.Thread(target=run, args=(n,)) for n in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            await asyncio.to_thread(t.join, 60)
+        crashed = await in_threads(backend, 4, work)
         assert not crashed, crashed
         assert len(outcomes) == 4
         holds = [h for got, _ in outcomes for h in got]

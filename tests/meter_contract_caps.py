@@ -9,7 +9,6 @@ balance's refusal wins; caps reset with the period.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Sequence
 
 import pytest
@@ -17,7 +16,7 @@ import pytest
 from gateway.errors import InsufficientCredits, SpendCapReached
 from gateway.metering.base import Meter
 from gateway.types import Cap, Hold
-from tests.meter_contract import MeterBackend, reply
+from tests.meter_contract import MeterBackend, in_threads, reply
 
 KEY = Cap("key:key_a", 20)
 AGENT = Cap("agent:planner", 30)
@@ -94,32 +93,13 @@ class SharedCapContract:
             self, backend: MeterBackend) -> None:
         """Four meters, each on a thread with its own loop and connections, as processes."""
         ws = await backend.workspace(allotment=1000)
-        barrier = threading.Barrier(4)
         held: list[int] = []
-        crashed: list[BaseException] = []
 
-        async def process(n: int) -> None:
-            meter = backend.make(backend.clock)
-            await meter.start()
-            try:
-                await asyncio.to_thread(barrier.wait, 30)
-                holds, _ = await gather_reserves([meter], ws, 25, (Cap("key:key_p", 37),), f"t{n}")
-                held.append(len(holds))
-            finally:
-                await meter.close()
+        async def work(meter: Meter, n: int) -> None:
+            holds, _ = await gather_reserves([meter], ws, 25, (Cap("key:key_p", 37),), f"t{n}")
+            held.append(len(holds))
 
-        def run(n: int) -> None:
-            try:
-                asyncio.run(process(n))
-            except BaseException as exc:
-                crashed.append(exc)
-                barrier.abort()
-
-        threads = [threading.Thread(target=run, args=(n,)) for n in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            await asyncio.to_thread(t.join, 60)
+        crashed = await in_threads(backend, 4, work)
         assert not crashed, crashed
         assert sum(held) == 37
         assert (await (await backend.meter()).balance(ws)).reserved == 37

@@ -7,6 +7,7 @@ from starlette.responses import Response
 
 from gateway.admission import dry_run
 from gateway.endpoints.http import (
+    authenticate,
     endpoint,
     gateway,
     headers_of,
@@ -21,8 +22,7 @@ from gateway.validation import chat_request, parse_json
 
 @endpoint
 async def completions(request: Request, headers: dict[str, str]) -> Response:
-    # From the headers, before the body; counts nothing (the dry-run reports verdicts instead).
-    caller = await resolve_key(request, "inference")
+    caller = await authenticate(request, "inference")  # from the headers, before the body
     raw = await read_body(request)
     body = parse_json(raw)
     given = headers_of(request)

@@ -49,6 +49,8 @@ def base_env(tmp: Path, pricing: Path, database_url: str | None = None,
         "BOOKBAG_ADMIN_TOKEN": ADMIN_TOKEN,
         "BOOKBAG_SPOOL_PATH": str(tmp / "spool.jsonl"),
         "OPENAI_API_KEY": OPENAI_KEY,
+        # Load and fault runs fire bursts at one workspace; the in-flight cap is tested alone.
+        "BOOKBAG_MAX_INFLIGHT_PER_WORKSPACE": "0",
     })
     env.update({k: str(v) for k, v in overrides.items()})
     return env

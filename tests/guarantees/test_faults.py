@@ -17,6 +17,7 @@ long ones (`@pytest.mark.slow`) with `make guarantees`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -101,9 +102,11 @@ def test_gateway_sigkilled_under_load_long(tmp_path: Path, pricing: Path, kind: 
 # --- Redis restarted -----------------------------------------------------------------------
 
 
-def in_flight(url: str, workspaces: list[str]) -> tuple[int, int]:
-    """(credits reserved by holds, outbox entries not yet in SQL) of these workspaces."""
-    client = redis.Redis.from_url(url, socket_timeout=5, decode_responses=True)
+def in_flight(url: str, workspaces: list[str], *, cluster: bool = False) -> tuple[int, int]:
+    """(credits reserved by holds, outbox entries not yet in SQL) of these workspaces, on a
+    single node or (cluster=True) a Redis Cluster."""
+    client = sync_client(url) if cluster else redis.Redis.from_url(
+        url, socket_timeout=5, decode_responses=True)
     layout = Layout()
     try:
         reserved = sum(int(client.hget(layout.bal(ws), "reserved") or 0) for ws in workspaces)
@@ -371,18 +374,6 @@ def test_fault_proxy_long(tmp_path: Path, pricing: Path, which: str) -> None:
 # --- a Redis Cluster primary killed: its replica takes over ---------------------------------
 
 
-def cluster_in_flight(url: str, workspaces: list[str]) -> tuple[int, int]:
-    """(credits held, outbox entries not yet in SQL) on the cluster, read just before the kill."""
-    client = sync_client(url)
-    layout = Layout()
-    try:
-        reserved = sum(int(client.hget(layout.bal(ws), "reserved") or 0) for ws in workspaces)
-        backlog = sum(int(client.xlen(layout.shard(i).outbox)) for i in range(SHARDS))
-    finally:
-        client.close()
-    return reserved, backlog
-
-
 async def failover_run(dep: Deployment, name: str, seconds: float, kill_at: float) -> None:
     cluster = dep.cluster
     assert cluster is not None
@@ -399,7 +390,7 @@ async def failover_run(dep: Deployment, name: str, seconds: float, kill_at: floa
         primary = cluster.primary_of(slot)
         ws = [a.workspace_id for a in dep.accounts]
         marks["reserved"], marks["backlog"] = await asyncio.to_thread(
-            cluster_in_flight, cluster.url, ws)
+            functools.partial(in_flight, cluster=True), cluster.url, ws)
         await asyncio.to_thread(primary.kill)  # kill -9: what did not replicate is lost
         marks["killed"] = time.monotonic()
         await asyncio.to_thread(cluster.wait_for_failover, slot, primary)
