@@ -115,10 +115,10 @@ def create_workspace(db_url: str, pricing_path: Path, source: Path | None = None
 
 
 def _workspace_here(db_url: str, pricing_path: Path) -> str:
+    from gateway.accounts.workspaces import Accounts
     from gateway.catalog import load
     from gateway.clock import SystemClock
-    from gateway.database import create_schema, make_engine
-    from gateway.workspaces import Accounts
+    from gateway.storage.database import create_schema, make_engine
 
     engine = make_engine(db_url)
     try:

@@ -39,7 +39,10 @@ import psycopg
 from sqlalchemy import Engine
 
 from gateway.clock import SystemClock
-from gateway.database import (
+from gateway.ledger.export import ExportQuery, LedgerExport
+from gateway.ledger.usage import CONVERSATION_LIMIT, Usage, UsageQuery
+from gateway.ledger.window import Window, zone
+from gateway.storage.database import (
     _INSERT_LEDGER,
     apply_entry,
     create_schema,
@@ -48,10 +51,7 @@ from gateway.database import (
     snapshot,
     transaction,
 )
-from gateway.ledger.export import ExportQuery, LedgerExport
-from gateway.ledger.usage import CONVERSATION_LIMIT, Usage, UsageQuery
-from gateway.ledger.window import Window, zone
-from gateway.schema import LEDGER_COLUMNS
+from gateway.storage.schema import LEDGER_COLUMNS
 from gateway.types import BillingMode, LedgerEntry
 
 DAY = 86_400_000

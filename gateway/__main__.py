@@ -1,5 +1,5 @@
 """`python -m gateway` is `bookbag-gateway`."""
 
-from gateway.cli import main
+from gateway.cli.app import main
 
 main()

@@ -24,45 +24,45 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.asgi import GatewayApp
-from gateway.auth import KeyCache
-from gateway.byo import ByoKeys
+from gateway.accounts.auth import KeyCache
+from gateway.accounts.byo import ByoKeys
+from gateway.accounts.keyring import Keyring
+from gateway.accounts.plans import Plans
+from gateway.accounts.recharge import Recharges
+from gateway.accounts.thresholds import Thresholds
+from gateway.accounts.workspaces import Accounts, allotment_of
 from gateway.catalog import Catalog, load
 from gateway.clock import Clock, SystemClock
 from gateway.crashpoints import crasher
 from gateway.dashboard.sessions import Sessions
-from gateway.database import create_schema, is_sqlite, make_engine, normalise_url, transaction
-from gateway.endpoints.http import error_response
-from gateway.endpoints.routes import CHAT_ROUTE, ROUTES
+from gateway.edge.asgi import GatewayApp
+from gateway.edge.request import error_response
+from gateway.edge.routes import CHAT_ROUTE, ROUTES
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound
-from gateway.idempotency import Idempotency
-from gateway.idempotency_sql import LedgerCheck, SqlIdempotencyStore
-from gateway.idempotency_store import IdempotencyStore
-from gateway.keyring import Keyring
+from gateway.flow.pipeline import Pipeline
+from gateway.idempotency.service import Idempotency
+from gateway.idempotency.sql import LedgerCheck, SqlIdempotencyStore
+from gateway.idempotency.store import IdempotencyStore
 from gateway.ledger.export import LedgerExport
 from gateway.ledger.recorder import Recorder
 from gateway.ledger.spool import Spool, keep_replaying, ledger_sink
 from gateway.ledger.usage import Usage
 from gateway.ledger.writer import GroupWriter
-from gateway.logs import RequestLog, RequestObserver, RequestRecord
-from gateway.logs import configure as configure_logs
 from gateway.metering.base import Meter
 from gateway.metering.memory import MemoryMeter
 from gateway.metering.sql import SqlMeter
-from gateway.metrics import Metrics, holds_counter
-from gateway.pipeline import Pipeline
-from gateway.plans import Plans
+from gateway.observability.logs import RequestLog, RequestObserver, RequestRecord
+from gateway.observability.logs import configure as configure_logs
+from gateway.observability.metrics import Metrics, holds_counter
 from gateway.providers.litellm_provider import LitellmProvider
 from gateway.providers.local import LocalProvider
 from gateway.providers.registry import Providers
 from gateway.providers.relay import RelayProvider
-from gateway.ratelimit import LimitStore, MemoryLimits, RateLimiter
-from gateway.recharge import Recharges
+from gateway.ratelimit.limiter import LimitStore, MemoryLimits, RateLimiter
 from gateway.settings import Settings
-from gateway.thresholds import Thresholds
-from gateway.webhook_delivery import Dispatcher
-from gateway.webhooks import Webhooks
-from gateway.workspaces import Accounts, allotment_of
+from gateway.storage.database import create_schema, is_sqlite, make_engine, normalise_url, transaction
+from gateway.webhooks.delivery import Dispatcher
+from gateway.webhooks.registry import Webhooks
 
 log = logging.getLogger("bookbag")
 
@@ -183,7 +183,7 @@ def build_idempotency(settings: Settings, engine: Engine, writer: GroupWriter,
             charged = meter.charged
     store: IdempotencyStore
     if settings.redis_url:
-        from gateway.idempotency_redis import RedisIdempotencyStore
+        from gateway.idempotency.redis import RedisIdempotencyStore
 
         store = RedisIdempotencyStore(settings.redis_url, timeout=settings.redis_timeout)
     else:
@@ -222,7 +222,7 @@ async def build_gateway(settings: Settings, clock: Clock | None = None,
     await dispatcher.start()
     limits: LimitStore = MemoryLimits()
     if settings.redis_url:
-        from gateway.ratelimit_redis import RedisLimits
+        from gateway.ratelimit.redis import RedisLimits
 
         limits = RedisLimits(settings.redis_url, timeout=settings.redis_timeout)
     pipeline = Pipeline(settings=settings, catalog=catalog, clock=clock, meter=meter,

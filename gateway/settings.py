@@ -99,8 +99,8 @@ class Settings:
     spool_path: Path | None = None  # None: next to the SQLite file, else ./bookbag-spool.jsonl
     litellm_preload: bool = False  # import litellm after startup, not at a litellm route's first use
     # --- stalls (issue 12 points 4-6): per-workspace cap on provider calls in flight ---
-    max_inflight_per_workspace: int = 64  # per process; 0 = no cap (gateway/inflight.py)
-    max_header_bytes: int = 64 * 1024  # request head size; over it 431 (gateway/http_protocol.py)
+    max_inflight_per_workspace: int = 64  # per process; 0 = no cap (gateway/flow/inflight.py)
+    max_header_bytes: int = 64 * 1024  # request head size; over it 431 (gateway/edge/protocol.py)
     max_headers: int = 100  # header lines; over it 431
     header_timeout: float = 10.0  # seconds from a head's first byte to its end; over it 408
     # Redis Cluster (issue 17): after each settle, wait for this many replicas to have it

@@ -19,13 +19,13 @@ from typing import Any
 import httpx
 import uvicorn
 
+from gateway.accounts.workspaces import Accounts
 from gateway.app import Gateway, create_app
 from gateway.catalog import load
 from gateway.clock import Clock, SystemClock
-from gateway.database import create_schema, make_engine
-from gateway.http_protocol import protocol_for
+from gateway.edge.protocol import protocol_for
 from gateway.settings import Settings
-from gateway.workspaces import Accounts
+from gateway.storage.database import create_schema, make_engine
 from tests.fake_provider import ANTHROPIC_KEY, OPENAI_KEY, FakeProvider
 
 

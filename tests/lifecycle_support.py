@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx
 
+from gateway.accounts.reconcile import SqlBalances
 from gateway.clock import SystemClock
-from gateway.database import snapshot
-from gateway.reconcile import SqlBalances
+from gateway.storage.database import snapshot
 from tests.harness import RunningGateway
 from tests.postgres import fresh_database
 from tests.redis_server import RedisServer

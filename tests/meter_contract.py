@@ -26,14 +26,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
+from gateway.accounts.workspaces import Accounts, allotment_of
 from gateway.catalog import Catalog, parse
 from gateway.clock import Clock, ManualClock
-from gateway.database import transaction
 from gateway.errors import InsufficientCredits
 from gateway.metering.base import Meter
-from gateway.schema import LEDGER_COLUMNS
+from gateway.storage.database import transaction
+from gateway.storage.schema import LEDGER_COLUMNS
 from gateway.types import Balance, EntryKind, Hold, LedgerEntry
-from gateway.workspaces import Accounts, allotment_of
 
 HOLD_TTL = 60.0
 # 2026-03-15 12:00:00 UTC: workspaces created now are anchored on the 15th.

@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from gateway.accounts.workspaces import Accounts
 from gateway.clock import Clock, ManualClock
-from gateway.database import create_schema, make_engine
 from gateway.metering.base import Meter
 from gateway.metering.outbox import OutboxConsumer, backlog
 from gateway.metering.redis import RedisMeter
 from gateway.metering.redis_client import connect
 from gateway.metering.redis_scripts import Layout
-from gateway.workspaces import Accounts
+from gateway.storage.database import create_schema, make_engine
 from tests.meter_contract import HOLD_TTL, MeterBackend, allotment_for, catalog, dispose, emptied
 from tests.redis_server import RedisServer
 

@@ -16,11 +16,11 @@ import sys
 import time
 
 from gateway.clock import ManualClock
-from gateway.database import make_engine
 from gateway.errors import InsufficientCredits
 from gateway.metering.redis import RedisMeter
 from gateway.metering.redis_client import connect
 from gateway.metering.redis_scripts import Layout
+from gateway.storage.database import make_engine
 from gateway.types import Hold
 
 WAVE = 20

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app as cli
-from gateway.keyring import generate_key
+from gateway.accounts.keyring import generate_key
+from gateway.cli.app import app as cli
 from tests.conftest import GatewayFactory
 from tests.harness import RunningGateway
 from tests.lifecycle_support import ADMIN_TOKEN, admin, chat, wait_for
@@ -210,7 +210,7 @@ def test_cli_errors_are_readable(run: Any, gateway: RunningGateway, pricing: Pat
 def test_a_key_printed_as_a_table_is_never_cut_short(gateway: RunningGateway, run: Any,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The key is shown once: a narrow terminal wraps it, never replaces its end with '…'."""
-    from gateway import cli as cli_module
+    from gateway.cli import app as cli_module
 
     monkeypatch.setattr(cli_module.console, "width", 50)
     out = run("workspace", "create", "Gamma", "--plan", "free")

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gateway.alerts import parse_alerts
-from gateway.cli import app as cli
-from gateway.keyring import generate_key
-from gateway.webhooks import verify
-from gateway.workspaces import AccountError
+from gateway.accounts.alerts import parse_alerts
+from gateway.accounts.keyring import generate_key
+from gateway.accounts.workspaces import AccountError
+from gateway.cli.app import app as cli
+from gateway.webhooks.registry import verify
 from tests.conftest import GatewayFactory
 from tests.lifecycle_support import admin, fire, shared_store_settings, wait_for
 from tests.test_webhooks import FAST, Receiver, add_endpoint

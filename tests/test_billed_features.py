@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from gateway import billed_features
 from gateway.catalog import CatalogError, parse
+from gateway.flow import billed_features
 from gateway.types import ModelEntry
 from tests import harness
 from tests.conftest import GatewayFactory

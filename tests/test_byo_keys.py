@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app as cli
-from gateway.keyring import generate_key
+from gateway.accounts.keyring import generate_key
+from gateway.cli.app import app as cli
 from tests.conftest import GatewayFactory
 from tests.fake_provider import OPENAI_KEY, FakeProvider
 from tests.harness import RunningGateway

@@ -12,8 +12,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from gateway.cli import app as cli
-from gateway.keyring import generate_key
+from gateway.accounts.keyring import generate_key
+from gateway.cli.app import app as cli
 from tests.harness import RunningGateway
 from tests.lifecycle_support import admin
 
@@ -24,7 +24,7 @@ NO_JSON = {"serve", "ledger export", "byo generate-key"}
 
 @pytest.fixture
 def env(gateway: RunningGateway, pricing: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    from gateway import cli as cli_module
+    from gateway.cli import app as cli_module
 
     monkeypatch.setattr(cli_module.console, "width", 200)  # wide enough that no cell wraps
     return {"BOOKBAG_DATABASE_URL": gateway.settings.database_url, "BOOKBAG_PRICING": str(pricing),

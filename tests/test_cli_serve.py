@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from typer.testing import CliRunner
 
-from gateway.cli import app as cli
+from gateway.cli.app import app as cli
 from tests.harness import RunningGateway, free_port
 
 
@@ -69,7 +69,7 @@ def test_serve_prints_one_summary_then_a_second_serve_is_one_line(tmp_path: Path
 
 def test_the_summary_warns_about_models_no_key_reaches(tmp_path: Path) -> None:
     from gateway.catalog import load
-    from gateway.cli_serve import summary
+    from gateway.cli.serve import summary
     from gateway.settings import Settings
 
     pricing = tmp_path / "p.toml"

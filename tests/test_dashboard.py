@@ -24,8 +24,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from gateway.database import apply_entry as apply
-from gateway.database import transaction
+from gateway.storage.database import apply_entry as apply
+from gateway.storage.database import transaction
 from gateway.types import BillingMode, EntryKind, LedgerEntry
 from tests.conftest import service_missing
 from tests.harness import RunningGateway

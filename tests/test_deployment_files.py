@@ -13,7 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from gateway.cli import app
+from gateway.cli.app import app
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()

@@ -431,7 +431,7 @@ def test_no_error_is_a_server_error(gateway: RunningGateway, account: tuple[str,
 def test_a_bug_on_the_chat_route_is_an_openai_shaped_500_and_counted(
         gateway: RunningGateway, account: tuple[str, str], untouched: Untouched,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The chat route runs outside Starlette's error middleware (gateway/asgi.py): an
+    """The chat route runs outside Starlette's error middleware (gateway/edge/asgi.py): an
     unexpected exception still answers the documented 500 body and reaches the metrics."""
     def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("a bug")

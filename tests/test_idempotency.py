@@ -479,7 +479,7 @@ def test_two_processes_on_the_sql_meter_share_keys(make_gateway: GatewayFactory,
 
 
 def _hash(body: dict[str, Any]) -> str:
-    from gateway.idempotency import body_hash
+    from gateway.idempotency.service import body_hash
 
     return body_hash(body)
 
@@ -544,8 +544,8 @@ def test_two_processes_on_the_redis_meter_share_keys(redis_url: str, make_gatewa
 
 
 async def test_redis_store_rules(redis_url: str) -> None:
-    from gateway.idempotency import Claim, Idempotency, IdempotencyKey, Replay, json_response
-    from gateway.idempotency_redis import RedisIdempotencyStore
+    from gateway.idempotency.redis import RedisIdempotencyStore
+    from gateway.idempotency.service import Claim, Idempotency, IdempotencyKey, Replay, json_response
 
     prefix = f"test-idem-{uuid.uuid4().hex[:8]}:"
     store = RedisIdempotencyStore(redis_url, prefix=prefix)
@@ -642,8 +642,8 @@ async def test_records_of_the_legacy_layout_keep_working_on_a_single_node(
     """An upgrade with keys in flight: a record an older gateway wrote at its old name
     (`bookbag:{<workspace>}:idem:<key>`) is still in progress, replayed once done, and
     taken over when its holder died; new records go to the new name."""
-    from gateway.idempotency import Claim, Idempotency, IdempotencyKey, Replay
-    from gateway.idempotency_redis import RedisIdempotencyStore
+    from gateway.idempotency.redis import RedisIdempotencyStore
+    from gateway.idempotency.service import Claim, Idempotency, IdempotencyKey, Replay
 
     prefix, legacy = f"new-{uuid.uuid4().hex[:8]}:", f"old-{uuid.uuid4().hex[:8]}:"
     store = RedisIdempotencyStore(redis_server.url, prefix=prefix, legacy_prefix=legacy)
@@ -696,8 +696,8 @@ async def _never_charged(request_id: str) -> bool:
 
 async def test_unmetered_request_runs_when_the_store_is_down() -> None:
     """Local, BYO and metering-off replies never fail because of the idempotency store."""
-    from gateway.idempotency import Idempotency, IdempotencyKey
-    from gateway.idempotency_redis import RedisIdempotencyStore
+    from gateway.idempotency.redis import RedisIdempotencyStore
+    from gateway.idempotency.service import Idempotency, IdempotencyKey
 
     store = RedisIdempotencyStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
 

@@ -9,7 +9,7 @@ import time
 
 from typer.testing import CliRunner
 
-from gateway.cli import app as cli
+from gateway.cli.app import app as cli
 from gateway.clock import ManualClock
 from tests.conftest import GatewayFactory
 from tests.fake_provider import FakeProvider

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app as cli
+from gateway.cli.app import app as cli
 from gateway.ledger.export import BATCH, FIELDS, ExportQuery, LedgerExport
 from gateway.types import EntryKind, LedgerEntry
 from tests.conftest import GatewayFactory

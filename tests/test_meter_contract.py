@@ -16,14 +16,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from gateway.accounts.workspaces import Accounts
 from gateway.clock import Clock, ManualClock
-from gateway.database import create_schema, make_engine
 from gateway.ledger.writer import GroupWriter
 from gateway.metering.base import Meter
 from gateway.metering.memory import MemoryMeter, OwnerConflict
 from gateway.metering.sql import SqlMeter
+from gateway.storage.database import create_schema, make_engine
 from gateway.types import EntryKind
-from gateway.workspaces import Accounts
 from tests.conftest import service_missing
 from tests.meter_contract import (
     HOLD_TTL,

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.logs import JsonFormatter
+from gateway.observability.logs import JsonFormatter
 from tests.conftest import GatewayFactory
 from tests.fake_provider import FakeProvider
 from tests.harness import RunningGateway

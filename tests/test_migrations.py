@@ -18,18 +18,18 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 from typer.testing import CliRunner
 
-from gateway import migrate
-from gateway.cli import app
-from gateway.database import create_schema, make_engine
-from gateway.schema import metadata
+from gateway.cli.app import app
+from gateway.storage import migrate
+from gateway.storage.database import create_schema, make_engine
+from gateway.storage.schema import metadata
 from tests.conftest import GatewayFactory
 from tests.postgres import fresh_database
 
 HINT = "bookbag-gateway db upgrade"
 runner = CliRunner()
 NEW_REVISION_HINT = (
-    "gateway/schema.py and the migrations differ: run `bookbag-gateway db revision \"what changed\"`"
-    " and review the file it writes in gateway/migrations/versions/"
+    "gateway/storage/schema.py and the migrations differ: run `bookbag-gateway db revision \"what changed\"`"
+    " and review the file it writes in gateway/storage/migrations/versions/"
 )
 
 
@@ -239,7 +239,7 @@ def test_serving_does_not_import_alembic(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "import gateway.app, gateway.cli\n"
-        "from gateway.database import create_schema, make_engine\n"
+        "from gateway.storage.database import create_schema, make_engine\n"
         f"engine = make_engine({url!r})\n"
         "assert create_schema(engine) is False\n"  # at head: checked, nothing to create
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako')))\n"

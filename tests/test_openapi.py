@@ -8,7 +8,7 @@ from typing import Any
 from openapi_spec_validator import validate
 from starlette.routing import Mount, Route
 
-from gateway.endpoints.routes import OPEN, ROUTES
+from gateway.edge.routes import OPEN, ROUTES
 from tests.harness import RunningGateway
 
 
@@ -46,7 +46,7 @@ def test_the_served_document_is_valid_and_covers_every_route(gateway: RunningGat
     validate(doc)
     documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     missing = route_operations() - documented
-    assert not missing, f"routes missing from gateway/openapi.py: {sorted(missing)}"
+    assert not missing, f"routes missing from gateway/edge/openapi.py: {sorted(missing)}"
     stale = documented - route_operations()
     assert not stale, f"documented operations with no route: {sorted(stale)}"
     # Every $ref points at something that exists.

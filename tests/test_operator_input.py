@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app as cli
-from gateway.keyring import generate_key
-from gateway.operator_input import MAX_CREDITS
+from gateway.accounts.keyring import generate_key
+from gateway.accounts.operator_input import MAX_CREDITS
+from gateway.cli.app import app as cli
 from tests.harness import RunningGateway
 from tests.lifecycle_support import admin, chat
 

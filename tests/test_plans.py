@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from gateway.accounts.plans import Plans
 from gateway.catalog import load
-from gateway.cli import app as cli
+from gateway.cli.app import app as cli
 from gateway.clock import ManualClock
-from gateway.plans import Plans
 from tests.conftest import GatewayFactory
 from tests.fake_provider import FakeProvider
 from tests.harness import RunningGateway

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.catalog import RateLimit
 from gateway.metering.redis_scripts import shard_of
-from gateway.ratelimit import gcra
+from gateway.ratelimit.limiter import gcra
 from tests import harness
 from tests.conftest import GatewayFactory
 from tests.fake_provider import FakeProvider

@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.accounts.recharge import recharge_id
 from gateway.clock import ManualClock
-from gateway.recharge import recharge_id
-from gateway.webhooks import CREDITS_RECHARGED, event_id
+from gateway.webhooks.registry import CREDITS_RECHARGED, event_id
 from tests.conftest import GatewayFactory
 from tests.harness import RunningGateway
 from tests.lifecycle_support import (

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app
-from gateway.database import transaction
+from gateway.cli.app import app
+from gateway.storage.database import transaction
 from tests.conftest import GatewayFactory
 from tests.fake_provider import FakeProvider
 from tests.harness import RunningGateway

@@ -25,15 +25,15 @@ import pytest
 import redis.exceptions
 from sqlalchemy import Engine
 
+from gateway.accounts.workspaces import Accounts
 from gateway.clock import ManualClock
-from gateway.database import create_schema, make_engine, transaction
 from gateway.errors import ServiceUnavailable
 from gateway.metering.outbox import OutboxConsumer, backlog
 from gateway.metering.redis import RedisMeter
 from gateway.metering.redis_client import connect, unavailable
 from gateway.metering.redis_scripts import SHARDS, Layout
+from gateway.storage.database import create_schema, make_engine, transaction
 from gateway.types import EntryKind, Hold
-from gateway.workspaces import Accounts
 from tests.conftest import GatewayFactory
 from tests.meter_contract import PLAN, START, catalog, reply
 from tests.redis_backend import drain, redis_meter

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app as cli
+from gateway.cli.app import app as cli
 from tests.conftest import GatewayFactory
 from tests.harness import RunningGateway
 from tests.lifecycle_support import admin, chat, wait_for

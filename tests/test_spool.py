@@ -12,8 +12,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from gateway.database import create_schema, make_engine, transaction
 from gateway.ledger.spool import Spool, encode, ledger_sink
+from gateway.storage.database import create_schema, make_engine, transaction
 from gateway.types import BillingMode, LedgerEntry
 from tests.conftest import GatewayFactory
 from tests.fake_provider import ANTHROPIC_KEY, OPENAI_KEY, FakeProvider

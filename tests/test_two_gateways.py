@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.accounts.workspaces import Accounts
 from gateway.catalog import load
 from gateway.clock import SystemClock
-from gateway.database import create_schema, make_engine
-from gateway.workspaces import Accounts
+from gateway.storage.database import create_schema, make_engine
 from tests.fake_provider import FakeProvider
 from tests.guarantees.process import GatewayProcess, base_env
 from tests.postgres import fresh_database

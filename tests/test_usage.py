@@ -25,14 +25,14 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
-from gateway import migrate
-from gateway.cli import app as cli
+from gateway.cli.app import app as cli
 from gateway.clock import SystemClock
-from gateway.database import _INSERT_LEDGER, create_schema, entry_params, make_engine, transaction
-from gateway.database import apply_entry as apply
 from gateway.errors import InvalidRequest
 from gateway.ledger.usage import CONVERSATION_LIMIT, MAX_LIMIT, Usage, UsageQuery, parse_limit
 from gateway.ledger.window import Window, window
+from gateway.storage import migrate
+from gateway.storage.database import _INSERT_LEDGER, create_schema, entry_params, make_engine, transaction
+from gateway.storage.database import apply_entry as apply
 from gateway.types import BillingMode, EntryKind, LedgerEntry
 from tests.harness import RunningGateway
 from tests.postgres import fresh_database

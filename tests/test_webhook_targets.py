@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from gateway.keyring import generate_key
-from gateway.webhook_targets import PrivateTarget, check_url
-from gateway.webhooks import Webhooks
+from gateway.accounts.keyring import generate_key
+from gateway.webhooks.registry import Webhooks
+from gateway.webhooks.targets import PrivateTarget, check_url
 from tests.conftest import GatewayFactory
 from tests.lifecycle_support import admin, wait_for
 from tests.test_webhooks import FAST, Receiver, add_endpoint

@@ -18,10 +18,10 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app as cli
+from gateway.accounts.keyring import generate_key
+from gateway.cli.app import app as cli
 from gateway.clock import ManualClock
-from gateway.keyring import generate_key
-from gateway.webhooks import event_id, verify
+from gateway.webhooks.registry import event_id, verify
 from tests.conftest import GatewayFactory
 from tests.harness import RunningGateway
 from tests.lifecycle_support import admin, chat, fire, shared_store_settings, ts, wait_for
@@ -237,7 +237,7 @@ def test_a_receiver_that_never_recovers_is_given_up_on(
     make_gateway: GatewayFactory, receiver: Receiver, caplog: pytest.LogCaptureFixture,
     pricing: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from gateway import cli as cli_module
+    from gateway.cli import app as cli_module
 
     monkeypatch.setattr(cli_module.console, "width", 250)
     caplog.set_level(logging.WARNING, logger="bookbag")

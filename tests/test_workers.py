@@ -18,13 +18,13 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
+from gateway.accounts.workspaces import Accounts
 from gateway.app import build_meter
 from gateway.catalog import load
 from gateway.clock import SystemClock
-from gateway.database import create_schema, make_engine, transaction
 from gateway.ledger.writer import GroupWriter
 from gateway.metering.memory import OwnerConflict
-from gateway.workspaces import Accounts
+from gateway.storage.database import create_schema, make_engine, transaction
 from tests.conftest import GatewayFactory
 from tests.fake_provider import OPENAI_KEY, FakeProvider
 from tests.harness import free_port

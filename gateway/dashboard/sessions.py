@@ -16,8 +16,8 @@ import secrets
 from sqlalchemy import Engine
 
 from gateway.clock import Clock, now_ms
-from gateway.database import snapshot, transaction
 from gateway.errors import Forbidden, InvalidApiKey, ServiceUnavailable
+from gateway.storage.database import snapshot, transaction
 from gateway.types import Caller
 
 COOKIE = "bookbag_session"

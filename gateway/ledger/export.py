@@ -27,8 +27,8 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine
 
-from gateway.database import snapshot
 from gateway.errors import InvalidRequest
+from gateway.storage.database import snapshot
 
 BATCH = 2000
 MAX_LIMIT = 1_000_000

@@ -11,8 +11,8 @@ import asyncio
 import logging
 from typing import Protocol
 
-from gateway.database import apply_entry
 from gateway.ledger.writer import GroupWriter
+from gateway.storage.database import apply_entry
 from gateway.types import LedgerEntry
 
 log = logging.getLogger("bookbag.ledger")

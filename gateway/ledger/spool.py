@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine
 
-from gateway.database import apply_entry, transaction
+from gateway.storage.database import apply_entry, transaction
 from gateway.types import BillingMode, EntryKind, LedgerEntry
 
 log = logging.getLogger("bookbag.spool")

@@ -28,9 +28,9 @@ from typing import Any
 from sqlalchemy import Engine
 
 from gateway.clock import Clock, now_ms
-from gateway.database import ROLLUP_BUCKET_MS, snapshot
 from gateway.errors import InvalidRequest
 from gateway.ledger.window import Window, zone
+from gateway.storage.database import ROLLUP_BUCKET_MS, snapshot
 
 DAY_MS = 86_400_000
 HOUR_MS = ROLLUP_BUCKET_MS

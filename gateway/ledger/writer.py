@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from gateway.database import Cursor, Sql, paramstyle
+from gateway.storage.database import Cursor, Sql, paramstyle
 
 log = logging.getLogger("bookbag.writer")
 

@@ -23,13 +23,13 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from gateway.accounts.spend_caps import ledger_cap_used, refusal
 from gateway.clock import Clock, now_ms
-from gateway.database import Cursor, Sql, apply_entry, transaction
 from gateway.errors import ServiceUnavailable
 from gateway.ledger.writer import GroupWriter
 from gateway.metering.base import charge, insufficient, plan_at, renewal_entry
 from gateway.periods import period_of
-from gateway.spend_caps import ledger_cap_used, refusal
+from gateway.storage.database import Cursor, Sql, apply_entry, transaction
 from gateway.types import Balance, Cap, EntryKind, Hold, LedgerEntry
 
 log = logging.getLogger("bookbag.meter")

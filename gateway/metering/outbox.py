@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from redis.exceptions import ResponseError
 from sqlalchemy import Engine
 
-from gateway.database import apply_entry, transaction
 from gateway.metering.redis_client import ERRORS, Redis, is_cluster, transient
 from gateway.metering.redis_scripts import LEASE, RELEASE, SHARDS, Layout, decode_entry
+from gateway.storage.database import apply_entry, transaction
 from gateway.types import LedgerEntry
 
 log = logging.getLogger("bookbag.outbox")

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
+from gateway.accounts.spend_caps import ledger_cap_used, refusal
 from gateway.clock import Clock
 from gateway.errors import ServiceUnavailable
 from gateway.metering.base import charge, insufficient, renewal_entry
@@ -69,7 +70,6 @@ from gateway.metering.redis_sync import (
 from gateway.metering.resp import Script
 from gateway.metering.resp_cluster import ClusterScripts
 from gateway.periods import period_of
-from gateway.spend_caps import ledger_cap_used, refusal
 from gateway.types import Balance, Cap, Hold, LedgerEntry
 
 log = logging.getLogger("bookbag.meter")

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from gateway.database import apply_entry, snapshot, transaction
 from gateway.errors import ServiceUnavailable
 from gateway.metering.base import plan_at
 from gateway.periods import period_of
+from gateway.storage.database import apply_entry, snapshot, transaction
 from gateway.types import LedgerEntry
 
 _FACTS = (

@@ -19,13 +19,13 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from gateway.accounts.spend_caps import charged, refusal
 from gateway.clock import Clock, now_ms
-from gateway.database import Cursor, Sql, apply_entry, transaction
 from gateway.errors import GatewayError, ServiceUnavailable
 from gateway.metering.base import charge, insufficient, plan_at, renewal_entry
 from gateway.metering.memory import AllotmentOf
 from gateway.periods import period_of
-from gateway.spend_caps import charged, refusal
+from gateway.storage.database import Cursor, Sql, apply_entry, transaction
 from gateway.types import Balance, Cap, Hold, LedgerEntry
 
 log = logging.getLogger("bookbag.meter")

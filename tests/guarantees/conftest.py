@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from gateway.accounts.workspaces import Accounts
 from gateway.catalog import load
 from gateway.clock import SystemClock
-from gateway.database import create_schema, make_engine
-from gateway.workspaces import Accounts
+from gateway.storage.database import create_schema, make_engine
 from tests.fake_provider import FakeProvider
 from tests.guarantees.client import Account
 from tests.guarantees.history import emitted

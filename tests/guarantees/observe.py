@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine
 
-from gateway.database import make_engine, transaction
 from gateway.metering.redis_scripts import SHARDS, Layout
-from gateway.schema import LEDGER_COLUMNS
+from gateway.storage.database import make_engine, transaction
+from gateway.storage.schema import LEDGER_COLUMNS
 from tests.guarantees.client import Account
 from tests.guarantees.history import Figures, History, Observed, check
 from tests.redis_cluster import sync_client

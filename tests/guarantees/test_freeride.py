@@ -27,9 +27,9 @@ import httpx
 import orjson
 import pytest
 
+from gateway.flow.stream import inspect
 from gateway.providers.litellm_provider import _chunk
 from gateway.settings import SettingsError
-from gateway.streaming import inspect
 from tests import harness
 from tests.fake_provider import FakeProvider
 from tests.guarantees.history import Figures

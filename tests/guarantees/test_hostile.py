@@ -25,7 +25,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error
 
-from gateway.keyring import generate_key
+from gateway.accounts.keyring import generate_key
 from tests.fake_provider import FakeProvider
 from tests.guarantees.history import Figures
 from tests.harness import RunningGateway, running, sqlite_settings

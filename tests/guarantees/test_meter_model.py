@@ -40,15 +40,15 @@ from hypothesis.stateful import (
     rule,
 )
 
+from gateway.accounts.workspaces import Accounts
 from gateway.clock import Clock, ManualClock
-from gateway.database import create_schema, make_engine
 from gateway.errors import InsufficientCredits
 from gateway.metering.base import Meter
 from gateway.metering.outbox import OutboxConsumer, backlog
 from gateway.metering.redis_client import connect
 from gateway.metering.redis_scripts import Layout
+from gateway.storage.database import create_schema, make_engine
 from gateway.types import Hold
-from gateway.workspaces import Accounts
 from tests.meter_contract import HOLD_TTL, START, MeterBackend, assert_equation, catalog, reply
 from tests.redis_backend import redis_meter
 from tests.redis_backend import redis_url as redis_url  # the session's redis-server (a fixture)

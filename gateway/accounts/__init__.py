@@ -1,0 +1,1 @@
+"""Workspaces, plans, keys, caps, BYO keys, recharge, thresholds, reconcile."""

@@ -1,0 +1,1 @@
+"""The `bookbag-gateway` command line."""

@@ -1,0 +1,119 @@
+"""`bookbag-gateway serve`: checks before forking, one startup summary, then uvicorn.
+
+The summary (on stderr) says what this gateway will run with: the database,
+the meter, metering, the admin API, the secret key, the provider keys found,
+and a warning naming each model no key reaches. A second gateway on a
+database whose balances an embedded meter already owns is refused with that
+message alone, before uvicorn starts (no traceback).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from sqlalchemy import make_url
+
+from gateway.catalog import Catalog, CatalogError, load
+from gateway.cli.lifecycle import DbFlag, Helpers, PricingFlag
+from gateway.clock import SystemClock
+from gateway.flow.provider_keys import HOUSE_KEY_ENV, unavailable
+from gateway.settings import Settings, export_env
+
+
+def meter_of(settings: Settings) -> str:
+    from gateway.app import meter_kind
+
+    return meter_kind(settings)
+
+
+def shown_url(url: str) -> str:
+    """The database URL without its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL fails later with its own message
+        return url
+
+
+def summary(settings: Settings, catalog: Catalog, *, created: bool, workers: int) -> list[str]:
+    """The startup summary's lines (`serve` prints them; tests read them)."""
+    meter = meter_of(settings)
+    found = sorted({HOUSE_KEY_ENV.get(k, k) for k in settings.provider_keys})
+    lines = [
+        f"bookbag-gateway on http://{settings.host}:{settings.port} ({workers} worker"
+        f"{'s' if workers > 1 else ''})",
+        f"  database       {shown_url(settings.database_url)}"
+        + ("  (new and empty: schema created)" if created else ""),
+        f"  meter          {meter}" + ("  (embedded: one process)" if meter == "memory" else ""),
+        f"  metering       {'on' if settings.metering else 'off (no reply is charged)'}",
+        f"  admin API      {'on' if settings.admin_token else 'off (BOOKBAG_ADMIN_TOKEN not set)'}",
+        "  secret key     " + ("set" if settings.secret_key
+                                else "not set (BYO keys and webhooks need BOOKBAG_SECRET_KEY)"),
+        f"  provider keys  {', '.join(found) if found else 'none'}",
+        f"  pricing        {settings.pricing_path}",
+    ]
+    missing = unavailable([m for m in catalog.models.values()], settings)
+    if missing:
+        lines.append(f"warning: no provider key for {', '.join(missing)}: these models answer "
+                     "400 provider_key_missing unless the caller sends a BYO key")
+    return lines
+
+
+def register(app: typer.Typer, h: Helpers) -> None:
+    @app.command()
+    def serve(
+        host: Annotated[str | None, typer.Option(help="Overrides BOOKBAG_HOST.")] = None,
+        port: Annotated[int | None, typer.Option(help="Overrides BOOKBAG_PORT.")] = None,
+        workers: Annotated[int, typer.Option(help="Gateway processes.")] = 1,
+        database_url: DbFlag = None,
+        pricing: PricingFlag = None,
+        redis_url: Annotated[str | None, typer.Option(help="Overrides BOOKBAG_REDIS_URL.")] = None,
+        metering: Annotated[str | None, typer.Option(help="on | off (BOOKBAG_METERING).")] = None,
+    ) -> None:
+        """Run the gateway (creates the schema of an empty database)."""
+        import uvicorn
+
+        from gateway.accounts.reconcile import SqlBalances
+
+        export_env({"BOOKBAG_HOST": host, "BOOKBAG_PORT": port,
+                    "BOOKBAG_DATABASE_URL": database_url, "BOOKBAG_PRICING": pricing,
+                    "BOOKBAG_REDIS_URL": redis_url, "BOOKBAG_METERING": metering})
+        settings = h.settings()
+        if workers > 1 and not settings.redis_url and settings.meter in ("auto", "memory"):
+            # One process owns balances in the embedded meter; several share SQL rows instead.
+            export_env({"BOOKBAG_METER": "sql"})
+            settings = h.settings()
+        try:
+            catalog = load(settings.pricing_path)
+        except CatalogError as exc:
+            h.fail(str(exc))
+            raise  # unreachable: fail exits
+        engine, created = h.engine_new(settings.database_url)  # refuses an outdated schema
+        try:
+            owner = SqlBalances(engine, SystemClock()).embedded_owner() \
+                if meter_of(settings) == "memory" else None
+        finally:
+            engine.dispose()
+        if owner:
+            h.fail(f"another gateway process ({owner}) owns the balances of this database "
+                   "(the embedded meter allows one process): stop it, or use another database, "
+                   "or set BOOKBAG_REDIS_URL or BOOKBAG_METER=sql to run several")
+        err = Console(stderr=True, soft_wrap=True)
+        for line in summary(settings, catalog, created=created, workers=workers):
+            err.print(escape(line), style="yellow" if line.startswith("warning") else None)
+        uvicorn.run(
+            "gateway.cli.app:app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=workers if workers > 1 else None,
+            loop="uvloop",
+            # httptools; malformed HTTP and oversized heads refused in the OpenAI error shape
+            http="gateway.edge.protocol:EnvHttpProtocol",
+            access_log=False,
+            proxy_headers=False,  # no client address is read; the dashboard reads X-Forwarded-Proto itself
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=int(settings.shutdown_grace),
+        )

@@ -1,0 +1,1 @@
+"""Wire dialects: parse a request into a call, render an outcome back."""

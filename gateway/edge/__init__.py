@@ -1,0 +1,1 @@
+"""HTTP: the ASGI app, the routes and their handlers."""

@@ -1,0 +1,1 @@
+"""Route handlers: HTTP in, services called, HTTP out."""

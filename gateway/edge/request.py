@@ -1,0 +1,194 @@
+"""What every endpoint shares: the state, reading a bounded body, auth, error responses."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.accounts.auth import is_admin_token, require_scope
+from gateway.dashboard.sessions import COOKIE as SESSION_COOKIE
+from gateway.errors import (
+    GatewayError,
+    InvalidApiKey,
+    InvalidRequest,
+    RequestTimeout,
+    RequestTooLarge,
+    render,
+)
+from gateway.flow.pipeline import new_request_id
+from gateway.observability.logs import record_of
+from gateway.types import Caller
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger("bookbag.http")
+Handler = Callable[[Request, dict[str, str]], Awaitable[Response]]
+LIMIT_HEADERS_KEY = "bookbag.rate_limit_headers"  # in the ASGI scope: a dict lookup, not State's getattr
+HEADERS_KEY = "bookbag.headers"  # in the ASGI scope: the request's headers as a dict
+GATEWAY_KEY = "bookbag.gateway"  # in the ASGI scope: the app's gateway, looked up once
+
+
+def gateway(request: Request) -> Gateway:
+    scope = request.scope
+    gw: Gateway | None = scope.get(GATEWAY_KEY)
+    if gw is None:  # `app.state`'s attribute lookup is a Python call: once per request
+        gw = scope[GATEWAY_KEY] = request.app.state.gateway
+    return gw
+
+
+def headers_of(request: Request) -> dict[str, str]:
+    """The request's headers as a dict (lower-case names; the first of repeated ones, as
+    Starlette's `Headers.get` answers), read from the scope once per request: each
+    `Headers.get` is a linear scan, and a missing name raises and catches a KeyError."""
+    scope = request.scope
+    found: dict[str, str] | None = scope.get(HEADERS_KEY)
+    if found is None:
+        found = {}
+        for name, value in scope["headers"]:
+            key = name.decode("latin-1")
+            if key not in found:
+                found[key] = value.decode("latin-1")
+        scope[HEADERS_KEY] = found
+    return found
+
+
+def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(value), status, headers=headers, media_type="application/json")
+
+
+def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> Response:
+    return Response(render(error), error.status, headers={**(headers or {}), **error.headers},
+                    media_type="application/json")
+
+
+async def read_body(request: Request) -> bytes:
+    """The whole body, refused past the size limit or when it does not arrive in time."""
+    settings = gateway(request).settings
+    limit = settings.max_body_bytes
+    declared = headers_of(request).get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise RequestTooLarge(f"The request body is larger than {limit} bytes.")
+        except ValueError:
+            raise InvalidRequest("Content-Length must be a number.") from None
+    chunks: list[bytes] = []
+    size = 0
+    # The request's messages read straight from `receive` (no async generator), under a
+    # deadline that cancels this task: half the cost of `asyncio.timeout` per body.
+    receive = request.receive
+    task = asyncio.current_task()
+    assert task is not None
+    cancelling = task.cancelling()
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    deadline = asyncio.get_running_loop().call_later(settings.body_timeout, expire)
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.request":
+                chunk = message.get("body", b"")
+                if chunk:
+                    size += len(chunk)
+                    if size > limit:
+                        raise RequestTooLarge(f"The request body is larger than {limit} bytes.")
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            elif message["type"] == "http.disconnect":
+                raise RequestTimeout("The client closed the connection before sending the body.")
+    except asyncio.CancelledError:
+        if expired and task.uncancel() <= cancelling:
+            raise RequestTimeout("The request body did not arrive in time.") from None
+        raise
+    finally:
+        deadline.cancel()
+    request._stream_consumed = True  # as Request.stream() leaves it: the body is read
+    return b"".join(chunks)
+
+
+async def authenticate(request: Request, scope: str) -> Caller:
+    """The caller of a Bearer key; for `read`, without a header, a dashboard session cookie."""
+    header = headers_of(request).get("authorization")
+    gw = gateway(request)
+    session = request.cookies.get(SESSION_COOKIE) if header is None and scope == "read" else None
+    if session is not None:
+        caller = await gw.sessions.authenticate(session)
+    else:
+        if is_admin_token(header, gw.settings.admin_token):
+            raise InvalidApiKey("The admin token is not accepted on /v1 routes; use a workspace key.")
+        caller = await gw.keys.authenticate(header)
+    record = record_of(request)
+    if record is not None:
+        record.caller = caller  # for the request's log line
+    require_scope(caller, scope)
+    # The per-key rate limit: after auth, before idempotency and reserve (429 past it).
+    caller, limit_headers = await gw.limiter.admit(caller)
+    if limit_headers:
+        request.scope[LIMIT_HEADERS_KEY] = limit_headers
+    return caller
+
+
+async def resolve_key(request: Request, scope: str) -> Caller:
+    """The admission dry-run's caller: the key resolved, nothing admitted or counted (expiry,
+    suspension and the rate limit become verdicts, see gateway/flow/admission.py)."""
+    header = headers_of(request).get("authorization")
+    gw = gateway(request)
+    if is_admin_token(header, gw.settings.admin_token):
+        raise InvalidApiKey("The admin token is not accepted on /v1 routes; use a workspace key.")
+    caller = await gw.keys.resolve(header)
+    record = record_of(request)
+    if record is not None:
+        record.caller = caller
+    require_scope(caller, scope)
+    return caller
+
+
+def _rate_limit_headers(request: Request) -> dict[str, str]:
+    found: dict[str, str] = request.scope.get(LIMIT_HEADERS_KEY) or {}
+    return found
+
+
+def _body_unread(request: Request) -> bool:
+    if getattr(request, "_stream_consumed", False):
+        return False
+    given = headers_of(request)
+    return given.get("content-length", "0") not in ("", "0") or "transfer-encoding" in given
+
+
+def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Give the handler a fresh X-Request-Id and render any GatewayError in OpenAI shape."""
+
+    @functools.wraps(handler)
+    async def run(request: Request) -> Response:
+        headers = {"x-request-id": new_request_id()}
+        client_id = headers_of(request).get("x-request-id")
+        if client_id and len(client_id) <= 200 and client_id.isprintable():
+            headers["x-client-request-id"] = client_id
+        try:
+            response = await handler(request, headers)
+        except GatewayError as exc:
+            if _body_unread(request):
+                # Answered before the body was read: close rather than drain it, so the
+                # connection is not left mid-request (uvicorn honours `connection: close`).
+                headers["connection"] = "close"
+            return error_response(exc, {**headers, **_rate_limit_headers(request)})
+        limit_headers = _rate_limit_headers(request)
+        if limit_headers:
+            response.headers.update(limit_headers)
+        return response
+
+    return run

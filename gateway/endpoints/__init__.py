@@ -1,1 +1,0 @@
-"""HTTP endpoints: the route table (`routes.py`) and one module per resource."""

@@ -1,0 +1,1 @@
+"""Idempotency-Key: claim, stage, finish, replay; stores on SQL and Redis."""

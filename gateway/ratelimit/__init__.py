@@ -1,0 +1,1 @@
+"""Per-key rate limits: the limiter and its stores."""

@@ -1,0 +1,1 @@
+"""Signed webhook endpoints, events and their delivery."""
