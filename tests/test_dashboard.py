@@ -29,6 +29,7 @@ from gateway.storage.database import transaction
 from gateway.types import BillingMode, EntryKind, LedgerEntry
 from tests.conftest import service_missing
 from tests.harness import RunningGateway
+from tests.lifecycle_support import chat, wait_for
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -248,4 +249,29 @@ def test_before_sign_in_no_sign_out_no_401s_and_negative_top_ups_subtract(
     assert text(browser, "workspace") == "Globex"
     assert text(browser, "balance-split") == "100 allotment − 300 top-ups"
     assert text(browser, "topups") == "-300"
+    assert not browser.find_element(By.ID, "caps-card").is_displayed()  # an uncapped key
     assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def test_a_capped_key_sees_its_caps_and_what_is_left(
+    gateway: RunningGateway, browser: webdriver.Chrome,
+) -> None:
+    ws, _ = gateway.workspace("free")
+    created = gateway.accounts.create_key(ws, agent_id="triage")
+    gateway.accounts.set_cap(ws, "key", created.id, 7)
+    gateway.accounts.set_cap(ws, "agent", "triage", 50)
+    wait_for(lambda: gateway.balance(created.key).get("caps"), what="the caps reaching the key cache")
+    assert chat(gateway, created.key, model="gpt-4o-mini").status_code == 200  # 1 credit, both caps
+    balance = gateway.balance(created.key)
+    assert [c["used"] for c in balance["caps"]] == [1, 1]
+    browser.get(gateway.url + "/dashboard")
+    wait(browser, lambda b: b.find_element(By.ID, "signin").is_displayed())
+    browser.find_element(By.ID, "key").send_keys(created.key)
+    browser.find_element(By.ID, "signin-button").click()
+    wait(browser, lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "true")
+    assert browser.find_element(By.ID, "caps-card").is_displayed()
+    rows = {r.get_attribute("data-kind"): [c.text for c in r.find_elements(By.TAG_NAME, "td")]
+            for r in browser.find_elements(By.CSS_SELECTOR, "#caps tbody tr")}
+    resets = balance["period_end"]
+    assert rows == {"key": [f"key {created.id}", "7", "1", "6", resets],
+                    "agent": ["agent triage", "50", "1", "49", resets]}

@@ -15,6 +15,7 @@ import secrets
 
 from sqlalchemy import Engine
 
+from gateway.accounts.spend_caps import caps_of
 from gateway.clock import Clock, now_ms
 from gateway.errors import Forbidden, InvalidApiKey, ServiceUnavailable
 from gateway.storage.database import snapshot, transaction
@@ -51,7 +52,12 @@ class Sessions:
         with snapshot(self._engine) as (cur, sql):
             cur.execute(
                 sql(
-                    "SELECT k.id, k.workspace_id, k.agent_id, k.scopes, w.plan, w.suspended "
+                    "SELECT k.id, k.workspace_id, k.agent_id, k.scopes, w.plan, w.suspended, "
+                    # The key's caps, as the inference caller carries them (/v1/balance shows them).
+                    "(SELECT c.credits FROM spend_caps c WHERE c.workspace_id = k.workspace_id "
+                    "AND c.subject = 'key:' || k.id), "
+                    "(SELECT c.credits FROM spend_caps c WHERE c.workspace_id = k.workspace_id "
+                    "AND c.subject = 'agent:' || k.agent_id) "
                     "FROM dashboard_sessions s JOIN api_keys k ON k.id = s.key_id "
                     "JOIN workspaces w ON w.id = k.workspace_id "
                     "WHERE s.token_hash = ? AND s.expires_ms > ? AND k.revoked_ms IS NULL "
@@ -62,10 +68,11 @@ class Sessions:
             row = cur.fetchone()
         if row is None:
             return None
-        key_id, workspace_id, agent, scopes, plan, suspended = row
+        key_id, workspace_id, agent, scopes, plan, suspended, key_cap, agent_cap = row
         if "read" not in scopes.split(","):
             return None
-        return Caller(workspace_id, key_id, agent, frozenset({"read"}), plan, suspended=bool(suspended))
+        return Caller(workspace_id, key_id, agent, frozenset({"read"}), plan, suspended=bool(suspended),
+                      caps=caps_of(key_id, agent, key_cap, agent_cap))
 
     def _end(self, token: str) -> None:
         with transaction(self._engine) as (cur, sql):

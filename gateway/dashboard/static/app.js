@@ -102,6 +102,25 @@ function renderBalance(b, who) {
   $("renews").textContent = b.period_end;
 }
 
+// Spend caps bind the signed-in key (and its agent): shown only when the key has any.
+function renderCaps(b) {
+  const caps = b.caps || [];
+  $("caps-card").hidden = caps.length === 0;
+  const body = $("caps").querySelector("tbody");
+  body.replaceChildren(...caps.map((c) => {
+    const row = document.createElement("tr");
+    row.dataset.kind = c.kind;
+    const cells = [`${c.kind} ${c.id}`, fmt(c.credits), fmt(c.used), fmt(c.remaining), c.resets_on];
+    cells.forEach((value, i) => {
+      const cell = document.createElement("td");
+      cell.textContent = value;
+      if (i > 0 && i < 4) cell.className = "num";
+      row.append(cell);
+    });
+    return row;
+  }));
+}
+
 function renderProjection(b, week) {
   const rate = week.total.credits / 7;
   $("rate").textContent = `Current rate: ${rate.toFixed(1)} credits/day (last 7 days, ` +
@@ -260,6 +279,7 @@ async function load() {
     $("app").hidden = false;
     $("who").hidden = false;
     renderBalance(balance, who);
+    renderCaps(balance);
     renderChart(byAgent, days);
     renderModels(byModel);
     renderProjection(balance, week);
