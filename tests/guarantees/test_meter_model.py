@@ -1,15 +1,17 @@
 """A hypothesis state machine drives the real `Meter` backends against a simple model.
 
-Rules: reserve, settle, void, expire (the ManualClock moves past the hold TTL,
-then a sweep), settle twice, settle after void, void after settle, top-up,
-renewal (the clock crosses the period end while holds are open), and on Redis:
-an outbox entry delivered twice, and the outbox consumer dying between its SQL
+Rules: reserve (with or without a spend cap on its key), settle, void, expire
+(the ManualClock moves past the hold TTL, then a sweep), settle twice, settle
+after void, void after settle, top-up, renewal (the clock crosses the period
+end while holds are open), and on Redis: an outbox entry delivered twice, and
+the outbox consumer dying between its SQL
 commit and its acknowledgement (the next consumer re-delivers what it left).
 
 After every step (DESIGN invariants 1, 2, 4, 6): the balance equals the
 model's, `assert_equation` recomputes it from the SQL ledger alone, the
 ledger holds exactly one reply entry per settled hold (its cost, its bucket
-split), one renewal per period, and no bucket is ever negative.
+split), one renewal per period, and no bucket is ever negative; the key's cap
+usage this period equals the model's (charged plus held) and never passes it.
 
 The backends are built with the contract suite's builders (memory and sql
 from tests/test_meter_contract.py; Redis with its outbox consumer driven by
@@ -42,13 +44,13 @@ from hypothesis.stateful import (
 
 from gateway.accounts.workspaces import Accounts
 from gateway.clock import Clock, ManualClock
-from gateway.errors import InsufficientCredits
+from gateway.errors import InsufficientCredits, SpendCapReached
 from gateway.metering.base import Meter
 from gateway.metering.outbox import OutboxConsumer, backlog
 from gateway.metering.redis_client import connect
 from gateway.metering.redis_scripts import Layout
 from gateway.storage.database import create_schema, make_engine
-from gateway.types import Hold
+from gateway.types import Cap, Hold
 from tests.meter_contract import HOLD_TTL, START, MeterBackend, assert_equation, catalog, reply
 from tests.redis_backend import redis_meter
 from tests.redis_backend import redis_url as redis_url  # the session's redis-server (a fixture)
@@ -57,6 +59,7 @@ from tests.test_meter_contract import postgres_url as postgres_url  # a fixture
 
 T = TypeVar("T")
 ALLOTMENT, TOPUPS = 60, 10
+CAP = Cap("key:key_capped", 30)  # a spend cap on one key, per period
 
 
 class Loop:
@@ -179,6 +182,8 @@ class Model:
     settled: dict[str, int] = field(default_factory=dict)  # request id -> credits charged
     voided: set[str] = field(default_factory=set)
     periods: list[str] = field(default_factory=list)
+    cap_used: dict[str, int] = field(default_factory=dict)  # period -> the capped key's usage
+    capped: set[str] = field(default_factory=set)  # request ids reserved under the cap
 
     @property
     def reserved(self) -> int:
@@ -188,6 +193,8 @@ class Model:
         if hold.period_start == self.period:
             self.allotment_remaining += hold.from_allotment
         self.topups_remaining += hold.from_topups
+        if hold.request_id in self.capped:  # a void gives the cap its share back
+            self.cap_used[hold.period_start] -= hold.credits
 
 
 class MeterMachine(RuleBasedStateMachine):
@@ -216,16 +223,26 @@ class MeterMachine(RuleBasedStateMachine):
 
     # --- rules ---------------------------------------------------------------
 
-    @rule(credits=st.integers(1, 25))
-    def reserve(self, credits: int) -> None:
+    @rule(credits=st.integers(1, 25), capped=st.booleans())
+    def reserve(self, credits: int, capped: bool = False) -> None:
         m = self.model
         available = m.allotment_remaining + m.topups_remaining
+        used = m.cap_used.get(m.period, 0)
         try:
-            hold = self.loop.run(self.meter.reserve(self.ws, credits, self._id()))
-        except InsufficientCredits:
+            hold = self.loop.run(self.meter.reserve(self.ws, credits, self._id(),
+                                                    (CAP,) if capped else ()))
+        except InsufficientCredits:  # checked first: it wins when both would refuse
             assert credits > available, f"refused {credits} with {available} available"
             return
+        except SpendCapReached:
+            assert capped and credits <= available and used + credits > CAP.credits, \
+                f"cap refused {credits} with {used} of {CAP.credits} used"
+            return
         assert credits <= available, f"reserved {credits} with only {available} available"
+        if capped:
+            assert used + credits <= CAP.credits, f"cap passed: {used} + {credits}"
+            m.cap_used[m.period] = used + credits
+            m.capped.add(hold.request_id)
         from_allotment = min(credits, m.allotment_remaining)
         assert (hold.credits, hold.from_allotment, hold.from_topups, hold.period_start) == (
             credits, from_allotment, credits - from_allotment, m.period)
@@ -233,6 +250,11 @@ class MeterMachine(RuleBasedStateMachine):
         m.topups_remaining -= credits - from_allotment
         m.holds[hold.request_id] = hold
         self.all_holds[hold.request_id] = hold
+
+    def _reply(self, hold: Hold) -> Any:
+        """The settle's entry; a capped hold's names its key, as the flow's does."""
+        return reply(hold, key_id=CAP.subject.partition(":")[2]) \
+            if hold.request_id in self.model.capped else reply(hold)
 
     def _pick(self, which: int) -> Hold:
         holds = sorted(self.model.holds.values(), key=lambda h: h.request_id)
@@ -242,7 +264,7 @@ class MeterMachine(RuleBasedStateMachine):
     @rule(which=st.integers(0, 100))
     def settle(self, which: int) -> None:
         hold = self._pick(which)
-        self.loop.run(self.meter.settle(hold, reply(hold)))
+        self.loop.run(self.meter.settle(hold, self._reply(hold)))
         del self.model.holds[hold.request_id]
         self.model.settled[hold.request_id] = hold.credits
 
@@ -262,7 +284,7 @@ class MeterMachine(RuleBasedStateMachine):
         done = sorted([*self.model.settled, *self.model.voided])
         hold = self.all_holds[done[which % len(done)]]
         if how == "settle":
-            self.loop.run(self.meter.settle(hold, reply(hold)))
+            self.loop.run(self.meter.settle(hold, self._reply(hold)))
         else:
             self.loop.run(self.meter.void(hold))
 
@@ -308,7 +330,7 @@ class MeterMachine(RuleBasedStateMachine):
     def settle_delivered_twice(self, which: int) -> None:
         assert self.outbox is not None
         hold = self._pick(which)
-        self.loop.run(self.meter.settle(hold, reply(hold)))
+        self.loop.run(self.meter.settle(hold, self._reply(hold)))
         del self.model.holds[hold.request_id]
         self.model.settled[hold.request_id] = hold.credits
         assert self.loop.run(self.outbox.deliver_twice()) >= 1
@@ -318,7 +340,7 @@ class MeterMachine(RuleBasedStateMachine):
     def settle_then_consumer_crash(self, which: int) -> None:
         assert self.outbox is not None
         hold = self._pick(which)
-        self.loop.run(self.meter.settle(hold, reply(hold)))
+        self.loop.run(self.meter.settle(hold, self._reply(hold)))
         del self.model.holds[hold.request_id]
         self.model.settled[hold.request_id] = hold.credits
         assert self.loop.run(self.outbox.crash_after_commit()) >= 1
@@ -345,6 +367,8 @@ class MeterMachine(RuleBasedStateMachine):
                     -hold.from_allotment, -hold.from_topups, hold.period_start)
         renewals = [r["period_start"] for r in rows if r["kind"] == "allotment"]
         assert renewals == m.periods  # one renewal per period, in order
+        cap_used = self.loop.run(self.meter.cap_usage(self.ws, (CAP,)))[CAP.subject]
+        assert cap_used == m.cap_used.get(m.period, 0) <= CAP.credits  # caps hold, exactly
 
 
 # --- running it --------------------------------------------------------------------
