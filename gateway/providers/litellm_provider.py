@@ -16,7 +16,7 @@ litellm 1.106 quirks handled here:
   from litellm: the wrapper's `received_finish_reason` says whether the
   provider really sent one;
 - it silently ignores `response_format: {"type": "json_object"}` for
-  Anthropic: `check_request` refuses it (json_schema is translated);
+  Anthropic: `check` refuses it (json_schema is translated);
 - Anthropic needs `max_tokens`; when the client gives none, litellm sends the
   model's maximum output (64000 for claude-haiku-4-5, 4096 for unknown ids).
 """
@@ -99,7 +99,7 @@ class LitellmProvider:
             except Exception as exc:  # a broken install: no litellm route can serve
                 raise UpstreamError("the litellm provider library failed to load") from exc
 
-    async def check_request(self, model: ModelEntry, body: dict[str, Any]) -> None:
+    async def check(self, model: ModelEntry, body: dict[str, Any]) -> None:
         """Refuse (UnsupportedParameter) any body key this route cannot honour.
 
         Async because it needs litellm's parameter tables: it awaits `warm()`.

@@ -24,7 +24,7 @@ from gateway.errors import (
     deadline_exceeded,
 )
 from gateway.providers.upstream import DeadlineReached, Response, UpstreamClient, UpstreamFailure
-from gateway.types import Completion, ProviderCall
+from gateway.types import Completion, ModelEntry, ProviderCall
 
 OPENAI_BASE = "https://api.openai.com/v1"
 _PASS_THROUGH = {400, 404, 409, 413, 415, 422, 429}
@@ -71,6 +71,10 @@ class RelayProvider:
 
     async def close(self) -> None:
         await self._upstream.close()
+
+    async def check(self, model: ModelEntry, body: dict[str, Any]) -> None:
+        """Nothing to refuse here: the body goes to OpenAI as sent, and OpenAI answers for
+        its own parameters (a refusal comes back as its 400, uncharged)."""
 
     @staticmethod
     def _request(call: ProviderCall, path: str, stream: bool = False
