@@ -24,7 +24,8 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from gateway.providers.litellm_provider import LitellmProvider, _import_litellm, translate_error
+from gateway.providers.litellm_errors import translate_error
+from gateway.providers.litellm_provider import LitellmProvider, _import_litellm
 from gateway.types import ModelEntry, ProviderCall, Timeouts
 from tests.fake_provider import ANTHROPIC_KEY, OPENAI_KEY, FakeProvider
 
