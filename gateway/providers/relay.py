@@ -2,7 +2,7 @@
 
 The reply body is passed on unchanged; only what metering needs is read
 (the number of choices, usage). Streams are split into SSE events and each
-event's payload handed on as bytes. The HTTP client is `upstream.py` (pooled
+event's payload handed on as bytes. The HTTP client is `upstream/` (pooled
 keep-alive connections on httptools; cheaper than aiohttp per request); its
 timeouts and failures become UpstreamTimeout / UpstreamError here; the request's total
 deadline passing mid-stream becomes DeadlineExceeded (a delivered stream is charged).
@@ -165,7 +165,7 @@ class SsePayloads:
     (the stream's end, `[DONE]`, counts as one).
 
     A provider burst (several events in one read) can so be written to the client as
-    one message (`streaming.py`): while `ready` > 0 the next payload is in memory.
+    one message (`flow/stream.py`): while `ready` > 0 the next payload is in memory.
     """
 
     def __init__(self, events: Callable[[ProviderCall, SsePayloads], AsyncGenerator[bytes, None]],
