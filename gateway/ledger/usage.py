@@ -1,6 +1,6 @@
 """Reading usage: reply credits over a window, grouped by day, agent, model, conversation or billing mode.
 
-Whole UTC hours are read from a rollup that `database.apply_entry` writes in
+Whole UTC hours are read from a rollup that `storage.database.apply_entry` writes in
 the same transaction as each reply entry, so it always equals the ledger:
 `usage_rollup` (hour, agent, model, billing mode) when the grouping has no
 conversation, else `usage_conversations` (the same with the conversation).

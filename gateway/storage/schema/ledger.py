@@ -79,7 +79,7 @@ class UsageSums(SQLModel):
 class UsageRollup(UsageSums, table=True):
     """Reply credits per workspace, hour (UTC) and attribution, written with each reply entry.
 
-    `database.apply_entry` upserts it in the ledger entry's own transaction, so
+    `storage.database.apply_entry` upserts it in the ledger entry's own transaction, so
     it always equals the ledger's reply entries (`ledger/usage.py` reads it).
     Empty strings stand for "none" so the key has no NULLs (NULLs never conflict).
     """
