@@ -24,7 +24,8 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from gateway.providers.litellm_provider import LitellmProvider, _import_litellm, translate_error
+from gateway.providers.litellm_errors import translate_error
+from gateway.providers.litellm_provider import LitellmProvider, _import_litellm
 from gateway.types import ModelEntry, ProviderCall, Timeouts
 from tests.fake_provider import ANTHROPIC_KEY, OPENAI_KEY, FakeProvider
 
@@ -219,10 +220,10 @@ async def test_json_schema_response_format_is_translated(
 # ---- parameters
 
 
-async def test_check_request_accepts_what_anthropic_can_honour(
+async def test_check_accepts_what_anthropic_can_honour(
     provider: FakeProvider, llm: LitellmProvider
 ) -> None:
-    await llm.check_request(claude(provider), {
+    await llm.check(claude(provider), {
         "model": "claude-haiku-4-5", "messages": HI, "stream": True,
         "stream_options": {"include_usage": True}, "temperature": 0.3, "top_p": 0.9,
         "max_tokens": 10, "max_completion_tokens": 10, "stop": ["x"], "tools": TOOLS,
@@ -251,11 +252,11 @@ async def test_check_request_accepts_what_anthropic_can_honour(
     ("response_format", {"type": "json_object"}),  # litellm would silently drop it
     ("no_such_param", 1),
 ])
-async def test_check_request_refuses_what_it_cannot_honour(
+async def test_check_refuses_what_it_cannot_honour(
     provider: FakeProvider, llm: LitellmProvider, param: str, value: Any
 ) -> None:
     with pytest.raises(UnsupportedParameter) as info:
-        await llm.check_request(claude(provider), {"model": "m", "messages": HI, param: value})
+        await llm.check(claude(provider), {"model": "m", "messages": HI, param: value})
     assert info.value.param == param
     assert info.value.status == 400
     assert provider.count() == 0
@@ -549,7 +550,7 @@ async def test_embed_returns_openai_shape(provider: FakeProvider, llm: LitellmPr
         credits=0, metered=False, byo=True, kind="embedding", api_base=provider.openai_base,
     )
     body = {"model": "text-embedding-3-small", "input": ["a cat", "a dog"]}
-    await llm.check_request(model, body)
+    await llm.check(model, body)
     data = orjson.loads(await llm.embed(ProviderCall(
         model=model, body=body, api_key=OPENAI_KEY, byo=False, timeouts=Timeouts(2, 2, 5),
     )))

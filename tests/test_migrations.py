@@ -28,7 +28,7 @@ from tests.postgres import fresh_database
 HINT = "bookbag-gateway db upgrade"
 runner = CliRunner()
 NEW_REVISION_HINT = (
-    "gateway/storage/schema.py and the migrations differ: run `bookbag-gateway db revision \"what changed\"`"
+    "gateway/storage/schema/ and the migrations differ: run `bookbag-gateway db revision \"what changed\"`"
     " and review the file it writes in gateway/storage/migrations/versions/"
 )
 

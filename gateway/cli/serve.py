@@ -14,10 +14,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy import make_url
 
 from gateway.catalog import Catalog, CatalogError, load
-from gateway.cli.lifecycle import DbFlag, Helpers, PricingFlag
+from gateway.cli.context import fail, load_settings, open_new_engine, shown_url
+from gateway.cli.options import DbFlag, PricingFlag
 from gateway.clock import SystemClock
 from gateway.flow.provider_keys import HOUSE_KEY_ENV, unavailable
 from gateway.settings import Settings, export_env
@@ -27,14 +27,6 @@ def meter_of(settings: Settings) -> str:
     from gateway.app import meter_kind
 
     return meter_kind(settings)
-
-
-def shown_url(url: str) -> str:
-    """The database URL without its password."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # an unparsable URL fails later with its own message
-        return url
 
 
 def summary(settings: Settings, catalog: Catalog, *, created: bool, workers: int) -> list[str]:
@@ -61,59 +53,60 @@ def summary(settings: Settings, catalog: Catalog, *, created: bool, workers: int
     return lines
 
 
-def register(app: typer.Typer, h: Helpers) -> None:
-    @app.command()
-    def serve(
-        host: Annotated[str | None, typer.Option(help="Overrides BOOKBAG_HOST.")] = None,
-        port: Annotated[int | None, typer.Option(help="Overrides BOOKBAG_PORT.")] = None,
-        workers: Annotated[int, typer.Option(help="Gateway processes.")] = 1,
-        database_url: DbFlag = None,
-        pricing: PricingFlag = None,
-        redis_url: Annotated[str | None, typer.Option(help="Overrides BOOKBAG_REDIS_URL.")] = None,
-        metering: Annotated[str | None, typer.Option(help="on | off (BOOKBAG_METERING).")] = None,
-    ) -> None:
-        """Run the gateway (creates the schema of an empty database)."""
-        import uvicorn
+def serve(
+    host: Annotated[str | None, typer.Option(help="Overrides BOOKBAG_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Overrides BOOKBAG_PORT.")] = None,
+    workers: Annotated[int, typer.Option(help="Gateway processes.")] = 1,
+    database_url: DbFlag = None,
+    pricing: PricingFlag = None,
+    redis_url: Annotated[str | None, typer.Option(help="Overrides BOOKBAG_REDIS_URL.")] = None,
+    metering: Annotated[str | None, typer.Option(help="on | off (BOOKBAG_METERING).")] = None,
+) -> None:
+    """Run the gateway (creates the schema of an empty database)."""
+    import uvicorn
 
-        from gateway.accounts.reconcile import SqlBalances
+    from gateway.accounts.reconcile import SqlBalances
 
-        export_env({"BOOKBAG_HOST": host, "BOOKBAG_PORT": port,
-                    "BOOKBAG_DATABASE_URL": database_url, "BOOKBAG_PRICING": pricing,
-                    "BOOKBAG_REDIS_URL": redis_url, "BOOKBAG_METERING": metering})
-        settings = h.settings()
-        if workers > 1 and not settings.redis_url and settings.meter in ("auto", "memory"):
-            # One process owns balances in the embedded meter; several share SQL rows instead.
-            export_env({"BOOKBAG_METER": "sql"})
-            settings = h.settings()
-        try:
-            catalog = load(settings.pricing_path)
-        except CatalogError as exc:
-            h.fail(str(exc))
-            raise  # unreachable: fail exits
-        engine, created = h.engine_new(settings.database_url)  # refuses an outdated schema
-        try:
-            owner = SqlBalances(engine, SystemClock()).embedded_owner() \
-                if meter_of(settings) == "memory" else None
-        finally:
-            engine.dispose()
-        if owner:
-            h.fail(f"another gateway process ({owner}) owns the balances of this database "
-                   "(the embedded meter allows one process): stop it, or use another database, "
-                   "or set BOOKBAG_REDIS_URL or BOOKBAG_METER=sql to run several")
-        err = Console(stderr=True, soft_wrap=True)
-        for line in summary(settings, catalog, created=created, workers=workers):
-            err.print(escape(line), style="yellow" if line.startswith("warning") else None)
-        uvicorn.run(
-            "gateway.cli.app:app_from_env",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=workers if workers > 1 else None,
-            loop="uvloop",
-            # httptools; malformed HTTP and oversized heads refused in the OpenAI error shape
-            http="gateway.edge.protocol:EnvHttpProtocol",
-            access_log=False,
-            proxy_headers=False,  # no client address is read; the dashboard reads X-Forwarded-Proto itself
-            log_level=settings.log_level,
-            timeout_graceful_shutdown=int(settings.shutdown_grace),
-        )
+    export_env({"BOOKBAG_HOST": host, "BOOKBAG_PORT": port,
+                "BOOKBAG_DATABASE_URL": database_url, "BOOKBAG_PRICING": pricing,
+                "BOOKBAG_REDIS_URL": redis_url, "BOOKBAG_METERING": metering})
+    settings = load_settings()
+    if workers > 1 and not settings.redis_url and settings.meter in ("auto", "memory"):
+        # One process owns balances in the embedded meter; several share SQL rows instead.
+        export_env({"BOOKBAG_METER": "sql"})
+        settings = load_settings()
+    try:
+        catalog = load(settings.pricing_path)
+    except CatalogError as exc:
+        fail(str(exc))
+    engine, created = open_new_engine(settings.database_url)  # refuses an outdated schema
+    try:
+        owner = SqlBalances(engine, SystemClock()).embedded_owner() \
+            if meter_of(settings) == "memory" else None
+    finally:
+        engine.dispose()
+    if owner:
+        fail(f"another gateway process ({owner}) owns the balances of this database "
+             "(the embedded meter allows one process): stop it, or use another database, "
+             "or set BOOKBAG_REDIS_URL or BOOKBAG_METER=sql to run several")
+    err = Console(stderr=True, soft_wrap=True)
+    for line in summary(settings, catalog, created=created, workers=workers):
+        err.print(escape(line), style="yellow" if line.startswith("warning") else None)
+    uvicorn.run(
+        "gateway.cli.app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers if workers > 1 else None,
+        loop="uvloop",
+        # httptools; malformed HTTP and oversized heads refused in the OpenAI error shape
+        http="gateway.edge.protocol:EnvHttpProtocol",
+        access_log=False,
+        proxy_headers=False,  # no client address is read; the dashboard reads X-Forwarded-Proto itself
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_grace),
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)

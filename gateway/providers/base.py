@@ -1,4 +1,5 @@
-"""The Provider interface: one chat call, JSON or streamed, and embeddings.
+"""The Provider interface: a check before any credit moves, one chat call (JSON or
+streamed), and embeddings.
 
 A stream yields the JSON payload of each OpenAI `chat.completion.chunk` as
 bytes (what follows `data: ` on an SSE line, without framing), and ends after
@@ -10,12 +11,17 @@ when the provider stops sending. Errors are `gateway.errors` types only.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Any, Protocol
 
-from gateway.types import Completion, ProviderCall
+from gateway.types import Completion, ModelEntry, ProviderCall
 
 
 class Provider(Protocol):
+    async def check(self, model: ModelEntry, body: dict[str, Any]) -> None:
+        """Refuse (400, before anything is reserved) a parameter this provider cannot honour
+        for `model`; return when there is nothing to refuse."""
+        ...
+
     async def complete(self, call: ProviderCall) -> Completion:
         """One non-streamed chat completion in OpenAI shape."""
         ...

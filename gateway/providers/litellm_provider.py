@@ -1,10 +1,11 @@
 """The one module that imports litellm: chat and embeddings for non-OpenAI providers.
 
 It owns litellm's lazy import and the few switches it needs, the parameter
-check made before credits are reserved, the call itself (exactly one upstream
-HTTP request: no retries, nothing dropped), its timeouts, the translation of
-litellm's replies into exact OpenAI JSON bytes and chunk payloads, and the
-translation of litellm's exceptions into `gateway.errors` types.
+check made before credits are reserved, and the call itself (exactly one
+upstream HTTP request: no retries, nothing dropped) with its timeouts. Its
+replies become exact OpenAI JSON in `litellm_replies.py`, its exceptions
+`gateway.errors` types in `litellm_errors.py`; neither imports litellm (the
+error map is handed the module).
 
 litellm 1.106 quirks handled here:
 - its import takes ~3 s and fetches a cost map from GitHub, and its first
@@ -16,7 +17,7 @@ litellm 1.106 quirks handled here:
   from litellm: the wrapper's `received_finish_reason` says whether the
   provider really sent one;
 - it silently ignores `response_format: {"type": "json_object"}` for
-  Anthropic: `check_request` refuses it (json_schema is translated);
+  Anthropic: `check` refuses it (json_schema is translated);
 - Anthropic needs `max_tokens`; when the client gives none, litellm sends the
   model's maximum output (64000 for claude-haiku-4-5, 4096 for unknown ids).
 """
@@ -24,9 +25,7 @@ litellm 1.106 quirks handled here:
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -34,13 +33,12 @@ import orjson
 
 from gateway.errors import (
     GatewayError,
-    ProviderAuthFailed,
-    ProviderRejected,
     UnsupportedParameter,
     UpstreamError,
-    UpstreamTimeout,
     deadline_exceeded,
 )
+from gateway.providers import litellm_replies as replies
+from gateway.providers.litellm_errors import translate_error
 from gateway.types import Completion, ModelEntry, ProviderCall
 
 # The OpenAI chat parameters litellm may translate; litellm's own extensions
@@ -61,9 +59,6 @@ _NEUTRAL: dict[str, Any] = {"n": 1, "logprobs": False, "store": False, "metadata
 _DROPPED_VALUES: dict[tuple[str, str], Callable[[Any], bool]] = {
     ("anthropic", "response_format"): lambda v: isinstance(v, dict) and v.get("type") == "json_object",
 }
-_STATUS_BY_TYPE = {"request_too_large": 413}
-_LITELLM_HINT = re.compile(r"\.? Handle with `litellm\.\w+`\.?")
-_KEYLIKE = re.compile(r"\b(?:sk|bk)[-_][A-Za-z0-9_\-]{8,}")
 
 
 def _import_litellm() -> Any:
@@ -99,7 +94,7 @@ class LitellmProvider:
             except Exception as exc:  # a broken install: no litellm route can serve
                 raise UpstreamError("the litellm provider library failed to load") from exc
 
-    async def check_request(self, model: ModelEntry, body: dict[str, Any]) -> None:
+    async def check(self, model: ModelEntry, body: dict[str, Any]) -> None:
         """Refuse (UnsupportedParameter) any body key this route cannot honour.
 
         Async because it needs litellm's parameter tables: it awaits `warm()`.
@@ -134,8 +129,8 @@ class LitellmProvider:
                 reply = await litellm.acompletion(**_arguments(call, stream=False))
         except Exception as exc:
             raise translate_error(litellm, exc, call) from exc
-        choices = [_choice(c) for c in reply.choices]
-        usage = _usage(getattr(reply, "usage", None))
+        choices = [replies.choice(c) for c in reply.choices]
+        usage = replies.usage(getattr(reply, "usage", None))
         body = {
             "id": reply.id, "object": "chat.completion", "created": reply.created,
             "model": reply.model, "choices": choices, "usage": usage,
@@ -169,15 +164,15 @@ class LitellmProvider:
                         if loop.time() >= deadline:  # the gateway's own deadline, not silence
                             raise deadline_exceeded(call.model.id, call.timeouts.total) from None
                         raise
-                    payload = _chunk(chunk)
+                    payload = replies.chunk_payload(chunk)
                     if payload is not None:
                         finishes = any(c["finish_reason"] for c in payload["choices"])
                         if finishes and not wrapper.received_finish_reason:
                             break  # litellm made this finish_reason up: the provider stopped
                         yield orjson.dumps(payload)
                     if getattr(chunk, "usage", None) is not None:
-                        usage = orjson.dumps({**_head(chunk), "choices": [],
-                                              "usage": _usage(chunk.usage)})
+                        usage = orjson.dumps({**replies.head(chunk), "choices": [],
+                                              "usage": replies.usage(chunk.usage)})
             except GatewayError:
                 raise
             except Exception as exc:
@@ -246,142 +241,3 @@ def _arguments(call: ProviderCall, *, stream: bool) -> dict[str, Any]:
     if stream:
         args["stream_options"] = {"include_usage": True}
     return args
-
-
-def _tool_calls(calls: Any, *, streamed: bool) -> list[dict[str, Any]]:
-    out = []
-    for i, tc in enumerate(calls):
-        fn = tc.function
-        index = getattr(tc, "index", None)
-        item: dict[str, Any] = {"index": i if index is None else index} if streamed else {}
-        if tc.id or not streamed:
-            item.update(id=tc.id, type="function")
-        function = {"name": fn.name} if fn.name or not streamed else {}
-        function["arguments"] = fn.arguments or ""
-        out.append({**item, "function": function})
-    return out
-
-
-def _choice(c: Any) -> dict[str, Any]:
-    m = c.message
-    message: dict[str, Any] = {"role": "assistant", "content": m.content, "refusal": None}
-    if m.tool_calls:
-        message["tool_calls"] = _tool_calls(m.tool_calls, streamed=False)
-    return {"index": c.index, "message": message, "logprobs": None,
-            "finish_reason": c.finish_reason}
-
-
-def _chunk(chunk: Any) -> dict[str, Any] | None:
-    """The OpenAI chunk for litellm's chunk, or None when it carries nothing."""
-    choices = []
-    for c in chunk.choices or ():
-        d = c.delta
-        delta: dict[str, Any] = {}
-        if d.role:
-            delta["role"] = d.role
-        if d.content:
-            delta["content"] = d.content
-        # Thinking (Anthropic) as the OpenAI-compatible `reasoning_content` (DeepSeek, vLLM):
-        # output the provider bills, so it reaches the client and counts as delivered.
-        if reasoning := getattr(d, "reasoning_content", None):
-            delta["reasoning_content"] = reasoning
-        if d.tool_calls:
-            delta["tool_calls"] = _tool_calls(d.tool_calls, streamed=True)
-        if delta or c.finish_reason:
-            choices.append({"index": c.index, "delta": delta, "logprobs": None,
-                            "finish_reason": c.finish_reason or None})
-    return {**_head(chunk), "choices": choices} if choices else None
-
-
-def _head(chunk: Any) -> dict[str, Any]:
-    return {"id": chunk.id, "object": "chat.completion.chunk", "created": chunk.created,
-            "model": chunk.model}
-
-
-def _usage(usage: Any) -> dict[str, int] | None:
-    if usage is None:
-        return None
-    prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
-    completion = int(getattr(usage, "completion_tokens", 0) or 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
-
-
-def _scrub(text: str, key: str | None) -> str:
-    if key:
-        text = text.replace(key, "[redacted]")
-    return _KEYLIKE.sub("[redacted]", text)[:1000]
-
-
-def _provider_error(exc: BaseException) -> tuple[str, str | None]:
-    """The provider's own message and error type, from litellm's wrapping of its body:
-    "litellm.BadRequestError: AnthropicException - {json}. Handle with `litellm.X`"."""
-    text = str(getattr(exc, "message", None) or exc)
-    start = text.find("{")
-    if start >= 0:
-        try:
-            data, _ = json.JSONDecoder().raw_decode(text, start)
-        except ValueError:
-            data = None
-        error = data.get("error") if isinstance(data, dict) else None
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            kind = error.get("type")
-            return error["message"], kind if isinstance(kind, str) else None
-    text = _LITELLM_HINT.sub("", text)
-    head, sep, rest = text.partition(" - ")
-    return (rest if sep and head.startswith("litellm.") else text), None
-
-
-def translate_error(litellm: Any, exc: BaseException, call: ProviderCall) -> GatewayError:
-    """The gateway error for an exception raised by a litellm call.
-
-    Classified by meaning, not by name, so that a class a newer litellm adds
-    still lands right: first its base class (litellm's exceptions derive from
-    the OpenAI SDK's, one per HTTP meaning), then its HTTP status. Most
-    specific first; whatever is left (connection errors, 5xx, 529 overloaded,
-    in-band stream errors, litellm's proxy-side exceptions) is a 502.
-    """
-    if isinstance(exc, GatewayError):
-        return exc
-    e = litellm.exceptions
-    provider = call.model.provider
-    message, kind = _provider_error(exc)
-    message = _scrub(message, call.api_key)
-    # An HTTP status counts where it is the provider's answer (the OpenAI SDK's APIError
-    # family, which litellm's provider exceptions derive from), not on litellm's own
-    # proxy-side exceptions (guardrails, budgets), which a plain call never configures.
-    status = _http_status(exc) if isinstance(exc, getattr(e, "openai", e).APIError) else None
-    # litellm reports some provider 4xx as 400; the error type keeps the real status.
-    status = _STATUS_BY_TYPE.get(kind or "", status) if status == 400 else status
-    if isinstance(exc, TimeoutError | e.Timeout) or status == 408:
-        return UpstreamTimeout(f"{provider} did not answer within the time limit")
-    if isinstance(exc, e.AuthenticationError) or status == 401:
-        # CallerCredentialAuthenticationError included: the caller's key is a BYO key.
-        if call.byo:
-            return ProviderAuthFailed(f"{provider} rejected the provider key: {message}")
-        return UpstreamError(f"{provider} rejected the gateway's provider key")
-    if isinstance(exc, e.RateLimitError) or status == 429:
-        return ProviderRejected(429, message, type_="rate_limit_error")
-    if isinstance(exc, e.ContextWindowExceededError):
-        return ProviderRejected(400, message, code="context_length_exceeded")
-    if isinstance(exc, e.PermissionDeniedError | e.PaymentRequiredError) or status in (402, 403):
-        if not call.byo:
-            # A refusal of the gateway's own provider account is not the client's to fix.
-            return UpstreamError(f"{provider} refused the gateway's provider account: {message}")
-        return ProviderRejected(status if status in (402, 403) else 403, message)
-    if isinstance(status, int) and 400 <= status < 500:
-        return ProviderRejected(status, message)
-    for base, default in ((e.NotFoundError, 404), (e.UnprocessableEntityError, 422),
-                          (e.BadRequestError, 400)):
-        if isinstance(exc, base) and status is None:
-            return ProviderRejected(default, message)
-    return UpstreamError(f"{provider} failed: {message}")
-
-
-def _http_status(exc: BaseException) -> int | None:
-    """The HTTP status litellm (or the OpenAI SDK under it) attached to an exception."""
-    status = getattr(exc, "status_code", None)
-    if not isinstance(status, int):
-        response = getattr(exc, "response", None)
-        status = getattr(response, "status_code", None)
-    return status if isinstance(status, int) and 100 <= status < 600 else None

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import InvalidRequest, UnsupportedParameter
-from gateway.types import Completion, ProviderCall
+from gateway.types import Completion, ModelEntry, ProviderCall
 
 NO_ANSWER = "I could not find an answer to that in the conversation."
 MAX_SENTENCES = 3
@@ -217,6 +217,10 @@ class LocalProvider:
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
+
+    async def check(self, model: ModelEntry, body: dict[str, Any]) -> None:
+        """The parameters bookbag-local honours, whatever the catalog entry (`check_request`)."""
+        check_request(body)
 
     def _reply(self, call: ProviderCall) -> tuple[list[str], str, int]:
         """The reply's pieces (concatenating to its content), finish reason, prompt tokens."""

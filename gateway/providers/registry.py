@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.providers.base import Provider
 from gateway.providers.local import LocalProvider
-from gateway.providers.local import check_request as check_local
 from gateway.providers.relay import RelayProvider
 from gateway.types import ModelEntry
+
+if TYPE_CHECKING:
+    from gateway.providers.litellm_provider import LitellmProvider
 
 
 class Providers:
     """local -> LocalProvider; openai -> RelayProvider (bytes); anything else -> litellm."""
 
-    def __init__(self, relay: RelayProvider, local: LocalProvider, litellm: Any) -> None:
+    def __init__(self, relay: RelayProvider, local: LocalProvider, litellm: LitellmProvider) -> None:
         self.relay = relay
         self.local = local
-        self.litellm = litellm  # LitellmProvider: imported lazily, off the relay's path
+        self.litellm = litellm  # it imports litellm lazily, off the relay's path
 
     def for_model(self, model: ModelEntry) -> Provider:
         if model.provider == "local":
@@ -30,12 +31,7 @@ class Providers:
 
     async def check(self, model: ModelEntry, body: dict[str, Any]) -> None:
         """Refuse, before reserving, a parameter the route cannot honour (400)."""
-        if model.provider == "local":
-            check_local(body)
-        elif not model.relayed:
-            result = self.litellm.check_request(model, body)
-            if inspect.isawaitable(result):
-                await result
+        await self.for_model(model).check(model, body)
 
     async def close(self) -> None:
         await self.relay.close()

@@ -2,7 +2,7 @@
 
 The reply body is passed on unchanged; only what metering needs is read
 (the number of choices, usage). Streams are split into SSE events and each
-event's payload handed on as bytes. The HTTP client is `upstream.py` (pooled
+event's payload handed on as bytes. The HTTP client is `upstream/` (pooled
 keep-alive connections on httptools; cheaper than aiohttp per request); its
 timeouts and failures become UpstreamTimeout / UpstreamError here; the request's total
 deadline passing mid-stream becomes DeadlineExceeded (a delivered stream is charged).
@@ -24,7 +24,7 @@ from gateway.errors import (
     deadline_exceeded,
 )
 from gateway.providers.upstream import DeadlineReached, Response, UpstreamClient, UpstreamFailure
-from gateway.types import Completion, ProviderCall
+from gateway.types import Completion, ModelEntry, ProviderCall
 
 OPENAI_BASE = "https://api.openai.com/v1"
 _PASS_THROUGH = {400, 404, 409, 413, 415, 422, 429}
@@ -71,6 +71,10 @@ class RelayProvider:
 
     async def close(self) -> None:
         await self._upstream.close()
+
+    async def check(self, model: ModelEntry, body: dict[str, Any]) -> None:
+        """Nothing to refuse here: the body goes to OpenAI as sent, and OpenAI answers for
+        its own parameters (a refusal comes back as its 400, uncharged)."""
 
     @staticmethod
     def _request(call: ProviderCall, path: str, stream: bool = False
@@ -161,7 +165,7 @@ class SsePayloads:
     (the stream's end, `[DONE]`, counts as one).
 
     A provider burst (several events in one read) can so be written to the client as
-    one message (`streaming.py`): while `ready` > 0 the next payload is in memory.
+    one message (`flow/stream.py`): while `ready` > 0 the next payload is in memory.
     """
 
     def __init__(self, events: Callable[[ProviderCall, SsePayloads], AsyncGenerator[bytes, None]],

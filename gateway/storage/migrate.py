@@ -8,7 +8,7 @@ stamps it); a database at head passes; anything else is refused with
 SQLite write lock, a PostgreSQL advisory lock), so gateways starting together
 on one database apply them once.
 
-A change to `gateway/storage/schema.py` needs a revision: `bookbag-gateway db revision
+A change to `gateway/storage/schema/` needs a revision: `bookbag-gateway db revision
 "what changed"` writes one from the difference (tests/test_migrations.py
 fails until it exists).
 """
@@ -185,7 +185,7 @@ def prepare(engine: Engine) -> bool:
 
 
 def revision(message: str) -> Path:
-    """Write the next revision from the difference between head and `gateway/storage/schema.py`.
+    """Write the next revision from the difference between head and `gateway/storage/schema/`.
 
     For developers (an editable install): the difference is computed against a
     scratch SQLite database at head; review the file, and run the migration

@@ -28,7 +28,7 @@ import orjson
 import pytest
 
 from gateway.flow.stream import inspect
-from gateway.providers.litellm_provider import _chunk
+from gateway.providers.litellm_replies import chunk_payload
 from gateway.settings import SettingsError
 from tests import harness
 from tests.fake_provider import FakeProvider
@@ -304,7 +304,7 @@ def test_litellm_passes_reasoning_on() -> None:
                             reasoning_content="Let me think")
     chunk = SimpleNamespace(id="c1", created=1, model="claude-haiku-4-5",
                             choices=[SimpleNamespace(index=0, delta=delta, finish_reason=None)])
-    out = _chunk(chunk)
+    out = chunk_payload(chunk)
     assert out is not None
     assert out["choices"][0]["delta"] == {"reasoning_content": "Let me think"}
     assert inspect(orjson.dumps(out))[0]
