@@ -1,7 +1,7 @@
 """A fake model provider: a real HTTP server on loopback for tests and benchmarks.
 
-It speaks the OpenAI Chat Completions / Embeddings / Models and the Anthropic
-Messages wire protocols, validates requests as strictly as the real APIs, can be
+It speaks the OpenAI Chat Completions / Responses / Embeddings / Models and the
+Anthropic Messages (and count_tokens) wire protocols, validates requests as strictly as the real APIs, can be
 told to fail the way providers fail, and records every request it receives
 (rejected ones included) before answering.
 
@@ -17,6 +17,10 @@ Replies are deterministic: "Hello from fake <model>: <last user text[:200]>", or
 call to the first tool (or the one tool_choice names) when tools are given,
 unless tool_choice is "none" or, with tool_choice auto/unset, the last message
 is a tool result (then it answers with text, so agent loops terminate).
+`/v1/responses` answers the same way in its own shape (tests/fakes/responses_reply.py),
+remembers the ids of stored responses for `previous_response_id`, and ends a text
+longer than `max_output_tokens` as `incomplete`; `/v1/messages/count_tokens` answers
+the input tokens that `/v1/messages` would report for the same prompt.
 SSE streams are written in pieces of 1..40 bytes cut at arbitrary byte
 boundaries, so a client that assumes one event per read breaks.
 
@@ -27,10 +31,12 @@ failure matching a request's path is used (and counted down):
   hang          never answers; released (connection dropped) by reset() or stop().
   drop          closes the connection without a response.
   cut           after=N: a stream sends its opening chunk(s) and N content chunks
-                (OpenAI content/tool-argument deltas, Anthropic content_block_delta
-                events), then closes the connection mid-body. Non-stream: drop.
+                (OpenAI content/tool-argument deltas, Responses output_text /
+                function_call_arguments deltas, Anthropic content_block_delta events),
+                then closes the connection mid-body. Non-stream: drop.
   inband_error  after=N: as cut, then an in-band error event and a clean end
-                (no [DONE] / message_stop). Non-stream: a 500 error reply.
+                (no [DONE] / message_stop; Responses: a `response.failed` event).
+                Non-stream: a 500 error reply.
                 Optional message=, and type= for Anthropic (default overloaded_error).
   slow_stream   interval=<seconds> between stream events; non-stream: one wait.
   stall         after=N: a stream sends its opening chunk(s) and N output chunks, then
@@ -58,7 +64,6 @@ import hashlib
 import itertools
 import json
 import random
-import re
 import signal
 import socket
 import struct
@@ -70,6 +75,35 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
+try:
+    from tests.fakes.common import (
+        TOOL_NAME,
+        _Invalid,
+        _is_int,
+        _is_num,
+        _missing,
+        _pieces,
+        _sse,
+        _type_word,
+        _words,
+    )
+    from tests.fakes.responses_reply import ResponsesReply, build_reply
+    from tests.fakes.responses_validate import validate_responses
+except ModuleNotFoundError:  # run as a script (benchmarks): tests/ itself is on sys.path
+    from fakes.common import (  # type: ignore[no-redef]
+        TOOL_NAME,
+        _Invalid,
+        _is_int,
+        _is_num,
+        _missing,
+        _pieces,
+        _sse,
+        _type_word,
+        _words,
+    )
+    from fakes.responses_reply import ResponsesReply, build_reply  # type: ignore[no-redef]
+    from fakes.responses_validate import validate_responses  # type: ignore[no-redef]
 
 OPENAI_KEY = "sk-test-openai-0000"
 ANTHROPIC_KEY = "sk-ant-test-0000"
@@ -96,13 +130,17 @@ ANTHROPIC_PARAMS = frozenset({
     "service_tier", "container", "mcp_servers", "context_management",
     "output_config", "output_format",
 })
+# /v1/messages/count_tokens: what shapes the prompt, nothing that shapes the output
+ANTHROPIC_COUNT_PARAMS = frozenset({
+    "model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers",
+    "context_management", "output_config", "output_format",
+})
 ANTHROPIC_BLOCK_TYPES = (
     "text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking",
 )
 FAILURE_MODES = frozenset({"status", "hang", "drop", "cut", "inband_error", "slow_stream",
                            "stall"})
 OUTPUTS = ("content", "refusal", "reasoning", "audio")
-TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 OPENAI_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "text-embedding-3-small")
 
 # status -> (type, code, default message)
@@ -153,19 +191,6 @@ class _Failure:
     opts: dict[str, Any]
 
 
-class _Invalid(Exception):
-    """A request the provider rejects; rendered in the provider's error shape."""
-
-    def __init__(
-        self, message: str, *, param: str | None = None, code: str | None = None,
-        status: int = 400, etype: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message, self.param, self.code, self.status, self.etype = (
-            message, param, code, status, etype,
-        )
-
-
 @dataclass
 class _Ctx:
     request: web.Request
@@ -174,34 +199,6 @@ class _Ctx:
     failure: _Failure | None
     seq: int
     is_json: bool
-
-
-def _words(text: str) -> int:
-    return len(text.split())
-
-
-def _pieces(text: str) -> list[str]:
-    """Word pieces whose concatenation is `text` ("Hello ", "from ", ...)."""
-    return re.findall(r"\S+\s*", text) or [text]
-
-
-def _sse(data: Any, event: str | None = None) -> bytes:
-    payload = json.dumps(data, separators=(",", ":"))
-    return (f"event: {event}\n" if event else "").encode() + f"data: {payload}\n\n".encode()
-
-
-def _type_word(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a decimal"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
 
 
 # ---------------------------------------------------------------- OpenAI validation
@@ -213,14 +210,6 @@ def _oa_type(body: dict[str, Any], name: str, kind: str, check: Callable[[Any], 
             f"Invalid type for '{name}': expected {kind}, but got "
             f"{_type_word(body[name])} instead.", param=name, code="invalid_type",
         )
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _oa_range(body: dict[str, Any], name: str, lo: float, hi: float | None) -> None:
@@ -238,12 +227,6 @@ def _oa_range(body: dict[str, Any], name: str, lo: float, hi: float | None) -> N
             f"Invalid '{name}': {kind} above maximum value. Expected a value <= {hi:g}, "
             f"but got {value} instead.", param=name, code=f"{kind}_above_max_value",
         )
-
-
-def _missing(param: str) -> _Invalid:
-    return _Invalid(
-        f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
-    )
 
 
 def _oa_content(msg: dict[str, Any], where: str) -> None:
@@ -579,13 +562,14 @@ def _an_number(
         raise _an(f"{name}: Input should be less than or equal to {hi:g}")
 
 
-def validate_anthropic_messages(body: dict[str, Any]) -> None:
-    """Raise _Invalid like the real Messages API would."""
-    for name in ("model", "max_tokens", "messages"):
+def validate_anthropic_messages(body: dict[str, Any], *, count_tokens: bool = False) -> None:
+    """Raise _Invalid like the real Messages API would (or its token counter, which takes
+    the same prompt without the output parameters: no `max_tokens`, `stream`, sampling)."""
+    for name in ("model", "messages") if count_tokens else ("model", "max_tokens", "messages"):
         if name not in body:
             raise _an(f"{name}: Field required")
     for name in body:
-        if name not in ANTHROPIC_PARAMS:
+        if name not in (ANTHROPIC_COUNT_PARAMS if count_tokens else ANTHROPIC_PARAMS):
             raise _an(f"{name}: Extra inputs are not permitted")
     if not isinstance(body["model"], str) or not body["model"]:
         raise _an("model: Input should be a valid string")
@@ -650,13 +634,21 @@ def validate_anthropic_messages(body: dict[str, Any]) -> None:
                 raise _an(
                     "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
                 )
-            if body["max_tokens"] <= budget:
+            if not count_tokens and body["max_tokens"] <= budget:
                 raise _an("`max_tokens` must be greater than `thinking.budget_tokens`.")
         if ttype in ("enabled", "adaptive"):
             if body.get("temperature", 1) != 1:
                 raise _an("`temperature` may only be set to 1 when thinking is enabled.")
             if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
                 raise _an("Thinking may not be enabled when tool_choice forces tool use.")
+
+
+def anthropic_input_tokens(body: dict[str, Any]) -> int:
+    """The fake's token count of a Messages prompt: words of the system and the messages.
+    `/v1/messages/count_tokens` answers this, and `/v1/messages` reports it as usage."""
+    return _words(_an_text(body.get("system") or "")) + sum(
+        _words(_an_text(m["content"])) for m in body["messages"]
+    )
 
 
 def _an_text(content: Any) -> str:
@@ -698,6 +690,7 @@ class FakeProvider:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        self._stored: dict[str, set[str]] = {}  # stored response id -> the calls it made
 
     # ---- lifecycle
 
@@ -783,6 +776,7 @@ class FakeProvider:
         with self._lock:
             self.received.clear()
             self._failures.clear()
+            self._stored.clear()
         self.delay = 0.0
         self.output = "content"
         self._release_hung()
@@ -861,6 +855,8 @@ class FakeProvider:
             "/v1/chat/completions": ("POST", self._chat),
             "/v1/embeddings": ("POST", self._embeddings),
             "/v1/messages": ("POST", self._messages),
+            "/v1/messages/count_tokens": ("POST", self._count_tokens),
+            "/v1/responses": ("POST", self._responses),
             "/v1/models": ("GET", self._models),
         }
         key = "/v1/models" if path.startswith("/v1/models/") else path
@@ -1176,7 +1172,44 @@ class FakeProvider:
         raise _Invalid(f"The model '{wanted}' does not exist", param="model",
                        code="model_not_found", status=404)
 
-    # ---- Anthropic endpoint
+    # ---- OpenAI Responses endpoint
+
+    async def _responses(self, ctx: _Ctx) -> web.StreamResponse:
+        self._openai_auth(ctx)
+        body = self._require_json(ctx, anthropic=False)
+        previous = body.get("previous_response_id")
+        with self._lock:
+            known = self._stored.get(previous) if isinstance(previous, str) else set()
+        if known is None:
+            raise _Invalid(f"Previous response with id '{previous}' not found.",
+                           param="previous_response_id", code="previous_response_not_found")
+        validate_responses(body, known)
+        reply: ResponsesReply = build_reply(body, ctx.seq)
+        if body.get("store", True):
+            with self._lock:
+                self._stored[reply.response["id"]] = reply.call_ids
+        headers = {"x-request-id": f"req_fake{ctx.seq:06d}", "openai-processing-ms": "1"}
+        if not body.get("stream"):
+            if ctx.failure is not None and ctx.failure.mode in ("cut", "inband_error"):
+                return await self._non_stream_failure(ctx, anthropic=False)
+            await self._slow_json(ctx)
+            return web.json_response(reply.response, headers=headers)
+        message = (ctx.failure.opts.get("message") if ctx.failure else None) or (
+            "The server had an error while processing your request. Sorry about that!")
+        return await self._stream(
+            ctx, reply.events, lambda sent: reply.failed_event(sent, message), headers)
+
+    # ---- Anthropic endpoints
+
+    async def _count_tokens(self, ctx: _Ctx) -> web.StreamResponse:
+        self._anthropic_auth(ctx)
+        body = self._require_json(ctx, anthropic=True)
+        validate_anthropic_messages(body, count_tokens=True)
+        if ctx.failure is not None and ctx.failure.mode in ("cut", "inband_error"):
+            return await self._non_stream_failure(ctx, anthropic=True)
+        await self._slow_json(ctx)
+        return web.json_response({"input_tokens": anthropic_input_tokens(body)},
+                                 headers={"request-id": f"req_fake{ctx.seq:06d}"})
 
     async def _messages(self, ctx: _Ctx) -> web.StreamResponse:
         self._anthropic_auth(ctx)
@@ -1198,10 +1231,7 @@ class FakeProvider:
         tool_input = {"input": last_user[:50]}
         thinking_on = (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
         thought = f"Thinking about: {last_user[:50]}"
-        system = body.get("system")
-        input_tokens = _words(_an_text(system or "")) + sum(
-            _words(_an_text(m["content"])) for m in messages
-        )
+        input_tokens = anthropic_input_tokens(body)
         output_tokens = (_words(json.dumps(tool_input)) + 1 if tool_name else _words(text)) + (
             _words(thought) if thinking_on else 0
         )
@@ -1285,8 +1315,11 @@ class FakeProvider:
         as_status = _Failure("status", 1, None, {**ctx.failure.opts, "status": 500})
         return self._status_failure(as_status, anthropic, ctx.seq)
 
-    async def _stream(self, ctx: _Ctx, events: list[tuple[bytes, bool]], error: bytes,
+    async def _stream(self, ctx: _Ctx, events: list[tuple[bytes, bool]],
+                      error: bytes | Callable[[int], bytes],
                       headers: dict[str, str]) -> web.StreamResponse:
+        """Write `events`, failing as told; `error` is the in-band error event, or makes it
+        from the number of events sent before it (a Responses `sequence_number`)."""
         resp = web.StreamResponse(headers={
             **headers, "Content-Type": "text/event-stream; charset=utf-8",
             "Cache-Control": "no-cache",
@@ -1301,7 +1334,9 @@ class FakeProvider:
                         break
                     seen += 1
                 kept.append((data, is_content))
-            events = kept + ([(error, False)] if mode == "inband_error" else [])
+            if mode == "inband_error":
+                kept.append((error if isinstance(error, bytes) else error(len(kept)), False))
+            events = kept
         rng = random.Random(ctx.seq)
         try:
             await resp.prepare(ctx.request)

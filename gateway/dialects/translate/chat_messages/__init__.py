@@ -1,0 +1,2 @@
+"""Chat Completions <-> Anthropic Messages: requests (request.py), replies and stop reasons
+(reply.py), streams (stream.py)."""
