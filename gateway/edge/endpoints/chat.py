@@ -55,4 +55,4 @@ async def preview(request: Request, headers: dict[str, str]) -> Response:
     req = chat_request(parse_json(raw), given, caller)
     gw = gateway(request)
     estimate = await gw.pipeline.preview(caller, req, given.get(PROVIDER_KEY_HEADER))
-    return json_response(await dry_run(gw, caller, estimate), headers=headers)
+    return json_response(await dry_run(gw.pipeline, caller, estimate), headers=headers)
