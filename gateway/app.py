@@ -19,10 +19,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
 
 from gateway.accounts.auth import KeyCache
 from gateway.accounts.byo import ByoKeys
@@ -36,9 +33,8 @@ from gateway.clock import Clock, SystemClock
 from gateway.crashpoints import crasher
 from gateway.dashboard.sessions import Sessions
 from gateway.edge.asgi import GatewayApp
-from gateway.edge.request import error_response
-from gateway.edge.routes import CHAT_ROUTE, ROUTES
-from gateway.errors import GatewayError, MethodNotAllowed, NotFound
+from gateway.edge.failures import failure
+from gateway.edge.routes import ROUTES
 from gateway.flow.pipeline import Pipeline
 from gateway.idempotency.service import Idempotency
 from gateway.idempotency.sql import LedgerCheck, SqlIdempotencyStore
@@ -225,9 +221,10 @@ async def build_gateway(settings: Settings, clock: Clock | None = None,
         from gateway.ratelimit.redis import RedisLimits
 
         limits = RedisLimits(settings.redis_url, timeout=settings.redis_timeout)
+    limiter = RateLimiter(catalog, limits, clock)
     pipeline = Pipeline(settings=settings, catalog=catalog, clock=clock, meter=meter,
                         recorder=Recorder(writer, spool=spool), providers=providers,
-                        idempotency=idempotency, stored_byo_key=byo.lookup,
+                        limiter=limiter, idempotency=idempotency, stored_byo_key=byo.lookup,
                         after_charge=thresholds.after_charge,
                         crash=crasher(settings.crash_at))  # test-only; a no-op unless set
     metrics = Metrics(holds_counter(meter, engine))
@@ -239,7 +236,7 @@ async def build_gateway(settings: Settings, clock: Clock | None = None,
         meter=meter, pipeline=pipeline, usage=Usage(engine, clock), providers=providers,
         metrics=metrics, request_log=RequestLog(settings.log_json),
         sessions=Sessions(engine, clock), export=LedgerExport(engine),
-        idempotency=idempotency, spool=spool, limiter=RateLimiter(catalog, limits, clock),
+        idempotency=idempotency, spool=spool, limiter=limiter,
         byo=byo, recharges=recharges, webhooks=webhooks,
         plans=Plans(engine, catalog, clock,
                     refresh=getattr(meter, "sync", None)),  # meters that cache plans re-read them
@@ -275,21 +272,6 @@ async def close_gateway(gw: Gateway) -> None:
     gw.engine.dispose()
 
 
-async def _not_found(request: Request, exc: Exception) -> Response:
-    path = request.url.path
-    if isinstance(exc, HTTPException) and exc.status_code == 405:
-        return error_response(MethodNotAllowed(f"Method {request.method} is not allowed on {path}."))
-    if path.startswith("/v1/"):
-        return error_response(NotFound(f"The route {path} is not supported by this gateway."))
-    return error_response(NotFound(f"No route {path}."))
-
-
-async def _server_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
-    error = GatewayError("The gateway failed to handle this request.")
-    return error_response(error)
-
-
 def _tune_gc() -> None:
     """What startup built lives as long as the process: move it out of the collector's
     sight (`gc.freeze`), and collect the young generation less often. Requests allocate
@@ -317,10 +299,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
             await close_gateway(gw)
 
     return GatewayApp(
-        direct=CHAT_ROUTE,
-        server_error=_server_error,
+        failure=failure,
         routes=ROUTES,
         lifespan=lifespan,
         middleware=[Middleware(RequestObserver)],
-        exception_handlers={404: _not_found, 405: _not_found, Exception: _server_error},
+        exception_handlers={404: failure, 405: failure, Exception: failure},
     )

@@ -7,10 +7,10 @@
 The process calls `os._exit(137)` (what a `kill -9` reports): no `finally`,
 no shutdown, no flush — the guarantees suite (tests/guarantees) uses it to
 show that a crash at any step loses no charge and makes none twice. Unset (the
-default, and the only sane value in production) the pipeline's `crash` is a
+default, and the only sane value in production) the flow's `crash` is a
 no-op function and nothing else changes.
 
-The points, in the order a request meets them (pipeline.py, streaming.py):
+The points, in the order a request meets them (gateway/flow/chat.py, settlement.py, books.py):
 
     after_claim     an Idempotency-Key was claimed
     after_reserve   the hold was taken

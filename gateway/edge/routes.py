@@ -29,10 +29,6 @@ from gateway.edge.endpoints import (
 OPEN = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/dashboard",
                   "/dashboard/static", "/dashboard/session", "/dashboard/logout"})
 
-# The hot route: `gateway.edge.asgi.GatewayApp` runs it without Starlette's router (it stays in
-# ROUTES so that other methods on its path get 405 and the OpenAPI document lists it).
-CHAT_ROUTE = Route("/v1/chat/completions", chat.completions, methods=["POST"])
-
 WS = "/admin/workspaces/{workspace_id}"
 # The operator API: every handler checks BOOKBAG_ADMIN_TOKEN (docs/operators.md).
 ADMIN_ROUTES = [
@@ -66,8 +62,10 @@ ADMIN_ROUTES = [
     Route("/admin/webhooks/{endpoint_id}", admin_settings.webhook_delete, methods=["DELETE"]),
 ]
 
+# Every route on a fixed path is also dispatched directly, without Starlette's router
+# (gateway/edge/asgi.py); the others go through it.
 ROUTES = [
-    CHAT_ROUTE,
+    Route("/v1/chat/completions", chat.completions, methods=["POST"]),
     Route("/v1/chat/completions/preview", chat.preview, methods=["POST"]),
     Route("/v1/models", models.list_models, methods=["GET"]),
     Route("/v1/models/{model_id:path}", models.get_model, methods=["GET"]),

@@ -17,7 +17,7 @@ from gateway.metering.base import insufficient
 from gateway.types import Caller
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.flow.pipeline import Pipeline
 
 
 def _verdict(check: str, error: GatewayError | None, **detail: Any) -> dict[str, Any]:
@@ -27,18 +27,18 @@ def _verdict(check: str, error: GatewayError | None, **detail: Any) -> dict[str,
     return out
 
 
-async def dry_run(gw: Gateway, caller: Caller, preview: dict[str, Any]) -> dict[str, Any]:
-    """`preview` (the pipeline's cost estimate) with the verdicts added."""
+async def dry_run(p: Pipeline, caller: Caller, preview: dict[str, Any]) -> dict[str, Any]:
+    """`preview` (the flow's cost estimate) with the verdicts added."""
     verdicts = []
     try:
-        check_expiry(caller.expires_ms, gw.clock.now())
+        check_expiry(caller.expires_ms, p.clock.now())
         expired = None
     except GatewayError as exc:
         expired = exc
     verdicts.append(_verdict("key_expiry", expired))
     verdicts.append(_verdict("suspension", Forbidden(
         "This workspace is suspended.", code="workspace_suspended") if caller.suspended else None))
-    limit, seen = await gw.limiter.peek(caller)
+    limit, seen = await p.limiter.peek(caller) if p.limiter is not None else (None, None)
     limited = None
     if limit is not None and seen is not None and not seen.allowed:
         limited = RateLimited(f"Rate limit reached for this key: {limit.requests} requests per "
@@ -49,7 +49,7 @@ async def dry_run(gw: Gateway, caller: Caller, preview: dict[str, Any]) -> dict[
     cost = int(preview["credits_if_sent"])
     if preview["billing_mode"] == "metered":
         try:
-            balance = await gw.pipeline.meter.balance(caller.workspace_id)
+            balance = await p.meter.balance(caller.workspace_id)
         except GatewayError as exc:
             verdicts.append(_verdict("balance", exc))
         else:
@@ -57,7 +57,7 @@ async def dry_run(gw: Gateway, caller: Caller, preview: dict[str, Any]) -> dict[
             verdicts.append(_verdict("balance", insufficient(balance.available, cost,
                                                              balance.period_end) if short else None))
             if caller.caps:
-                usage = await gw.pipeline.meter.cap_usage(caller.workspace_id, caller.caps)
+                usage = await p.meter.cap_usage(caller.workspace_id, caller.caps)
                 for cap in caller.caps:
                     used = usage[cap.subject]
                     over = refusal(cap, used, cost, balance.period_end) \

@@ -1,6 +1,6 @@
 """Idempotency keys: one provider call and one charge per `Idempotency-Key`, across processes.
 
-The pipeline runs this step after the billing decision and the parameter
+The flow (gateway/flow/chat.py) runs this step after the billing decision and the parameter
 check, before reserve:
 
     claim(workspace, key, body hash, request id)
@@ -46,12 +46,11 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from starlette.responses import Response, StreamingResponse
 
 from gateway.clock import Clock, now_ms
 from gateway.errors import (
@@ -70,7 +69,6 @@ MAX_KEY_LENGTH = 255
 REPLAYED_HEADER = "idempotent-replayed"
 ORIGINAL_ID_HEADER = "x-bookbag-original-request-id"
 REPLAYED_HEADERS = ("x-bookbag-credits-charged", "x-bookbag-credits-reserved")
-DONE_EVENT = b"data: [DONE]\n\n"
 Charged = Callable[[str], Awaitable[bool]]
 
 
@@ -107,37 +105,16 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class Replay:
-    """The stored response of the first request with this key."""
+    """The stored response of the first request with this key (the edge renders it,
+    see gateway/edge/render.py)."""
 
     response: StoredResponse
     original_request_id: str
 
-    def render(self, headers: Mapping[str, str]) -> Response:
-        out = {**headers, **self.response.headers, REPLAYED_HEADER: "true",
-               ORIGINAL_ID_HEADER: self.original_request_id}
-        if self.response.kind == "json":
-            return Response(self.response.body, self.response.status, headers=out,
-                            media_type="application/json")
-        out["cache-control"] = "no-cache"
-        out["x-accel-buffering"] = "no"
-        return StreamingResponse(_events(self.response.body), self.response.status, headers=out,
-                                 media_type="text/event-stream")
-
-
-async def _events(body: bytes) -> AsyncIterator[bytes]:
-    """Send the stored events one by one (as the client got them), then [DONE]."""
-    for event in body.split(b"\n\n"):
-        if event:
-            yield event + b"\n\n"
-    yield DONE_EVENT
-
-
-def key_of(headers: Mapping[str, str], body: Mapping[str, Any]) -> IdempotencyKey | None:
-    """The request's `Idempotency-Key` (400 when malformed) with its body hash; None without one.
-
-    Call it on the parsed body *before* Bookbag's metadata is taken out of it.
+def key_of(raw: str | None, body: Mapping[str, Any]) -> IdempotencyKey | None:
+    """The `Idempotency-Key` the request sent (`raw`, 400 when malformed) with its body's
+    hash; None without one. `body` is the parsed body as sent, Bookbag's metadata in it.
     """
-    raw = headers.get(HEADER)
     if raw is None:
         return None
     key = raw.strip()

@@ -5,10 +5,10 @@
 and the gateway's `X-Request-Id` as the response starts, and just before
 the last byte (or when the response fails or the client leaves) hands the
 record to the metrics and to `RequestLog`.
-Handlers fill in who called (`authenticate`) and the ledger entry (the
-pipeline), so the line carries workspace, agent, model, billing mode,
-credits and latencies. It never carries a key, a header or message
-content: the record holds none.
+The edge fills in who called (`authenticate`) and copies the model and the
+ledger entry from the flow's report (gateway/flow/call.py), so the line
+carries workspace, agent, model, billing mode, credits and latencies. It
+never carries a key, a header or message content: the record holds none.
 
 `BOOKBAG_LOG_JSON=1` prints each line as one JSON object (other log
 records too); otherwise `key=value` pairs.
@@ -47,7 +47,7 @@ class RequestRecord:
     caller: Caller | None = None
     entry: LedgerEntry | None = None
     total_ms: float = 0.0
-    overhead_ms: float | None = None  # the pipeline's own figure (X-Bookbag-Overhead-Ms)
+    overhead_ms: float | None = None  # the flow's own figure (X-Bookbag-Overhead-Ms)
     model: str | None = None  # the resolved model, before there is a ledger entry
 
     @property

@@ -165,7 +165,7 @@ class SsePayloads:
     (the stream's end, `[DONE]`, counts as one).
 
     A provider burst (several events in one read) can so be written to the client as
-    one message (`flow/stream.py`): while `ready` > 0 the next payload is in memory.
+    one message (`edge/sse.py`): while `ready` > 0 the next payload is in memory.
     """
 
     def __init__(self, events: Callable[[ProviderCall, SsePayloads], AsyncGenerator[bytes, None]],

@@ -27,7 +27,7 @@ import httpx
 import orjson
 import pytest
 
-from gateway.flow.stream import inspect
+from gateway.dialects.chat.stream import inspect
 from gateway.providers.litellm_replies import chunk_payload
 from gateway.settings import SettingsError
 from tests import harness

@@ -1,4 +1,4 @@
-"""POST /v1/chat/completions and its preview."""
+"""POST /v1/chat/completions and its preview: the wire in, the flow, the outcome out."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.dialects.chat.parse import chat_request, parse_json
+from gateway.dialects.chat.stream import CHAT_STREAM
+from gateway.edge.render import render
 from gateway.edge.request import (
     authenticate,
     endpoint,
@@ -16,7 +18,9 @@ from gateway.edge.request import (
     resolve_key,
 )
 from gateway.flow.admission import dry_run
-from gateway.idempotency.service import key_of
+from gateway.flow.call import ChatCall
+from gateway.flow.decide import PROVIDER_KEY_HEADER
+from gateway.idempotency.service import HEADER as IDEMPOTENCY_HEADER
 from gateway.observability.logs import record_of
 
 
@@ -26,10 +30,20 @@ async def completions(request: Request, headers: dict[str, str]) -> Response:
     raw = await read_body(request)
     body = parse_json(raw)
     given = headers_of(request)
-    idempotency_key = key_of(given, body)  # hashed before Bookbag's metadata leaves it
+    idempotency_key = given.get(IDEMPOTENCY_HEADER)
+    # The key's hash covers the body as sent: a shallow copy keeps it, since parsing
+    # replaces (never edits) the top-level `metadata` it takes Bookbag's fields out of.
+    sent = dict(body) if idempotency_key is not None else None
     req = chat_request(body, given, caller)
-    return await gateway(request).pipeline.chat(caller, req, given, headers,
-                                                idempotency_key, record=record_of(request))
+    call = ChatCall(req, headers["x-request-id"], given.get(PROVIDER_KEY_HEADER),
+                    idempotency_key, sent)
+    try:
+        outcome = await gateway(request).pipeline.chat(caller, call)
+    finally:
+        record = record_of(request)
+        if record is not None:  # the log line is the edge's: it copies what the flow learnt
+            record.model, record.entry = call.report.model, call.report.entry
+    return render(outcome, headers, CHAT_STREAM)
 
 
 @endpoint
@@ -40,5 +54,5 @@ async def preview(request: Request, headers: dict[str, str]) -> Response:
     given = headers_of(request)
     req = chat_request(parse_json(raw), given, caller)
     gw = gateway(request)
-    estimate = await gw.pipeline.preview(caller, req, given)
-    return json_response(await dry_run(gw, caller, estimate), headers=headers)
+    estimate = await gw.pipeline.preview(caller, req, given.get(PROVIDER_KEY_HEADER))
+    return json_response(await dry_run(gw.pipeline, caller, estimate), headers=headers)

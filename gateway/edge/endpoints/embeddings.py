@@ -6,12 +6,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.dialects.chat.parse import parse_json
-from gateway.edge.request import authenticate, endpoint, gateway, read_body
+from gateway.edge.request import authenticate, endpoint, gateway, headers_of, read_body
+from gateway.flow.decide import PROVIDER_KEY_HEADER
 
 
 @endpoint
 async def create(request: Request, headers: dict[str, str]) -> Response:
     caller = await authenticate(request, "inference")  # from the headers, before the body
     raw = await read_body(request)
-    body = await gateway(request).pipeline.embeddings(caller, parse_json(raw), request.headers)
+    provider_key = headers_of(request).get(PROVIDER_KEY_HEADER)
+    body = await gateway(request).pipeline.embeddings(caller, parse_json(raw), provider_key)
     return Response(body, 200, headers=headers, media_type="application/json")
