@@ -9,10 +9,14 @@ ended lapses). A second settle or void of the same hold is a no-op.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from gateway.errors import InsufficientCredits
 from gateway.types import Balance, Cap, EntryKind, Hold, LedgerEntry
+
+# (plan, custom allotment) -> the credits a period grants: the catalog's answer, injected.
+AllotmentOf = Callable[[str, int | None], int]
 
 
 class Meter(Protocol):

@@ -27,15 +27,15 @@ from gateway.accounts.spend_caps import ledger_cap_used, refusal
 from gateway.clock import Clock, now_ms
 from gateway.errors import ServiceUnavailable
 from gateway.ledger.writer import GroupWriter
-from gateway.metering.base import charge, insufficient, plan_at, renewal_entry
+from gateway.metering.base import AllotmentOf, charge, insufficient, plan_at, renewal_entry
 from gateway.periods import period_of
 from gateway.storage.database import Cursor, Sql, apply_entry, transaction
+from gateway.storage.offload import BALANCES, run_db
 from gateway.types import Balance, Cap, EntryKind, Hold, LedgerEntry
 
 log = logging.getLogger("bookbag.meter")
 
 LEASE = "embedded-meter"
-AllotmentOf = Callable[[str, int | None], int]
 
 
 class OwnerConflict(RuntimeError):
@@ -158,19 +158,14 @@ class MemoryMeter:
             if pending is None:
                 pending = asyncio.ensure_future(self._load_account(workspace_id))
                 self._loading[workspace_id] = pending
-            try:
-                account = await asyncio.shield(pending)
-            except ServiceUnavailable:
-                raise
-            except Exception as exc:
-                raise ServiceUnavailable("The balance store is unavailable; retry shortly.") from exc
+            account = await asyncio.shield(pending)  # a database failure: 503 (`run_db`)
         self._renew_if_due(account)
         return account
 
     async def _load_account(self, workspace_id: str) -> _Account:
         """Load once; grants the poll saw during the load apply unless the load read them."""
         try:
-            account = await asyncio.to_thread(self._load, workspace_id)
+            account = await run_db(self._load, workspace_id, store=BALANCES)
             self._accounts[workspace_id] = account
             for row in self._early.pop(workspace_id, []):
                 self._apply_row(account, row)
@@ -282,11 +277,8 @@ class MemoryMeter:
         """Spend caps: a subject's usage this period starts from the ledger's charges."""
         period = account.period_start
         for cap in caps:
-            try:
-                used = await asyncio.to_thread(ledger_cap_used, self._engine,
-                                               account.workspace_id, cap.subject, period)
-            except Exception as exc:
-                raise ServiceUnavailable("The balance store is unavailable; retry shortly.") from exc
+            used = await run_db(ledger_cap_used, self._engine, account.workspace_id,
+                                cap.subject, period, store=BALANCES)
             account.cap_used.setdefault((cap.subject, period), used)  # holds since then count
         self._renew_if_due(account)
 

@@ -33,7 +33,7 @@ from sqlalchemy import Engine
 from gateway.accounts.spend_caps import ledger_cap_used, refusal
 from gateway.clock import Clock
 from gateway.errors import ServiceUnavailable
-from gateway.metering.base import charge, insufficient, renewal_entry
+from gateway.metering.base import AllotmentOf, charge, insufficient, renewal_entry
 from gateway.metering.outbox import OutboxConsumer
 from gateway.metering.redis_client import (
     ERRORS,
@@ -70,11 +70,11 @@ from gateway.metering.redis_sync import (
 from gateway.metering.resp import Script
 from gateway.metering.resp_cluster import ClusterScripts
 from gateway.periods import period_of
+from gateway.storage.offload import BALANCES, run_db
 from gateway.types import Balance, Cap, Hold, LedgerEntry
 
 log = logging.getLogger("bookbag.meter")
 
-AllotmentOf = Callable[[str, int | None], int]
 T = TypeVar("T")
 SETTLE_ATTEMPTS = 3  # settle is idempotent, so a transport failure is retried
 
@@ -226,22 +226,14 @@ class RedisMeter:
     async def _facts_of(self, workspace_id: str) -> Facts:
         facts = self._facts.get(workspace_id)
         if facts is None:
-            facts = await self._once("facts:" + workspace_id, lambda: self._sql(
+            facts = await self._once("facts:" + workspace_id, lambda: run_db(
                 load_facts, self._engine, workspace_id))
             self._facts[workspace_id] = facts
         return facts
 
-    async def _sql(self, fn: Callable[..., T], *args: Any) -> T:
-        try:
-            return await asyncio.to_thread(fn, *args)
-        except ServiceUnavailable:
-            raise
-        except Exception as exc:
-            raise ServiceUnavailable("The ledger database is unavailable; retry shortly.") from exc
-
     async def _seed(self, workspace_id: str) -> None:
         async def seed() -> None:
-            s = await self._sql(load_seed, self._engine, workspace_id)
+            s = await run_db(load_seed, self._engine, workspace_id)
             keys = [self.layout.bal(workspace_id), self.layout.applied(workspace_id),
                     self.layout.of(workspace_id).epoch]
             if await self._run("seed", keys, [s.period, s.allotment, s.allotment_remaining,
@@ -331,11 +323,8 @@ class RedisMeter:
                     str(result[3]), expires_at, tuple(c.subject for c in caps))
 
     async def _cap_seed(self, workspace_id: str, subject: str, period: str) -> int:
-        try:
-            return await asyncio.to_thread(ledger_cap_used, self._engine, workspace_id, subject,
-                                           period)
-        except Exception as exc:
-            raise ServiceUnavailable("The balance store is unavailable; retry shortly.") from exc
+        return await run_db(ledger_cap_used, self._engine, workspace_id, subject, period,
+                            store=BALANCES)
 
     async def settle(self, hold: Hold, entry: LedgerEntry) -> Balance | None:
         charge(entry, hold)
@@ -416,7 +405,7 @@ class RedisMeter:
                        int(top_rem), int(reserved), period, facts.period_end(period, start, end))
 
     async def grant(self, entry: LedgerEntry) -> bool:
-        inserted = await self._sql(write_entry, self._engine, entry)
+        inserted = await run_db(write_entry, self._engine, entry)
         facts = await self._facts_of(entry.workspace_id)
         try:
             await self._apply(entry.request_id, entry.workspace_id, str(entry.kind),
@@ -437,7 +426,7 @@ class RedisMeter:
                     return True
         except ERRORS as exc:
             raise unavailable(exc) from exc
-        return await self._sql(in_ledger, self._engine, request_id)
+        return await run_db(in_ledger, self._engine, request_id)
 
     async def _apply(self, request_id: str, workspace_id: str, kind: str, allotment_delta: int,
                      topup_delta: int, period: str | None, renewal: list[Any] | None) -> int:
@@ -499,7 +488,7 @@ class RedisMeter:
             except ERRORS as exc:
                 raise unavailable(exc) from exc
             self._feed = GrantFeed(self._engine, low, lag=max(5.0, 3 * self._sync_interval))
-        grants, facts = await self._sql(self._feed.read, list(self._facts))
+        grants, facts = await run_db(self._feed.read, list(self._facts))
         self._facts.update(facts)
         shards_down: ServiceUnavailable | None = None
         for grant in grants:
