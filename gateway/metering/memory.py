@@ -17,7 +17,6 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +30,7 @@ from gateway.metering.base import AllotmentOf, charge, insufficient, plan_at, re
 from gateway.periods import period_of
 from gateway.storage.database import Cursor, Sql, apply_entry, transaction
 from gateway.storage.offload import BALANCES, run_db
+from gateway.storage.periodic import Periodic
 from gateway.types import Balance, Cap, EntryKind, Hold, LedgerEntry
 
 log = logging.getLogger("bookbag.meter")
@@ -83,7 +83,6 @@ class MemoryMeter:
         self._allotment_of = allotment_of
         self._hold_ttl = hold_ttl
         self._sync_interval = sync_interval
-        self._sweep_interval = sweep_interval
         self._accounts: dict[str, _Account] = {}
         self._loading: dict[str, asyncio.Future[_Account]] = {}
         self._own: set[str] = set()  # request ids of renewals this process applied itself
@@ -91,24 +90,20 @@ class MemoryMeter:
         self._sync_lock = asyncio.Lock()
         self._watermark = 0
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._tasks: list[asyncio.Task[None]] = []
+        self._loops = (Periodic("meter-sync", self.sync, sync_interval, log=log),
+                       Periodic("meter-sweep", self.sweep, sweep_interval, log=log))
 
     # --- lifecycle ------------------------------------------------------
 
     async def start(self) -> None:
         await asyncio.to_thread(self._claim_lease)
         self._watermark = await asyncio.to_thread(self._max_seq)
-        self._tasks = [
-            asyncio.create_task(self._every(self._sync_interval, self.sync), name="meter-sync"),
-            asyncio.create_task(self._every(self._sweep_interval, self.sweep), name="meter-sweep"),
-        ]
+        for loop in self._loops:
+            loop.start()
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for loop in self._loops:
+            await loop.stop()
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self._release_lease)
 
@@ -140,14 +135,6 @@ class MemoryMeter:
         with transaction(self._engine) as (cur, _):
             cur.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger")
             return int(cur.fetchone()[0])
-
-    async def _every(self, interval: float, job: Callable[[], Any]) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await job()
-            except Exception:
-                log.warning("meter background job %s failed", job.__name__, exc_info=True)
 
     # --- accounts -------------------------------------------------------
 

@@ -71,6 +71,7 @@ from gateway.metering.resp import Script
 from gateway.metering.resp_cluster import ClusterScripts
 from gateway.periods import period_of
 from gateway.storage.offload import BALANCES, run_db
+from gateway.storage.periodic import Periodic
 from gateway.types import Balance, Cap, Hold, LedgerEntry
 
 log = logging.getLogger("bookbag.meter")
@@ -102,7 +103,6 @@ class RedisMeter:
         self._allotment_of = allotment_of
         self._hold_ttl = hold_ttl
         self._sync_interval = sync_interval
-        self._sweep_interval = sweep_interval
         self._breaker = breaker
         self.layout = layout or Layout()
         self._outbox = outbox
@@ -129,41 +129,35 @@ class RedisMeter:
         self._cluster = is_cluster(client)
         self._down_until: dict[str, float] = {}
         self._feed: GrantFeed | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        # Redis or the database away (ServiceUnavailable): one line each round, no traceback.
+        self._loops = (
+            Periodic("meter-sync", self.sync, sync_interval, log=log, quiet=(ServiceUnavailable,)),
+            Periodic("meter-sweep", self.sweep, sweep_interval, log=log,
+                     quiet=(ServiceUnavailable,)))
+        self._advice: asyncio.Task[None] | None = None
 
     # --- lifecycle ----------------------------------------------------------
 
     async def start(self) -> None:
         """Never waits for Redis: the gateway starts (and serves unmetered requests) without it."""
-        self._tasks = [
-            asyncio.create_task(self._every(self._sync_interval, self.sync), name="meter-sync"),
-            asyncio.create_task(self._every(self._sweep_interval, self.sweep), name="meter-sweep"),
-            asyncio.create_task(advise(self._redis), name="meter-redis-config"),
-        ]
+        for loop in self._loops:
+            loop.start()
+        self._advice = asyncio.create_task(advise(self._redis), name="meter-redis-config")
         if self._outbox is not None:
             await self._outbox.start()
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
+        for loop in self._loops:
+            await loop.stop()
+        if self._advice is not None:
+            self._advice.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await self._advice
         if self._outbox is not None:
             await self._outbox.close()
         if self._fast is not None:
             await self._fast.aclose()
         await self._redis.aclose()
-
-    async def _every(self, interval: float, job: Callable[[], Awaitable[None]]) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await job()
-            except ServiceUnavailable as exc:  # Redis or the database is away: no traceback
-                log.warning("redis meter job %s failed: %s", getattr(job, "__name__", job), exc)
-            except Exception:
-                log.warning("redis meter job %s failed", getattr(job, "__name__", job), exc_info=True)
 
     async def ping(self) -> bool:
         """Whether Redis answers now (`/readyz`); at most about one timeout."""

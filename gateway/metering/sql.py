@@ -12,8 +12,6 @@ period under the same lock; void takes it off again (a settle keeps it).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -26,6 +24,7 @@ from gateway.metering.base import AllotmentOf, charge, insufficient, plan_at, re
 from gateway.periods import period_of
 from gateway.storage.database import Cursor, Sql, apply_entry, transaction
 from gateway.storage.offload import BALANCES, run_db
+from gateway.storage.periodic import Periodic
 from gateway.types import Balance, Cap, Hold, LedgerEntry
 
 log = logging.getLogger("bookbag.meter")
@@ -45,18 +44,14 @@ class SqlMeter:
         self._clock = clock
         self._allotment_of = allotment_of
         self._hold_ttl = hold_ttl
-        self._sweep_interval = sweep_interval
         self._for_update = "" if engine.dialect.name == "sqlite" else " FOR UPDATE"
-        self._task: asyncio.Task[None] | None = None
+        self._sweeper = Periodic("meter-sweep", self.sweep, sweep_interval, log=log)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._sweeper(), name="meter-sweep")
+        self._sweeper.start()
 
     async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._sweeper.stop()
 
     # --- in one transaction each ---------------------------------------
 
@@ -236,11 +231,3 @@ class SqlMeter:
         for request_id in await run_db(self._expired, store=BALANCES):
             log.warning("voiding expired hold %s", request_id)
             await run_db(self._void, request_id, store=BALANCES)
-
-    async def _sweeper(self) -> None:
-        while True:
-            await asyncio.sleep(self._sweep_interval)
-            try:
-                await self.sweep()
-            except Exception:
-                log.warning("hold sweep failed", exc_info=True)
