@@ -154,7 +154,7 @@ def build_meter(settings: Settings, engine: Engine, writer: GroupWriter, clock: 
         # Imported here: redis costs ~10 MB and ~0.3 s of startup to a gateway without it.
         from gateway.metering.outbox import OutboxConsumer
         from gateway.metering.redis import RedisMeter
-        from gateway.metering.redis_client import connect as redis_connect
+        from gateway.storage.redis import connect as redis_connect
 
         # The consumer blocks on its streams for 0.5 s: its reads may take that much longer.
         outbox = OutboxConsumer(redis_connect(settings.redis_url, timeout=settings.redis_timeout,

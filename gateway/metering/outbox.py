@@ -32,12 +32,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from redis.exceptions import ResponseError
 from sqlalchemy import Engine
 
-from gateway.metering.redis_client import ERRORS, Redis, is_cluster, transient
 from gateway.metering.redis_scripts import LEASE, RELEASE, SHARDS, Layout, decode_entry
 from gateway.storage.database import apply_entry, transaction
+from gateway.storage.redis import ERRORS, Redis, ResponseError, is_cluster, transient
 from gateway.types import LedgerEntry
 
 log = logging.getLogger("bookbag.outbox")

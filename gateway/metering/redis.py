@@ -35,15 +35,7 @@ from gateway.clock import Clock
 from gateway.errors import ServiceUnavailable
 from gateway.metering.base import AllotmentOf, charge, insufficient, renewal_entry
 from gateway.metering.outbox import OutboxConsumer
-from gateway.metering.redis_client import (
-    ERRORS,
-    Redis,
-    advise,
-    is_cluster,
-    script_client,
-    transient,
-    unavailable,
-)
+from gateway.metering.redis_client import advise, script_client
 from gateway.metering.redis_scripts import (
     APPLY,
     BALANCE,
@@ -72,6 +64,7 @@ from gateway.metering.resp_cluster import ClusterScripts
 from gateway.periods import period_of
 from gateway.storage.offload import BALANCES, run_db
 from gateway.storage.periodic import Periodic
+from gateway.storage.redis import ERRORS, Redis, is_cluster, transient, unavailable
 from gateway.types import Balance, Cap, Hold, LedgerEntry
 
 log = logging.getLogger("bookbag.meter")

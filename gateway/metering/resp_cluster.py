@@ -22,7 +22,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from gateway.metering.redis_client import (
+from gateway.metering.resp import Arg, RespClient, Script
+from gateway.storage.redis import (
     Redis,
     RedisClusterException,
     RedisConnectionError,
@@ -30,7 +31,6 @@ from gateway.metering.redis_client import (
     ResponseError,
     key_slot,
 )
-from gateway.metering.resp import Arg, RespClient, Script
 
 REFRESH_INTERVAL = 0.1
 
