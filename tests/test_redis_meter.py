@@ -30,7 +30,7 @@ from gateway.clock import ManualClock
 from gateway.errors import ServiceUnavailable
 from gateway.metering.outbox import OutboxConsumer, backlog
 from gateway.metering.redis import RedisMeter
-from gateway.metering.redis_scripts import SHARDS, Layout
+from gateway.metering.redis_keys import SHARDS, Layout
 from gateway.storage.database import create_schema, make_engine, transaction
 from gateway.storage.redis import connect, unavailable
 from gateway.types import EntryKind, Hold

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from gateway.idempotency.store import Record, State, StoredResponse
-from gateway.metering.redis_scripts import shard_of
+from gateway.metering.redis_keys import shard_of
 from gateway.storage.redis import ERRORS, REQUEST_CONNECTIONS, connect, is_cluster, unavailable
 
 STORE = "The idempotency store (Redis)"
@@ -96,7 +96,7 @@ class RedisIdempotencyStore:
         self._release = self._redis.register_script(_RELEASE)
 
     def name(self, workspace_id: str, key: str) -> str:
-        """Under the workspace's shard tag, beside its balance and holds (`redis_scripts.py`)."""
+        """Under the workspace's shard tag, beside its balance and holds (`redis_keys.py`)."""
         return f"{self._prefix}{{s{shard_of(workspace_id):02d}}}:idem:{workspace_id}:{key}"
 
     def legacy_name(self, workspace_id: str, key: str) -> str | None:

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from gateway.metering.redis_scripts import LEASE, RELEASE, SHARDS, Layout, decode_entry
+from gateway.metering.redis_keys import SHARDS, Layout, decode_entry
+from gateway.metering.redis_scripts import LEASE, RELEASE
 from gateway.storage.database import apply_entry, transaction
 from gateway.storage.redis import ERRORS, Redis, ResponseError, is_cluster, transient
 from gateway.types import LedgerEntry

@@ -13,8 +13,9 @@
 A workspace missing from Redis is seeded from SQL, set-if-absent. The period
 is computed here from the anchor and the injected clock and passed in, so
 the scripts never read a clock. Only metered requests reach this module.
-Key layout and scripts: `redis_scripts.py`; the SQL side: `redis_sync.py`. The scripts
-run over one pipelined connection (`resp.py`); redis-py does the rest (sweep, sync, ping).
+Key layout: `redis_keys.py`; scripts: `redis_scripts.py`; the SQL side: `redis_sync.py`.
+The scripts run over one pipelined connection (`resp.py`); redis-py does the rest (sweep,
+sync, ping).
 """
 
 from __future__ import annotations
@@ -36,20 +37,8 @@ from gateway.errors import ServiceUnavailable
 from gateway.metering.base import AllotmentOf, charge, insufficient, renewal_entry
 from gateway.metering.outbox import OutboxConsumer
 from gateway.metering.redis_client import advise, script_client
-from gateway.metering.redis_scripts import (
-    APPLY,
-    BALANCE,
-    CAPS,
-    MARK,
-    RESERVE,
-    SEED,
-    SETTLE,
-    SHARDS,
-    VOID,
-    Layout,
-    WorkspaceKeys,
-    encode_entry,
-)
+from gateway.metering.redis_keys import SHARDS, Layout, WorkspaceKeys, encode_entry
+from gateway.metering.redis_scripts import APPLY, BALANCE, CAPS, MARK, RESERVE, SEED, SETTLE, VOID
 from gateway.metering.redis_sync import (
     Facts,
     Grant,

@@ -9,7 +9,7 @@ requests up.
 from __future__ import annotations
 
 from gateway.catalog import RateLimit
-from gateway.metering.redis_scripts import shard_of
+from gateway.metering.redis_keys import shard_of
 from gateway.ratelimit.limiter import Verdict, gcra
 from gateway.storage.redis import ERRORS, REQUEST_CONNECTIONS, connect, unavailable
 

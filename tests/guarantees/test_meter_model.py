@@ -45,7 +45,7 @@ from gateway.clock import Clock, ManualClock
 from gateway.errors import InsufficientCredits
 from gateway.metering.base import Meter
 from gateway.metering.outbox import OutboxConsumer, backlog
-from gateway.metering.redis_scripts import Layout
+from gateway.metering.redis_keys import Layout
 from gateway.storage.database import create_schema, make_engine
 from gateway.storage.redis import connect
 from gateway.types import Hold
