@@ -16,6 +16,7 @@ flight).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
@@ -171,3 +172,9 @@ def charge(entry: LedgerEntry, hold: Hold) -> LedgerEntry:
     entry.topup_delta = -hold.from_topups
     entry.period_start = hold.period_start
     return entry
+
+
+def midnight_utc(day: str) -> float:
+    """Epoch seconds of an ISO date's start, UTC (where `period_of` draws its lines): meters
+    cache the current period's bounds as these, to skip `period_of` within it."""
+    return dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import time
 import uuid
@@ -34,7 +33,7 @@ from sqlalchemy import Engine
 from gateway.accounts.spend_caps import ledger_cap_used, refusal
 from gateway.clock import Clock
 from gateway.errors import ServiceUnavailable
-from gateway.metering.base import AllotmentOf, charge, insufficient, renewal_entry
+from gateway.metering.base import AllotmentOf, charge, insufficient, midnight_utc, renewal_entry
 from gateway.metering.outbox import OutboxConsumer
 from gateway.metering.redis_client import advise, script_client
 from gateway.metering.redis_keys import SHARDS, Layout, WorkspaceKeys, encode_entry
@@ -240,7 +239,7 @@ class RedisMeter:
         if known is not None and known[0] <= now < known[1]:
             return known[2], known[3]
         start, end = period_of(anchor, now)
-        self._periods[anchor] = (_midnight(start), _midnight(end), start, end)
+        self._periods[anchor] = (midnight_utc(start), midnight_utc(end), start, end)
         return start, end
 
     def _period(self, workspace_id: str, facts: Facts) -> tuple[list[Any], str, str]:
@@ -487,7 +486,3 @@ class RedisMeter:
             log.info("applied %s from SQL to Redis", grant.request_id)
         return applied
 
-
-def _midnight(day: str) -> float:
-    """Epoch seconds of an ISO date's start, UTC (where `period_of` draws its lines)."""
-    return dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp()
