@@ -44,7 +44,7 @@ from gateway.ledger.recorder import Recorder
 from gateway.ledger.spool import Spool, keep_replaying, ledger_sink
 from gateway.ledger.usage import Usage
 from gateway.ledger.writer import GroupWriter
-from gateway.metering.base import Meter
+from gateway.metering.base import HasOutbox, KnowsCharges, Meter, Pingable, Syncs
 from gateway.metering.memory import MemoryMeter
 from gateway.metering.sql import SqlMeter
 from gateway.observability.logs import RequestLog, RequestObserver, RequestRecord
@@ -118,9 +118,8 @@ class Gateway:
         except Exception:
             checks["database"] = False
         checks["spool"] = await self.spool_backlog() == 0
-        redis_ping: Callable[[], Awaitable[bool]] | None = getattr(self.meter, "ping", None)
-        if redis_ping is not None:  # the Redis meter: metered requests need it
-            checks["redis"] = await redis_ping()
+        if isinstance(self.meter, Pingable):  # the Redis meter: metered requests need it
+            checks["redis"] = await self.meter.ping()
         return checks
 
 
@@ -150,7 +149,7 @@ def build_meter(settings: Settings, engine: Engine, writer: GroupWriter, clock: 
         # Imported here: redis costs ~10 MB and ~0.3 s of startup to a gateway without it.
         from gateway.metering.outbox import OutboxConsumer
         from gateway.metering.redis import RedisMeter
-        from gateway.metering.redis_client import connect as redis_connect
+        from gateway.storage.redis import connect as redis_connect
 
         # The consumer blocks on its streams for 0.5 s: its reads may take that much longer.
         outbox = OutboxConsumer(redis_connect(settings.redis_url, timeout=settings.redis_timeout,
@@ -171,12 +170,9 @@ def build_idempotency(settings: Settings, engine: Engine, writer: GroupWriter,
     """Idempotency keys live in Redis when there is one (shared by every process), else in
     the database; crash recovery asks the SQL ledger whether a request was charged."""
     charged: Callable[[str], Awaitable[bool]] = LedgerCheck(engine)
-    if meter_kind(settings) == "redis":
-        from gateway.metering.redis import RedisMeter
-
-        if isinstance(meter, RedisMeter):
-            # A settled entry reaches SQL through the outbox: ask the meter (outbox, then SQL).
-            charged = meter.charged
+    if isinstance(meter, KnowsCharges):
+        # A settled entry reaches SQL through the outbox: ask the meter (outbox, then SQL).
+        charged = meter.charged
     store: IdempotencyStore
     if settings.redis_url:
         from gateway.idempotency.redis import RedisIdempotencyStore
@@ -229,7 +225,8 @@ async def build_gateway(settings: Settings, clock: Clock | None = None,
                         crash=crasher(settings.crash_at))  # test-only; a no-op unless set
     metrics = Metrics(holds_counter(meter, engine))
     metrics.feed_from("embedded", writer)
-    metrics.feed_from("redis", getattr(meter, "outbox", None))
+    if isinstance(meter, HasOutbox):
+        metrics.feed_from("redis", meter.outbox)
     gw = Gateway(
         settings=settings, catalog=catalog, clock=clock, engine=engine, writer=writer,
         accounts=accounts, keys=KeyCache(accounts.caller, clock, settings.key_cache_ttl),
@@ -239,7 +236,8 @@ async def build_gateway(settings: Settings, clock: Clock | None = None,
         idempotency=idempotency, spool=spool, limiter=limiter,
         byo=byo, recharges=recharges, webhooks=webhooks,
         plans=Plans(engine, catalog, clock,
-                    refresh=getattr(meter, "sync", None)),  # meters that cache plans re-read them
+                    # meters that cache plans re-read them
+                    refresh=meter.sync if isinstance(meter, Syncs) else None),
         thresholds=thresholds, dispatcher=dispatcher,
     )
     gw.tasks.append(asyncio.create_task(

@@ -23,9 +23,9 @@ from gateway.clock import Clock, ManualClock
 from gateway.metering.base import Meter
 from gateway.metering.outbox import OutboxConsumer, backlog
 from gateway.metering.redis import RedisMeter
-from gateway.metering.redis_client import connect
-from gateway.metering.redis_scripts import Layout
+from gateway.metering.redis_keys import Layout
 from gateway.storage.database import create_schema, make_engine
+from gateway.storage.redis import connect
 from tests.meter_contract import HOLD_TTL, MeterBackend, allotment_for, catalog, dispose, emptied
 from tests.redis_server import RedisServer
 

@@ -195,7 +195,7 @@ def raw_client(url: str) -> Any:
     from redis.asyncio.cluster import ClusterNode
     from redis.asyncio.cluster import RedisCluster as AsyncCluster
 
-    from gateway.metering.redis_client import cluster_url
+    from gateway.storage.redis import cluster_url
 
     cluster = cluster_url(url)
     if cluster is None:
@@ -208,7 +208,7 @@ def sync_client(url: str) -> Any:
     from redis.cluster import ClusterNode as SyncNode
     from redis.cluster import RedisCluster as SyncCluster
 
-    from gateway.metering.redis_client import cluster_url
+    from gateway.storage.redis import cluster_url
 
     cluster = cluster_url(url)
     if cluster is None:

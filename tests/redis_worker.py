@@ -18,9 +18,9 @@ import time
 from gateway.clock import ManualClock
 from gateway.errors import InsufficientCredits
 from gateway.metering.redis import RedisMeter
-from gateway.metering.redis_client import connect
-from gateway.metering.redis_scripts import Layout
+from gateway.metering.redis_keys import Layout
 from gateway.storage.database import make_engine
+from gateway.storage.redis import connect
 from gateway.types import Hold
 
 WAVE = 20

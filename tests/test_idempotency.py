@@ -22,7 +22,7 @@ import pytest
 
 from gateway.clock import ManualClock
 from gateway.errors import IdempotencyInProgress, IdempotencyKeyReused, ServiceUnavailable
-from gateway.metering.redis_scripts import shard_of
+from gateway.metering.redis_keys import shard_of
 from tests.conftest import GatewayFactory
 from tests.fake_provider import OPENAI_KEY, FakeProvider
 from tests.harness import RunningGateway, free_port

@@ -20,7 +20,8 @@ from gateway.accounts.workspaces import Accounts
 from gateway.clock import Clock, ManualClock
 from gateway.ledger.writer import GroupWriter
 from gateway.metering.base import Meter
-from gateway.metering.memory import MemoryMeter, OwnerConflict
+from gateway.metering.memory import MemoryMeter
+from gateway.metering.memory_accounts import OwnerConflict
 from gateway.metering.sql import SqlMeter
 from gateway.storage.database import create_schema, make_engine
 from gateway.types import EntryKind

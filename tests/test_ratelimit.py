@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from gateway.catalog import RateLimit
-from gateway.metering.redis_scripts import shard_of
+from gateway.metering.redis_keys import shard_of
 from gateway.ratelimit.limiter import gcra
 from tests import harness
 from tests.conftest import GatewayFactory

@@ -20,9 +20,9 @@ from gateway.clock import ManualClock
 from gateway.errors import ServiceUnavailable
 from gateway.metering.cluster_url import ClusterUrl, cluster_url
 from gateway.metering.redis import RedisMeter
-from gateway.metering.redis_client import connect
-from gateway.metering.redis_scripts import shard_of
+from gateway.metering.redis_keys import shard_of
 from gateway.settings import Settings, SettingsError
+from gateway.storage.redis import connect
 from tests.conftest import GatewayFactory, service_missing
 from tests.fake_provider import FakeProvider
 from tests.harness import RunningGateway

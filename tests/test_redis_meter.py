@@ -30,9 +30,9 @@ from gateway.clock import ManualClock
 from gateway.errors import ServiceUnavailable
 from gateway.metering.outbox import OutboxConsumer, backlog
 from gateway.metering.redis import RedisMeter
-from gateway.metering.redis_client import connect, unavailable
-from gateway.metering.redis_scripts import SHARDS, Layout
+from gateway.metering.redis_keys import SHARDS, Layout
 from gateway.storage.database import create_schema, make_engine, transaction
+from gateway.storage.redis import connect, unavailable
 from gateway.types import EntryKind, Hold
 from tests.conftest import GatewayFactory
 from tests.meter_contract import PLAN, START, catalog, reply

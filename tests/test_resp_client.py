@@ -14,16 +14,16 @@ import pytest
 import redis
 import uvloop
 
-from gateway.metering.redis_client import (
+from gateway.metering.redis_client import script_client
+from gateway.metering.resp import RespClient, Script
+from gateway.storage.redis import (
     AuthenticationError,
     RedisConnectionError,
     RedisTimeoutError,
     ResponseError,
     connect,
-    script_client,
     transient,
 )
-from gateway.metering.resp import RespClient, Script
 from tests.redis_server import RedisServer
 
 ECHO = Script("return {KEYS[1], ARGV[1], ARGV[2]}")

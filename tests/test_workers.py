@@ -23,7 +23,7 @@ from gateway.app import build_meter
 from gateway.catalog import load
 from gateway.clock import SystemClock
 from gateway.ledger.writer import GroupWriter
-from gateway.metering.memory import OwnerConflict
+from gateway.metering.memory_accounts import OwnerConflict
 from gateway.storage.database import create_schema, make_engine, transaction
 from tests.conftest import GatewayFactory
 from tests.fake_provider import OPENAI_KEY, FakeProvider

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from gateway.accounts.keyring import Keyring, KeyringError, fingerprint
+from gateway.accounts.keyring import Keyring, KeyringError, fingerprint, rotate_column
 from gateway.accounts.workspaces import AccountError, UnknownAccount
 from gateway.clock import Clock, now_ms
 from gateway.errors import ServiceUnavailable
@@ -125,15 +125,10 @@ class ByoKeys:
 
     def rotate(self) -> int:
         """Re-encrypt every stored key under the first key of BOOKBAG_SECRET_KEY."""
-        with Session(self._engine) as session:
-            rows = list(session.exec(select(ByoKeyRow)))
-            for row in rows:
-                row.ciphertext = self._keyring.rotate(row.ciphertext)
-                session.add(row)
-            session.commit()
+        rotated = rotate_column(self._engine, self._keyring, ByoKeyRow, "ciphertext")
         self._cache.clear()
         self._plain.clear()
-        return len(rows)
+        return rotated
 
     def forget(self, workspace_id: str) -> None:
         """Drop this process's cached view (the operator changed something)."""

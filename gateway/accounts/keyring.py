@@ -3,7 +3,8 @@
 `BOOKBAG_SECRET_KEY` holds one Fernet key, or several separated by commas,
 the newest first: the first encrypts, any of them decrypts (MultiFernet).
 Rotating is: prepend a new key, run `bookbag-gateway byo rotate` (re-encrypts
-every stored secret under the first key), then drop the old key.
+every stored secret under the first key, `rotate_column` for each table that
+keeps one: BYO keys, webhook secrets), then drop the old key.
 This is the only module that imports `cryptography`, and only when a secret
 is first encrypted or decrypted (it costs ~7 MB; the keys are checked at
 startup without it); its exceptions become `KeyringError` here.
@@ -15,6 +16,9 @@ import base64
 import binascii
 import hashlib
 from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+from sqlmodel import Session, SQLModel, select
 
 if TYPE_CHECKING:
     from cryptography.fernet import MultiFernet
@@ -96,3 +100,15 @@ class Keyring:
             raise KeyringError(
                 "a stored secret does not decrypt with any key in BOOKBAG_SECRET_KEY"
             ) from None
+
+
+def rotate_column(engine: Engine, keyring: Keyring, table: type[SQLModel], column: str) -> int:
+    """Re-encrypt `column` of every row of `table` under the first key, in one transaction
+    (a secret that decrypts under no key stops it, changing nothing); how many rows."""
+    with Session(engine) as session:
+        rows = list(session.exec(select(table)))
+        for row in rows:
+            setattr(row, column, keyring.rotate(getattr(row, column)))
+            session.add(row)
+        session.commit()
+    return len(rows)

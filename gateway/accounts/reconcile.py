@@ -32,7 +32,7 @@ from sqlalchemy import Engine
 
 from gateway.accounts.spend_caps import charged
 from gateway.clock import Clock, now_ms
-from gateway.metering.memory import LEASE
+from gateway.metering.memory_accounts import LEASE
 from gateway.storage.database import Cursor, Sql, transaction
 
 _LEDGER = """

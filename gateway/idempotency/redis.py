@@ -17,20 +17,12 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
-from gateway.errors import ServiceUnavailable
 from gateway.idempotency.store import Record, State, StoredResponse
-from gateway.metering.redis_client import RedisClusterException, cluster_client, cluster_url
-from gateway.metering.redis_scripts import shard_of
+from gateway.metering.redis_keys import shard_of
+from gateway.storage.redis import ERRORS, REQUEST_CONNECTIONS, connect, is_cluster, unavailable
 
-# Redis Cluster: redis-py's cluster client refuses a command once a node's pool is full
-# (rather than waiting), so the pool per node is as large as the requests a process serves.
-CLUSTER_CONNECTIONS = 1024
+STORE = "The idempotency store (Redis)"
 
 _WHERE = """
 local k = KEYS[1]
@@ -88,21 +80,15 @@ return redis.call('DEL', k)
 class RedisIdempotencyStore:
     def __init__(self, url: str, *, prefix: str = "bk:", legacy_prefix: str = "bookbag:",
                  timeout: float = 2.0) -> None:
-        # Any: redis-py's annotations and the older `types-redis` stubs disagree (`aclose`).
         # One immediate reconnect on a dead pooled connection (a Redis restart); every
         # script is safe to run twice (a resent claim or take-over recognises its own id).
-        cluster = cluster_url(url)
-        self._redis: Any = cluster_client(
-            cluster, timeout=timeout, max_connections=CLUSTER_CONNECTIONS,
-            decode_responses=False) if cluster else aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        )
+        self._redis = connect(url, timeout=timeout, max_connections=REQUEST_CONNECTIONS,
+                              decode_responses=False)
         self._prefix = prefix
         # Before issue 17 a record was `bookbag:{<workspace>}:idem:<key>`. Those exist only on
         # a single node (nothing spoke Cluster then): there every script also finds a record
         # at its legacy name, so a key claimed or finished before the upgrade keeps working.
-        self._legacy = None if cluster else legacy_prefix
+        self._legacy = None if is_cluster(self._redis) else legacy_prefix
         self._claim = self._redis.register_script(_CLAIM)
         self._take_over = self._redis.register_script(_TAKE_OVER)
         self._stage = self._redis.register_script(_STAGE)
@@ -110,7 +96,7 @@ class RedisIdempotencyStore:
         self._release = self._redis.register_script(_RELEASE)
 
     def name(self, workspace_id: str, key: str) -> str:
-        """Under the workspace's shard tag, beside its balance and holds (`redis_scripts.py`)."""
+        """Under the workspace's shard tag, beside its balance and holds (`redis_keys.py`)."""
         return f"{self._prefix}{{s{shard_of(workspace_id):02d}}}:idem:{workspace_id}:{key}"
 
     def legacy_name(self, workspace_id: str, key: str) -> str | None:
@@ -122,10 +108,8 @@ class RedisIdempotencyStore:
             keys.append(legacy)
         try:
             return await script(keys=keys, args=list(args))
-        except (RedisError, RedisClusterException, OSError, RuntimeError) as exc:  # RuntimeError:
-            raise ServiceUnavailable(                       # uvloop, a reset while connecting
-                "The idempotency store (Redis) is unavailable; retry shortly."
-            ) from exc
+        except ERRORS as exc:
+            raise unavailable(exc, STORE) from exc
 
     # --- IdempotencyStore ----------------------------------------------------
 

@@ -61,6 +61,7 @@ from gateway.errors import (
     ServiceUnavailable,
 )
 from gateway.idempotency.store import IdempotencyStore, Record, State, StoredResponse
+from gateway.storage.periodic import Periodic
 
 log = logging.getLogger("bookbag.idempotency")
 
@@ -269,12 +270,7 @@ class Idempotency:
         return await self.store.sweep(now_ms(self.clock))
 
     async def _sweeper(self) -> None:
-        while True:
-            await asyncio.sleep(self.sweep_interval)
-            try:
-                await self.sweep()
-            except Exception:
-                log.warning("idempotency sweep failed", exc_info=True)
+        await Periodic("idempotency sweep", self.sweep, self.sweep_interval, log=log).run()
 
 
 def _replay_of(record: Record) -> Replay:

@@ -29,6 +29,7 @@ import orjson
 from sqlalchemy import Engine
 
 from gateway.storage.database import apply_entry, transaction
+from gateway.storage.periodic import Periodic
 from gateway.types import BillingMode, EntryKind, LedgerEntry
 
 log = logging.getLogger("bookbag.spool")
@@ -173,17 +174,19 @@ def ledger_sink(engine: Engine) -> Sink:
     return write
 
 
+async def replay(spool: Spool, sink: Sink) -> None:
+    """Replay the spool if it has entries (the database may be back)."""
+    if not spool.has_backlog():
+        return
+    try:
+        count = await asyncio.to_thread(spool.drain, sink)
+    except Exception as exc:  # expected while the database is away: one quiet line
+        log.info("spool replay deferred, the database is not answering: %s", type(exc).__name__)
+        return
+    if count:
+        log.warning("replayed %d spooled ledger entries", count)
+
+
 async def keep_replaying(spool: Spool, sink: Sink, interval: float) -> None:
-    """Every `interval`, replay the spool if it has entries (the database may be back)."""
-    while True:
-        await asyncio.sleep(interval)
-        if not spool.has_backlog():
-            continue
-        try:
-            count = await asyncio.to_thread(spool.drain, sink)
-        except Exception as exc:
-            log.info("spool replay deferred, the database is not answering: %s",
-                     type(exc).__name__)
-            continue
-        if count:
-            log.warning("replayed %d spooled ledger entries", count)
+    """Every `interval`, `replay` (until cancelled)."""
+    await Periodic("spool-replay", lambda: replay(spool, sink), interval, log=log).run()

@@ -5,14 +5,26 @@ first, then top-ups); then exactly one of settle (the reply succeeded: the
 charge and its ledger entry, atomically) or void (it failed: credits go
 back to the buckets they came from; an allotment refund after its period
 ended lapses). A second settle or void of the same hold is a no-op.
+
+Beyond `Meter`, a backend may offer optional capabilities, each a named
+protocol callers test with `isinstance` (never `getattr`): `Pingable`
+(readiness), `Syncs` (re-read plans and grants now), `KnowsCharges` (crash
+recovery asks whether a request was charged), `HasOutbox` (its ledger
+writes feed the metrics), `CountsHolds` / `CountsHoldsRemotely` (holds in
+flight).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import datetime as dt
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from gateway.errors import InsufficientCredits
 from gateway.types import Balance, Cap, EntryKind, Hold, LedgerEntry
+
+# (plan, custom allotment) -> the credits a period grants: the catalog's answer, injected.
+AllotmentOf = Callable[[str, int | None], int]
 
 
 class Meter(Protocol):
@@ -59,6 +71,63 @@ class Meter(Protocol):
         ...
 
 
+
+# --- optional capabilities --------------------------------------------------------
+
+
+@runtime_checkable
+class Pingable(Protocol):
+    """A meter whose store metered requests need up (Redis): `/readyz` asks it."""
+
+    async def ping(self) -> bool:
+        """Whether the store answers now; at most about one timeout."""
+        ...
+
+
+@runtime_checkable
+class Syncs(Protocol):
+    """A meter that caches plans and grants: a plan change makes it re-read them at once."""
+
+    async def sync(self) -> None: ...
+
+
+@runtime_checkable
+class KnowsCharges(Protocol):
+    """A meter whose charges reach SQL later (an outbox): only it can say whether a request was
+    charged (idempotency's crash recovery asks it instead of the ledger)."""
+
+    async def charged(self, request_id: str) -> bool: ...
+
+
+@runtime_checkable
+class CommitFeed(Protocol):
+    """A ledger writer that reports each commit: (writes, seconds its oldest waited)."""
+
+    on_commit: Callable[[int, float], None] | None
+
+
+@runtime_checkable
+class HasOutbox(Protocol):
+    """A meter whose charges go to SQL through its own writer (`/metrics` counts its commits)."""
+
+    @property
+    def outbox(self) -> CommitFeed | None: ...
+
+
+@runtime_checkable
+class CountsHolds(Protocol):
+    """A meter that holds its reservations in this process."""
+
+    def holds_in_flight(self) -> int: ...
+
+
+@runtime_checkable
+class CountsHoldsRemotely(Protocol):
+    """A meter whose holds live in a store it asks (Redis: every gateway's holds)."""
+
+    async def count_holds(self) -> int: ...
+
+
 def insufficient(balance: int, cost: int, renews_on: str) -> InsufficientCredits:
     return InsufficientCredits(
         f"Insufficient credits: this request costs {cost} credit{'s' if cost != 1 else ''} "
@@ -103,3 +172,9 @@ def charge(entry: LedgerEntry, hold: Hold) -> LedgerEntry:
     entry.topup_delta = -hold.from_topups
     entry.period_start = hold.period_start
     return entry
+
+
+def midnight_utc(day: str) -> float:
+    """Epoch seconds of an ISO date's start, UTC (where `period_of` draws its lines): meters
+    cache the current period's bounds as these, to skip `period_of` within it."""
+    return dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp()

@@ -32,12 +32,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from redis.exceptions import ResponseError
 from sqlalchemy import Engine
 
-from gateway.metering.redis_client import ERRORS, Redis, is_cluster, transient
-from gateway.metering.redis_scripts import LEASE, RELEASE, SHARDS, Layout, decode_entry
+from gateway.metering.redis_keys import SHARDS, Layout, decode_entry
+from gateway.metering.redis_scripts import LEASE, RELEASE
 from gateway.storage.database import apply_entry, transaction
+from gateway.storage.periodic import Periodic
+from gateway.storage.redis import ERRORS, Redis, ResponseError, is_cluster, transient
 from gateway.types import LedgerEntry
 
 log = logging.getLogger("bookbag.outbox")
@@ -62,7 +63,6 @@ class OutboxConsumer:
         self._batch = batch
         self._block_ms = int(block * 1000)
         self._lease_ms = int(lease_ttl * 1000)
-        self._retry = retry
         self._linger = linger  # after a short batch: let entries gather, fewer SQL commits
         self.poll = 0.05  # Redis Cluster: the wait after reading every stream empty
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -74,8 +74,9 @@ class OutboxConsumer:
         self.owned: set[str] = set()  # streams whose lease this consumer holds
         self._to_claim: set[str] = set()
         self._renewed = 0.0
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()  # also ends the waits inside a step
+        # Steps back to back; after a failed one, a pause of `retry`.
+        self._loop = Periodic("outbox-consumer", self._round, retry, log=log, first_at_once=True)
         self.written = 0  # entries inserted in SQL
         self.duplicates = 0  # entries SQL already had (re-applied after a failure)
         # Called after each commit that inserted entries: (how many, seconds since the oldest of
@@ -85,34 +86,30 @@ class OutboxConsumer:
     # --- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outbox-consumer")
+        self._stop.clear()
+        self._loop.start()
 
     async def close(self) -> None:
         self._stop.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), self._block_ms / 1000 + 5)
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+        await self._loop.stop(grace=self._block_ms / 1000 + 5)
         with contextlib.suppress(*ERRORS):  # let another process take over at once
             for stream in self.owned:
                 await self._release(keys=[self._streams[stream]], args=[self.name])
         self.owned.clear()
         await self._redis.aclose()
 
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.step()
-            except Exception as exc:
-                log.warning("outbox consumer step failed (%s); retrying", exc,
-                            exc_info=not transient(exc))
-                self._renewed = 0.0  # re-check leases and groups, then re-claim what is pending
-                self._to_claim |= self.owned
-                self.owned.clear()
-                await self._pause(self._retry)
+    async def _round(self) -> bool:
+        """One step; True (the next at once) unless it failed."""
+        try:
+            await self.step()
+        except Exception as exc:
+            log.warning("outbox consumer step failed (%s); retrying", exc,
+                        exc_info=not transient(exc))
+            self._renewed = 0.0  # re-check leases and groups, then re-claim what is pending
+            self._to_claim |= self.owned
+            self.owned.clear()
+            return False
+        return True
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -13,275 +13,72 @@
 A workspace missing from Redis is seeded from SQL, set-if-absent. The period
 is computed here from the anchor and the injected clock and passed in, so
 the scripts never read a clock. Only metered requests reach this module.
-Key layout and scripts: `redis_scripts.py`; the SQL side: `redis_sync.py`. The scripts
-run over one pipelined connection (`resp.py`); redis-py does the rest (sweep, sync, ping).
+Key layout: `redis_keys.py`; scripts: `redis_scripts.py`; running them: `redis_core.py`;
+the SQL side: `redis_sync.py`.
+The scripts run over one pipelined connection (`resp.py`); redis-py does the rest (sweep,
+sync, ping).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import time
-import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
-from sqlalchemy import Engine
+from typing import Any
 
 from gateway.accounts.spend_caps import ledger_cap_used, refusal
-from gateway.clock import Clock
 from gateway.errors import ServiceUnavailable
-from gateway.metering.base import charge, insufficient, renewal_entry
+from gateway.metering.base import charge, insufficient
 from gateway.metering.outbox import OutboxConsumer
-from gateway.metering.redis_client import (
-    ERRORS,
-    Redis,
-    advise,
-    is_cluster,
-    script_client,
-    transient,
-    unavailable,
-)
-from gateway.metering.redis_scripts import (
-    APPLY,
-    BALANCE,
-    CAPS,
-    MARK,
-    RESERVE,
-    SEED,
-    SETTLE,
-    SHARDS,
-    VOID,
-    Layout,
-    WorkspaceKeys,
-    encode_entry,
-)
+from gateway.metering.redis_client import advise
+from gateway.metering.redis_core import RedisCore
+from gateway.metering.redis_keys import SHARDS, encode_entry
 from gateway.metering.redis_sync import (
-    Facts,
     Grant,
     GrantFeed,
     in_ledger,
-    load_facts,
-    load_seed,
     write_entry,
 )
-from gateway.metering.resp import Script
-from gateway.metering.resp_cluster import ClusterScripts
-from gateway.periods import period_of
+from gateway.storage.offload import BALANCES, run_db
+from gateway.storage.periodic import Periodic
+from gateway.storage.redis import ERRORS, transient, unavailable
 from gateway.types import Balance, Cap, Hold, LedgerEntry
 
 log = logging.getLogger("bookbag.meter")
 
-AllotmentOf = Callable[[str, int | None], int]
-T = TypeVar("T")
 SETTLE_ATTEMPTS = 3  # settle is idempotent, so a transport failure is retried
 
 
-class RedisMeter:
-    def __init__(
-        self,
-        client: Redis,
-        engine: Engine,
-        clock: Clock,
-        allotment_of: AllotmentOf,
-        *,
-        hold_ttl: float,
-        sync_interval: float = 1.0,
-        sweep_interval: float = 5.0,
-        breaker: float = 0.5,
-        layout: Layout | None = None,
-        outbox: OutboxConsumer | None = None,
-        wait_replicas: int = 0,
-        wait_timeout: float = 0.05,
-    ) -> None:
-        self._redis = client
-        self._engine = engine
-        self._clock = clock
-        self._allotment_of = allotment_of
-        self._hold_ttl = hold_ttl
-        self._sync_interval = sync_interval
-        self._sweep_interval = sweep_interval
-        self._breaker = breaker
-        self.layout = layout or Layout()
-        self._outbox = outbox
-        # WAIT after each settle (BOOKBAG_REDIS_WAIT_REPLICAS): a charge no replica confirmed
-        # in time is "unconfirmed": counted and logged, the reply goes out all the same.
-        self._wait = (wait_replicas, max(1, int(wait_timeout * 1000)))
-        self.unconfirmed = 0  # settles whose WAIT timed out short of `wait_replicas`
-        sources = {"caps": CAPS, "reserve": RESERVE, "settle": SETTLE, "void": VOID, "balance": BALANCE,
-                   "apply": APPLY, "seed": SEED, "mark": MARK}
-        # The scripts go through the pipelined client (redis-py's per-command cost was most
-        # of a request's); redis-py keeps the rest, and the scripts too over TLS.
-        self._fast = script_client(client)
-        self._lua = {name: Script(src) for name, src in sources.items()}
-        self._scripts = {} if self._fast is not None else {
-            name: client.register_script(src) for name, src in sources.items()}
-        self._keys: dict[str, WorkspaceKeys] = {}
-        self._periods: dict[str, tuple[float, float, str, str]] = {}  # anchor -> the one now
-        self._facts: dict[str, Facts] = {}
-        self._pending: dict[str, asyncio.Future[Any]] = {}
-        self._epochs: dict[str, tuple[str, float]] = {}  # request id -> (epoch, expires_at)
-        self._doubtful: dict[str, str] = {}  # request id -> workspace: reserves that timed out
-        # Redis just failed: metered requests get 503 at once for `breaker` seconds (no
-        # pile-up). On a cluster, per shard tag: a shard down stops only its own workspaces.
-        self._cluster = is_cluster(client)
-        self._down_until: dict[str, float] = {}
-        self._feed: GrantFeed | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-
+class RedisMeter(RedisCore):
     # --- lifecycle ----------------------------------------------------------
 
     async def start(self) -> None:
         """Never waits for Redis: the gateway starts (and serves unmetered requests) without it."""
-        self._tasks = [
-            asyncio.create_task(self._every(self._sync_interval, self.sync), name="meter-sync"),
-            asyncio.create_task(self._every(self._sweep_interval, self.sweep), name="meter-sweep"),
-            asyncio.create_task(advise(self._redis), name="meter-redis-config"),
-        ]
+        # Redis or the database away (ServiceUnavailable): one line each round, no traceback.
+        self._loops = (
+            Periodic("meter-sync", self.sync, self._sync_interval, log=log,
+                     quiet=(ServiceUnavailable,)),
+            Periodic("meter-sweep", self.sweep, self._sweep_interval, log=log,
+                     quiet=(ServiceUnavailable,)))
+        for loop in self._loops:
+            loop.start()
+        self._advice = asyncio.create_task(advise(self._redis), name="meter-redis-config")
         if self._outbox is not None:
             await self._outbox.start()
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
+        for loop in self._loops:
+            await loop.stop()
+        if self._advice is not None:
+            self._advice.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await self._advice
         if self._outbox is not None:
             await self._outbox.close()
         if self._fast is not None:
             await self._fast.aclose()
         await self._redis.aclose()
-
-    async def _every(self, interval: float, job: Callable[[], Awaitable[None]]) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await job()
-            except ServiceUnavailable as exc:  # Redis or the database is away: no traceback
-                log.warning("redis meter job %s failed: %s", getattr(job, "__name__", job), exc)
-            except Exception:
-                log.warning("redis meter job %s failed", getattr(job, "__name__", job), exc_info=True)
-
-    async def ping(self) -> bool:
-        """Whether Redis answers now (`/readyz`); at most about one timeout."""
-        try:
-            return bool(await self._redis.ping())
-        except ERRORS:
-            return False
-
-    # --- plumbing -------------------------------------------------------------
-
-    async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        try:
-            if self._fast is not None and name == "settle" and self._wait[0]:
-                result, acked = await self._fast.evalsha_wait(self._lua[name], keys, args,
-                                                              *self._wait)
-                if acked < self._wait[0]:
-                    self.unconfirmed += 1
-                    log.warning("charge unconfirmed: %s replica(s) of %s acknowledged the "
-                                "settle of %s in time", acked, self._wait[0], args[0])
-                return result
-            if self._fast is not None:
-                return await self._fast.evalsha(self._lua[name], keys, args)
-            return await self._scripts[name](keys=keys, args=args)
-        except ERRORS as exc:
-            if transient(exc):
-                self._down_until[self._breaker_of(keys[0])] = time.monotonic() + self._breaker
-            raise unavailable(exc) from exc
-
-    async def _replid(self, key: str) -> str:
-        """Redis Cluster: the replication id of the primary serving `key` (a change of primary
-        is a new epoch, DESIGN "Redis Cluster"); '' on one node, where the shard's `epoch`
-        key alone tells a Redis that restarted without its data."""
-        if not isinstance(self._fast, ClusterScripts):
-            return ""
-        try:
-            return await self._fast.replid(key)
-        except ERRORS as exc:
-            if transient(exc):
-                self._down_until[self._breaker_of(key)] = time.monotonic() + self._breaker
-            raise unavailable(exc) from exc
-
-    def _breaker_of(self, key: str) -> str:
-        """The circuit a key's failure opens: its shard tag on a cluster, else the one node."""
-        return key.split("{", 1)[1].split("}", 1)[0] if self._cluster else ""
-
-    async def _once(self, key: str, make: Callable[[], Awaitable[T]]) -> T:
-        """One `make()` at a time per key; concurrent callers share its outcome."""
-        fut = self._pending.get(key)
-        if fut is None:
-            fut = self._pending[key] = asyncio.ensure_future(make())
-
-            def done(f: asyncio.Future[Any]) -> None:
-                if self._pending.get(key) is f:
-                    del self._pending[key]
-
-            fut.add_done_callback(done)
-        result: T = await asyncio.shield(fut)
-        return result
-
-    async def _facts_of(self, workspace_id: str) -> Facts:
-        facts = self._facts.get(workspace_id)
-        if facts is None:
-            facts = await self._once("facts:" + workspace_id, lambda: self._sql(
-                load_facts, self._engine, workspace_id))
-            self._facts[workspace_id] = facts
-        return facts
-
-    async def _sql(self, fn: Callable[..., T], *args: Any) -> T:
-        try:
-            return await asyncio.to_thread(fn, *args)
-        except ServiceUnavailable:
-            raise
-        except Exception as exc:
-            raise ServiceUnavailable("The ledger database is unavailable; retry shortly.") from exc
-
-    async def _seed(self, workspace_id: str) -> None:
-        async def seed() -> None:
-            s = await self._sql(load_seed, self._engine, workspace_id)
-            keys = [self.layout.bal(workspace_id), self.layout.applied(workspace_id),
-                    self.layout.of(workspace_id).epoch]
-            if await self._run("seed", keys, [s.period, s.allotment, s.allotment_remaining,
-                                              s.topups_remaining, uuid.uuid4().hex, *s.applied]):
-                log.info("seeded the balance of %s from SQL", workspace_id)
-
-        await self._once("seed:" + workspace_id, seed)
-
-    async def _seeded(self, name: str, workspace_id: str, keys: list[str], args: list[Any]) -> Any:
-        """Run a script that answers `{0}` when the workspace is not in Redis: seed, run again."""
-        result = await self._run(name, keys, args)
-        if int(result[0]) == 0:
-            await self._seed(workspace_id)
-            result = await self._run(name, keys, args)
-            if int(result[0]) == 0:
-                raise ServiceUnavailable(f"the balance of {workspace_id} could not be loaded")
-        return result
-
-    def _workspace(self, workspace_id: str) -> WorkspaceKeys:
-        keys = self._keys.get(workspace_id)
-        if keys is None:
-            keys = self._keys[workspace_id] = self.layout.workspace(workspace_id)
-        return keys
-
-    def _current(self, anchor: str, now: float) -> tuple[str, str]:
-        """(start, end) of the period containing `now`, computed once per period."""
-        known = self._periods.get(anchor)
-        if known is not None and known[0] <= now < known[1]:
-            return known[2], known[3]
-        start, end = period_of(anchor, now)
-        self._periods[anchor] = (_midnight(start), _midnight(end), start, end)
-        return start, end
-
-    def _period(self, workspace_id: str, facts: Facts) -> tuple[list[Any], str, str]:
-        """The renewal arguments for now (period, allotment, entry id, entry), and (start, end)."""
-        now = self._clock.now()
-        start, end = self._current(facts.anchor, now)
-        entry = renewal_entry(workspace_id, start, self._allotment_of(*facts.plan_at(start)),
-                              int(now * 1000))
-        return [start, entry.credits, entry.request_id, encode_entry(entry)], start, end
 
     # --- the Meter interface ----------------------------------------------------
 
@@ -331,11 +128,8 @@ class RedisMeter:
                     str(result[3]), expires_at, tuple(c.subject for c in caps))
 
     async def _cap_seed(self, workspace_id: str, subject: str, period: str) -> int:
-        try:
-            return await asyncio.to_thread(ledger_cap_used, self._engine, workspace_id, subject,
-                                           period)
-        except Exception as exc:
-            raise ServiceUnavailable("The balance store is unavailable; retry shortly.") from exc
+        return await run_db(ledger_cap_used, self._engine, workspace_id, subject, period,
+                            store=BALANCES)
 
     async def settle(self, hold: Hold, entry: LedgerEntry) -> Balance | None:
         charge(entry, hold)
@@ -416,7 +210,7 @@ class RedisMeter:
                        int(top_rem), int(reserved), period, facts.period_end(period, start, end))
 
     async def grant(self, entry: LedgerEntry) -> bool:
-        inserted = await self._sql(write_entry, self._engine, entry)
+        inserted = await run_db(write_entry, self._engine, entry)
         facts = await self._facts_of(entry.workspace_id)
         try:
             await self._apply(entry.request_id, entry.workspace_id, str(entry.kind),
@@ -437,7 +231,7 @@ class RedisMeter:
                     return True
         except ERRORS as exc:
             raise unavailable(exc) from exc
-        return await self._sql(in_ledger, self._engine, request_id)
+        return await run_db(in_ledger, self._engine, request_id)
 
     async def _apply(self, request_id: str, workspace_id: str, kind: str, allotment_delta: int,
                      topup_delta: int, period: str | None, renewal: list[Any] | None) -> int:
@@ -499,7 +293,7 @@ class RedisMeter:
             except ERRORS as exc:
                 raise unavailable(exc) from exc
             self._feed = GrantFeed(self._engine, low, lag=max(5.0, 3 * self._sync_interval))
-        grants, facts = await self._sql(self._feed.read, list(self._facts))
+        grants, facts = await run_db(self._feed.read, list(self._facts))
         self._facts.update(facts)
         shards_down: ServiceUnavailable | None = None
         for grant in grants:
@@ -522,7 +316,3 @@ class RedisMeter:
             log.info("applied %s from SQL to Redis", grant.request_id)
         return applied
 
-
-def _midnight(day: str) -> float:
-    """Epoch seconds of an ISO date's start, UTC (where `period_of` draws its lines)."""
-    return dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp()

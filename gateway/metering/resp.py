@@ -5,7 +5,7 @@ StreamWriter, a timeout context per read) was half a metered request's CPU. Here
 the commands of a loop turn go out in one write, hiredis parses the replies, which
 are matched to the commands in order, and one timer watches the oldest unanswered one.
 
-Errors are redis-py's, so `redis_client.transient()` and `unavailable()` apply: a
+Errors are redis-py's, so `storage/redis.py`'s `transient()` and `unavailable()` apply: a
 ConnectionError (refused, reset) is retried once on a new connection, as redis-py's one
 retry (every meter script is safe to run twice); a TimeoutError (paused or hung) drops the
 connection, fails every command waiting on it and is never retried (it may still run);
@@ -22,7 +22,7 @@ from typing import Any, cast
 
 import hiredis
 
-from gateway.metering.redis_client import (
+from gateway.storage.redis import (
     AuthenticationError,
     BusyLoadingError,
     NoScriptError,

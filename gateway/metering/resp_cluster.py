@@ -1,6 +1,6 @@
 """The meter's pipelined script client on Redis Cluster: one `RespClient` per primary.
 
-Each script's keys share one slot (the workspace's shard tag, `redis_scripts.py`), so a
+Each script's keys share one slot (the workspace's shard tag, `redis_keys.py`), so a
 call goes to the primary serving that slot, pipelined with every other call to that node
 on one connection. The slot map is redis-py's (its cluster client's `nodes_manager`, the
 client the meter uses for everything else), refreshed:
@@ -22,7 +22,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from gateway.metering.redis_client import (
+from gateway.metering.resp import Arg, RespClient, Script
+from gateway.storage.redis import (
     Redis,
     RedisClusterException,
     RedisConnectionError,
@@ -30,7 +31,6 @@ from gateway.metering.redis_client import (
     ResponseError,
     key_slot,
 )
-from gateway.metering.resp import Arg, RespClient, Script
 
 REFRESH_INTERVAL = 0.1
 

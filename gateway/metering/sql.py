@@ -12,8 +12,6 @@ period under the same lock; void takes it off again (a settle keeps it).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -21,11 +19,12 @@ from sqlalchemy import Engine
 
 from gateway.accounts.spend_caps import charged, refusal
 from gateway.clock import Clock, now_ms
-from gateway.errors import GatewayError, ServiceUnavailable
-from gateway.metering.base import charge, insufficient, plan_at, renewal_entry
-from gateway.metering.memory import AllotmentOf
+from gateway.errors import ServiceUnavailable
+from gateway.metering.base import AllotmentOf, charge, insufficient, plan_at, renewal_entry
 from gateway.periods import period_of
 from gateway.storage.database import Cursor, Sql, apply_entry, transaction
+from gateway.storage.offload import BALANCES, run_db
+from gateway.storage.periodic import Periodic
 from gateway.types import Balance, Cap, Hold, LedgerEntry
 
 log = logging.getLogger("bookbag.meter")
@@ -45,26 +44,14 @@ class SqlMeter:
         self._clock = clock
         self._allotment_of = allotment_of
         self._hold_ttl = hold_ttl
-        self._sweep_interval = sweep_interval
         self._for_update = "" if engine.dialect.name == "sqlite" else " FOR UPDATE"
-        self._task: asyncio.Task[None] | None = None
+        self._sweeper = Periodic("meter-sweep", self.sweep, sweep_interval, log=log)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._sweeper(), name="meter-sweep")
+        self._sweeper.start()
 
     async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        try:
-            return await asyncio.to_thread(fn, *args)
-        except GatewayError:
-            raise
-        except Exception as exc:
-            raise ServiceUnavailable("The balance store is unavailable; retry shortly.") from exc
+        await self._sweeper.stop()
 
     # --- in one transaction each ---------------------------------------
 
@@ -210,18 +197,19 @@ class SqlMeter:
 
     async def reserve(self, workspace_id: str, credits: int, request_id: str,
                       caps: tuple[Cap, ...] = ()) -> Hold:
-        hold: Hold = await self._run(self._reserve, workspace_id, credits, request_id, caps)
+        hold: Hold = await run_db(self._reserve, workspace_id, credits, request_id, caps,
+                                  store=BALANCES)
         return hold
 
     async def settle(self, hold: Hold, entry: LedgerEntry) -> Balance | None:
-        await self._run(self._settle, hold, entry)
+        await run_db(self._settle, hold, entry, store=BALANCES)
         return None
 
     async def void(self, hold: Hold) -> None:
-        await self._run(self._void, hold.request_id)
+        await run_db(self._void, hold.request_id, store=BALANCES)
 
     async def balance(self, workspace_id: str) -> Balance:
-        balance: Balance = await self._run(self._balance, workspace_id)
+        balance: Balance = await run_db(self._balance, workspace_id, store=BALANCES)
         return balance
 
     async def cap_usage(self, workspace_id: str, caps: tuple[Cap, ...]) -> dict[str, int]:
@@ -231,23 +219,15 @@ class SqlMeter:
                 return {c.subject: self._cap_used(cur, sql, workspace_id, c.subject, period)
                         for c in caps}
 
-        usage: dict[str, int] = await self._run(read)
+        usage: dict[str, int] = await run_db(read, store=BALANCES)
         return usage
 
     async def grant(self, entry: LedgerEntry) -> bool:
-        inserted: bool = await self._run(self._grant, entry)
+        inserted: bool = await run_db(self._grant, entry, store=BALANCES)
         return inserted
 
     async def sweep(self) -> None:
         """Void every hold past its expiry (its process died before resolving it)."""
-        for request_id in await self._run(self._expired):
+        for request_id in await run_db(self._expired, store=BALANCES):
             log.warning("voiding expired hold %s", request_id)
-            await self._run(self._void, request_id)
-
-    async def _sweeper(self) -> None:
-        while True:
-            await asyncio.sleep(self._sweep_interval)
-            try:
-                await self.sweep()
-            except Exception:
-                log.warning("hold sweep failed", exc_info=True)
+            await run_db(self._void, request_id, store=BALANCES)

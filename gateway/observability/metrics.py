@@ -21,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import Engine
 
+from gateway.metering.base import CommitFeed, CountsHolds, CountsHoldsRemotely
 from gateway.observability.logs import RequestRecord
 from gateway.storage.database import snapshot
 
@@ -34,25 +35,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _SLOW = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 HoldsCount = Callable[[], Awaitable[int]]
-
-
-@runtime_checkable
-class CountsHolds(Protocol):
-    def holds_in_flight(self) -> int: ...
-
-
-@runtime_checkable
-class CountsHoldsRemotely(Protocol):
-    """A meter whose holds live in a store it asks (Redis: every gateway's holds)."""
-
-    async def count_holds(self) -> int: ...
-
-
-@runtime_checkable
-class CommitFeed(Protocol):
-    """A ledger writer that reports each commit: (writes, seconds its oldest waited)."""
-
-    on_commit: Callable[[int, float], None] | None
 
 
 def holds_counter(meter: object, engine: Engine) -> HoldsCount:

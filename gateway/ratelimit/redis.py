@@ -1,25 +1,19 @@
 """Rate limits in Redis, shared by every gateway process: one GCRA step in one Lua script.
 
 Each key's state is one string (`bk:{sNN}:rl:<key id>`, under its workspace's shard
-tag, expiring once the key is back to its full burst). Redis errors become `ServiceUnavailable` here;
-short socket timeouts keep a dead Redis from holding requests up.
+tag, expiring once the key is back to its full burst). The client and its error map are the
+shared ones (`gateway/storage/redis.py`): short timeouts keep a dead Redis from holding
+requests up.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-
 from gateway.catalog import RateLimit
-from gateway.errors import ServiceUnavailable
-from gateway.idempotency.redis import CLUSTER_CONNECTIONS
-from gateway.metering.redis_client import RedisClusterException, cluster_client, cluster_url
-from gateway.metering.redis_scripts import shard_of
+from gateway.metering.redis_keys import shard_of
 from gateway.ratelimit.limiter import Verdict, gcra
+from gateway.storage.redis import ERRORS, REQUEST_CONNECTIONS, connect, unavailable
+
+STORE = "The rate-limit store"
 
 _SCRIPT = """
 local now = tonumber(ARGV[1])
@@ -39,13 +33,9 @@ return {1, tostring(new_tat)}
 class RedisLimits:
     def __init__(self, url: str, *, timeout: float = 0.25, prefix: str = "bk:") -> None:
         self._prefix = prefix
-        cluster = cluster_url(url)
-        self._redis: Any = cluster_client(
-            cluster, timeout=timeout, max_connections=CLUSTER_CONNECTIONS,
-            retries=0) if cluster else Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0), decode_responses=True,
-        )
+        # No reconnect: a verdict a second try could give would come too late to help.
+        self._redis = connect(url, timeout=timeout, max_connections=REQUEST_CONNECTIONS,
+                              retries=0)
         self._script = self._redis.register_script(_SCRIPT)
 
     async def hit(self, key: str, limit: RateLimit, now_ms: float, *,
@@ -55,9 +45,8 @@ class RedisLimits:
         try:
             allowed, tat = await self._script(
                 keys=[self.name(key, workspace_id)], args=[repr(now_ms), repr(window), repr(interval)])
-        # RuntimeError: uvloop, a reset while connecting
-        except (RedisError, RedisClusterException, OSError, TimeoutError, RuntimeError) as exc:
-            raise ServiceUnavailable("The rate-limit store is unavailable.") from exc
+        except ERRORS as exc:
+            raise unavailable(exc, STORE) from exc
         stored = float(tat)
         if int(allowed):
             verdict, _ = gcra(stored - interval, now_ms, limit)  # replays the step Redis took
@@ -70,8 +59,8 @@ class RedisLimits:
         """The admission dry-run: the stored arrival time, read only."""
         try:
             tat = await self._redis.get(self.name(key, workspace_id))
-        except (RedisError, RedisClusterException, OSError, TimeoutError, RuntimeError) as exc:
-            raise ServiceUnavailable("The rate-limit store is unavailable.") from exc
+        except ERRORS as exc:
+            raise unavailable(exc, STORE) from exc
         return gcra(float(tat) if tat else None, now_ms, limit)[0]
 
     def name(self, key: str, workspace_id: str) -> str:

@@ -15,7 +15,6 @@ an event twice, always under the same id (`Bookbag-Event-Id` and the body's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,6 +25,7 @@ from sqlalchemy import Engine
 from gateway.accounts.keyring import Keyring, KeyringError
 from gateway.clock import Clock, now_ms
 from gateway.storage.database import snapshot, transaction
+from gateway.storage.periodic import Periodic
 from gateway.webhooks.registry import SIGNATURE_HEADER, sign
 from gateway.webhooks.targets import is_public, literal, public_resolver, refuse
 
@@ -63,43 +63,30 @@ class Dispatcher:
         self._engine = engine
         self._keyring = keyring
         self._clock = clock
-        self._interval = interval
         self._backoff = backoff
         self._max_attempts = max_attempts
         self._timeout = timeout
         self._batch = batch
         self._allow_private = allow_private  # BOOKBAG_WEBHOOK_ALLOW_PRIVATE (webhook_targets.py)
         self._session: aiohttp.ClientSession | None = None  # made by the first delivery
-        self._task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
+        # A round that filled its batch is followed by the next at once (a backlog drains).
+        self._loop = Periodic("webhook-dispatcher", self._round, interval, log=log,
+                              first_at_once=True)
         self.sent = 0
         self.failed = 0
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="webhook-dispatcher")
+        self._loop.start()
 
     async def close(self) -> None:
-        """Stop after the round in progress (its database work is never cut off midway)."""
-        self._stop.set()
-        if self._task is not None:
-            done, _ = await asyncio.wait({self._task}, timeout=self._timeout + 1)
-            if not done:  # a receiver still answering: its attempt is retried later
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+        """Stop after the round in progress (its database work is never cut off midway); a
+        receiver still answering after the timeout is cut off, its attempt retried later."""
+        await self._loop.stop(grace=self._timeout + 1)
         if self._session is not None:
             await self._session.close()
 
-    async def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                claimed = await self.run_once()
-            except Exception:
-                log.warning("webhook delivery round failed", exc_info=True)
-                claimed = 0
-            if claimed < self._batch:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self._interval)
+    async def _round(self) -> bool:
+        return await self.run_once() >= self._batch
 
     async def run_once(self) -> int:
         """Send every delivery that is due (one batch); how many were claimed."""

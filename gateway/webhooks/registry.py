@@ -30,7 +30,7 @@ import orjson
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from gateway.accounts.keyring import Keyring, KeyringError, fingerprint
+from gateway.accounts.keyring import Keyring, KeyringError, fingerprint, rotate_column
 from gateway.accounts.operator_input import InputError, string_list
 from gateway.accounts.workspaces import AccountError, UnknownAccount
 from gateway.clock import Clock, now_ms
@@ -192,13 +192,7 @@ class Webhooks:
 
     def rotate(self) -> int:
         """Re-encrypt every endpoint secret under the first key of BOOKBAG_SECRET_KEY."""
-        with Session(self._engine) as session:
-            rows = list(session.exec(select(WebhookEndpoint)))
-            for row in rows:
-                row.secret_ciphertext = self.keyring.rotate(row.secret_ciphertext)
-                session.add(row)
-            session.commit()
-            return len(rows)
+        return rotate_column(self._engine, self.keyring, WebhookEndpoint, "secret_ciphertext")
 
     def has_endpoints(self, workspace_id: str) -> bool:
         with transaction(self._engine) as (cur, sql):

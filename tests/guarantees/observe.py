@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine
 
-from gateway.metering.redis_scripts import SHARDS, Layout
+from gateway.metering.redis_keys import SHARDS, Layout
 from gateway.storage.database import make_engine, transaction
 from gateway.storage.schema import LEDGER_COLUMNS
 from tests.guarantees.client import Account

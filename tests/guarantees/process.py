@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from gateway.metering.memory import LEASE
+from gateway.metering.memory_accounts import LEASE
 from tests.fake_provider import OPENAI_KEY
 from tests.harness import db_rows, free_port
 

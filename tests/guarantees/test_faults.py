@@ -27,7 +27,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from gateway.metering.redis_scripts import SHARDS, Layout, shard_of
+from gateway.metering.redis_keys import SHARDS, Layout, shard_of
 from tests.fake_provider import FakeProvider
 from tests.guarantees.client import Mix, load, make_client, new_op, resolve, run_op
 from tests.guarantees.deployment import Deployment, deployment

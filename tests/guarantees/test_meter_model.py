@@ -47,9 +47,9 @@ from gateway.clock import Clock, ManualClock
 from gateway.errors import InsufficientCredits, SpendCapReached
 from gateway.metering.base import Meter
 from gateway.metering.outbox import OutboxConsumer, backlog
-from gateway.metering.redis_client import connect
-from gateway.metering.redis_scripts import Layout
+from gateway.metering.redis_keys import Layout
 from gateway.storage.database import create_schema, make_engine
+from gateway.storage.redis import connect
 from gateway.types import Cap, Hold
 from tests.meter_contract import HOLD_TTL, START, MeterBackend, assert_equation, catalog, reply
 from tests.redis_backend import redis_meter

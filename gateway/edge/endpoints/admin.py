@@ -2,14 +2,14 @@
 
 BYO keys, auto-recharge and webhooks are in `admin_settings.py`. Every
 handler checks the admin token first; operator errors become OpenAI-shaped
-400s (404 for an unknown workspace, key or endpoint). Grants and plan changes
+400s (404 for an unknown workspace, key or endpoint), a database failure a 503
+(`gateway.storage.offload`). Grants and plan changes
 go through the running meter, so balances move at once on this server (and
 within the sync interval on the others).
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,6 +27,7 @@ from gateway.cli.records import key_record, workspace_record, workspace_view
 from gateway.dialects.chat.parse import parse_json
 from gateway.edge.request import endpoint, gateway, json_response, read_body
 from gateway.errors import GatewayError, InvalidRequest, NotFound
+from gateway.storage.offload import is_database_error, run_db, unavailable
 from gateway.types import EntryKind
 
 AdminHandler = Callable[[Request], Awaitable[Any]]
@@ -49,6 +50,12 @@ def admin(status: int = 200) -> Callable[[AdminHandler], Callable[[Request], Awa
                 raise InvalidRequest(str(exc), param=exc.field) from None
             except (AccountError, KeyringError) as exc:
                 raise InvalidRequest(str(exc)) from None
+            except Exception as exc:
+                # A service that offloads its own database calls (plan changes, say):
+                # its database failing is a 503 here too, like every `run_sync`.
+                if is_database_error(exc):
+                    raise unavailable() from exc
+                raise
             if isinstance(result, Response):
                 result.headers.update(headers)
                 return result
@@ -77,7 +84,8 @@ def field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], *,
 
 
 def run_sync(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
-    return asyncio.to_thread(functools.partial(fn, *args, **kwargs))
+    """An account operation off the loop; its database failing is a 503."""
+    return run_db(functools.partial(fn, *args, **kwargs))
 
 
 def ws_id(request: Request) -> str:

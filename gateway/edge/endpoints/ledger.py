@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway.accounts.operator_input import InputError, choice
-from gateway.edge.endpoints.usage import agent_filter, in_thread, model_filter
+from gateway.edge.endpoints.usage import agent_filter, model_filter
 from gateway.edge.request import authenticate, endpoint, gateway
 from gateway.errors import InvalidRequest
 from gateway.ledger.export import (
@@ -30,6 +30,7 @@ from gateway.ledger.export import (
     jsonl,
 )
 from gateway.ledger.window import window
+from gateway.storage.offload import run_db
 
 DEFAULT_LIMIT = 1000
 EPOCH_START = "0"
@@ -63,7 +64,7 @@ async def stream(export: LedgerExport, page: Page, fmt: str) -> AsyncIterator[by
         yield csv_header()
     rows = export.rows(page)
     while True:
-        batch = await in_thread(next, rows, None)
+        batch = await run_db(next, rows, None)
         if batch is None:
             return
         yield csv_rows(batch) if fmt == "csv" else jsonl(batch)
@@ -86,7 +87,7 @@ async def export(request: Request, headers: dict[str, str]) -> Response:
         model=model_filter(request, params.get("model")),
         kind=_choice(params.get("kind"), KINDS, "kind"),
     )
-    page = await in_thread(gw.export.page, query)
+    page = await run_db(gw.export.page, query)
     headers["x-bookbag-has-more"] = "true" if page.has_more else "false"
     if page.next_cursor:
         headers["x-bookbag-next-cursor"] = page.next_cursor

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from typing import TypeVar
-
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.accounts.workspaces import ID_RE
 from gateway.edge.request import authenticate, endpoint, gateway, json_response
-from gateway.errors import Forbidden, GatewayError, InvalidRequest, ModelNotFound, ServiceUnavailable
+from gateway.errors import Forbidden, InvalidRequest, ModelNotFound
 from gateway.ledger.usage import UsageQuery, parse_group_by, parse_limit
 from gateway.ledger.window import window
+from gateway.storage.offload import run_db
 from gateway.types import Caller
-
-T = TypeVar("T")
 
 
 def agent_filter(caller: Caller, requested: str | None) -> str | None:
@@ -43,20 +38,6 @@ def model_filter(request: Request, requested: str | None) -> str | None:
         return requested
 
 
-async def in_thread(fn: Callable[..., T], *args: object) -> T:
-    """Run a database read off the loop; a database failure becomes a 503.
-
-    A value error is a bug in what reached the query (input is checked before),
-    never an outage: it stays a 500 rather than hide behind "unavailable".
-    """
-    try:
-        return await asyncio.to_thread(fn, *args)
-    except (GatewayError, ArithmeticError, LookupError, TypeError, ValueError):
-        raise
-    except Exception as exc:
-        raise ServiceUnavailable("The ledger database is unavailable; retry shortly.") from exc
-
-
 @endpoint
 async def show(request: Request, headers: dict[str, str]) -> Response:
     caller = await authenticate(request, "read")
@@ -71,5 +52,5 @@ async def show(request: Request, headers: dict[str, str]) -> Response:
         model=model_filter(request, params.get("model")),
         limit=parse_limit(params.get("limit"), group_by),
     )
-    report = await in_thread(gw.usage.query, query)
+    report = await run_db(gw.usage.query, query)
     return json_response(report.as_json(), headers=headers)
