@@ -44,7 +44,7 @@ from gateway.ledger.recorder import Recorder
 from gateway.ledger.spool import Spool, keep_replaying, ledger_sink
 from gateway.ledger.usage import Usage
 from gateway.ledger.writer import GroupWriter
-from gateway.metering.base import HasOutbox, KnowsCharges, Meter, Pingable, Syncs
+from gateway.metering.base import HasOutbox, KnowsCharges, Meter, Syncs
 from gateway.metering.memory import MemoryMeter
 from gateway.metering.sql import SqlMeter
 from gateway.observability.logs import RequestLog, RequestObserver, RequestRecord
@@ -55,8 +55,9 @@ from gateway.providers.local import LocalProvider
 from gateway.providers.registry import Providers
 from gateway.providers.relay import RelayProvider
 from gateway.ratelimit.limiter import LimitStore, MemoryLimits, RateLimiter
+from gateway.services import Admin, Inference, Ops, Reads, Services
 from gateway.settings import Settings
-from gateway.storage.database import create_schema, is_sqlite, make_engine, normalise_url, transaction
+from gateway.storage.database import create_schema, is_sqlite, make_engine, normalise_url
 from gateway.webhooks.delivery import Dispatcher
 from gateway.webhooks.registry import Webhooks
 
@@ -65,7 +66,8 @@ log = logging.getLogger("bookbag")
 
 @dataclass
 class Gateway:
-    """Everything a request needs, built once in the lifespan."""
+    """Everything the process built, for its lifecycle (background tasks, closing in
+    order) and for tests; endpoints receive `services` instead."""
 
     settings: Settings
     catalog: Catalog
@@ -94,33 +96,27 @@ class Gateway:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     idempotency: Idempotency | None = None
     spool: Spool | None = None
-
-    async def spool_backlog(self) -> int:
-        """Unmetered entries waiting on local disk for the database."""
-        if self.spool is None or not self.spool.has_backlog():
-            return 0
-        return await asyncio.to_thread(self.spool.backlog)
+    _services: Services | None = field(default=None, repr=False)
 
     def observe(self, record: RequestRecord) -> None:
         """A request has ended: count it and write its log line."""
         self.metrics.observe(record)
         self.request_log.emit(record)
 
-    async def readiness(self) -> dict[str, bool]:
-        def ping() -> None:
-            with transaction(self.engine) as (cur, _):
-                cur.execute("SELECT 1")
-
-        checks = {"local_model": True}
-        try:
-            await asyncio.wait_for(asyncio.to_thread(ping), 2.0)
-            checks["database"] = True
-        except Exception:
-            checks["database"] = False
-        checks["spool"] = await self.spool_backlog() == 0
-        if isinstance(self.meter, Pingable):  # the Redis meter: metered requests need it
-            checks["redis"] = await self.meter.ping()
-        return checks
+    @property
+    def services(self) -> Services:
+        """What the endpoints receive (gateway/services.py), built once."""
+        if self._services is None:
+            self._services = Services(
+                settings=self.settings,
+                inference=Inference(self.pipeline, self.keys, self.catalog, self.started),
+                admin=Admin(self.accounts, self.meter, self.plans, self.byo, self.recharges,
+                            self.thresholds, self.webhooks),
+                reads=Reads(self.meter, self.usage, self.export, self.clock, self.catalog),
+                ops=Ops(self.engine, self.meter, self.metrics, self.spool),
+                sessions=self.sessions,
+            )
+        return self._services
 
 
 def meter_kind(settings: Settings) -> str:
@@ -290,6 +286,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
         if tune_gc:
             _tune_gc()
         app.state.gateway = gw
+        app.state.services = gw.services
         app.state.observe_request = gw.observe
         try:
             yield

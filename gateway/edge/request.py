@@ -1,4 +1,4 @@
-"""What every endpoint shares: the state, reading a bounded body, auth, error responses."""
+"""What every endpoint shares: its services, reading a bounded body, auth, error responses."""
 
 from __future__ import annotations
 
@@ -27,21 +27,22 @@ from gateway.observability.logs import record_of
 from gateway.types import Caller
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.services import Services
 
 log = logging.getLogger("bookbag.http")
 Handler = Callable[[Request, dict[str, str]], Awaitable[Response]]
 LIMIT_HEADERS_KEY = "bookbag.rate_limit_headers"  # in the ASGI scope: a dict lookup, not State's getattr
 HEADERS_KEY = "bookbag.headers"  # in the ASGI scope: the request's headers as a dict
-GATEWAY_KEY = "bookbag.gateway"  # in the ASGI scope: the app's gateway, looked up once
+SERVICES_KEY = "bookbag.services"  # in the ASGI scope: the app's services, looked up once
 
 
-def gateway(request: Request) -> Gateway:
+def services(request: Request) -> Services:
+    """What the endpoints receive (gateway/services.py)."""
     scope = request.scope
-    gw: Gateway | None = scope.get(GATEWAY_KEY)
-    if gw is None:  # `app.state`'s attribute lookup is a Python call: once per request
-        gw = scope[GATEWAY_KEY] = request.app.state.gateway
-    return gw
+    found: Services | None = scope.get(SERVICES_KEY)
+    if found is None:  # `app.state`'s attribute lookup is a Python call: once per request
+        found = scope[SERVICES_KEY] = request.app.state.services
+    return found
 
 
 def headers_of(request: Request) -> dict[str, str]:
@@ -71,7 +72,7 @@ def error_response(error: GatewayError, headers: dict[str, str] | None = None) -
 
 async def read_body(request: Request) -> bytes:
     """The whole body, refused past the size limit or when it does not arrive in time."""
-    settings = gateway(request).settings
+    settings = services(request).settings
     limit = settings.max_body_bytes
     declared = headers_of(request).get("content-length")
     if declared is not None:
@@ -123,21 +124,21 @@ async def read_body(request: Request) -> bytes:
 async def authenticate(request: Request, scope: str) -> Caller:
     """The caller of a Bearer key; for `read`, without a header, a dashboard session cookie."""
     header = headers_of(request).get("authorization")
-    gw = gateway(request)
+    svc = services(request)
     session = request.cookies.get(SESSION_COOKIE) if header is None and scope == "read" else None
     if session is not None:
-        caller = await gw.sessions.authenticate(session)
+        caller = await svc.sessions.authenticate(session)
     else:
-        if is_admin_token(header, gw.settings.admin_token):
+        if is_admin_token(header, svc.settings.admin_token):
             raise InvalidApiKey("The admin token is not accepted on /v1 routes; use a workspace key.")
-        caller = await gw.keys.authenticate(header)
+        caller = await svc.inference.keys.authenticate(header)
     record = record_of(request)
     if record is not None:
         record.caller = caller  # for the request's log line
     require_scope(caller, scope)
     # The flow's admission: the per-key rate limit, after auth, before the body (429 past
     # it; a metered request fails closed later if the limit could not be checked).
-    caller, limit_headers = await gw.pipeline.admit(caller)
+    caller, limit_headers = await svc.inference.pipeline.admit(caller)
     if limit_headers:
         request.scope[LIMIT_HEADERS_KEY] = limit_headers
     return caller
@@ -147,10 +148,10 @@ async def resolve_key(request: Request, scope: str) -> Caller:
     """The admission dry-run's caller: the key resolved, nothing admitted or counted (expiry,
     suspension and the rate limit become verdicts, see gateway/flow/admission.py)."""
     header = headers_of(request).get("authorization")
-    gw = gateway(request)
-    if is_admin_token(header, gw.settings.admin_token):
+    svc = services(request)
+    if is_admin_token(header, svc.settings.admin_token):
         raise InvalidApiKey("The admin token is not accepted on /v1 routes; use a workspace key.")
-    caller = await gw.keys.resolve(header)
+    caller = await svc.inference.keys.resolve(header)
     record = record_of(request)
     if record is not None:
         record.caller = caller

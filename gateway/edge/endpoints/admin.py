@@ -25,7 +25,7 @@ from gateway.accounts.operator_input import InputError
 from gateway.accounts.workspaces import AccountError, UnknownAccount
 from gateway.cli.records import key_record, workspace_record, workspace_view
 from gateway.dialects.chat.parse import parse_json
-from gateway.edge.request import endpoint, gateway, json_response, read_body
+from gateway.edge.request import endpoint, json_response, read_body, services
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.storage.offload import is_database_error, run_db, unavailable
 from gateway.types import EntryKind
@@ -40,8 +40,8 @@ def admin(status: int = 200) -> Callable[[AdminHandler], Callable[[Request], Awa
     def wrap(handler: AdminHandler) -> Callable[[Request], Awaitable[Response]]:
         @functools.wraps(handler)
         async def run(request: Request, headers: dict[str, str]) -> Response:
-            gw = gateway(request)
-            check_admin(request.headers.get("authorization"), gw.settings.admin_token)
+            svc = services(request)
+            check_admin(request.headers.get("authorization"), svc.settings.admin_token)
             try:
                 result = await handler(request)
             except UnknownAccount as exc:
@@ -97,11 +97,11 @@ def ws_id(request: Request) -> str:
 
 
 async def describe(request: Request, workspace_id: str) -> dict[str, Any]:
-    gw = gateway(request)
-    workspace = await run_sync(gw.accounts.workspace, workspace_id)
+    svc = services(request)
+    workspace = await run_sync(svc.admin.accounts.workspace, workspace_id)
     shown: dict[str, Any] | None
     try:
-        balance = await gw.meter.balance(workspace_id)
+        balance = await svc.admin.meter.balance(workspace_id)
         shown = {
             "plan": balance.plan, "allotment": balance.allotment,
             "allotment_remaining": balance.allotment_remaining,
@@ -111,29 +111,29 @@ async def describe(request: Request, workspace_id: str) -> dict[str, Any]:
         }
     except GatewayError:
         shown = None  # the balance store is down; the rest is still useful
-    recharge = await run_sync(gw.recharges.status, workspace_id, workspace.anchor_date)
+    recharge = await run_sync(svc.admin.recharges.status, workspace_id, workspace.anchor_date)
     byo_keys = [{"provider": k.provider, "fingerprint": k.fingerprint}
-                for k in await run_sync(gw.byo.keys, workspace_id)]
+                for k in await run_sync(svc.admin.byo.keys, workspace_id)]
     return workspace_view(workspace, shown, recharge, byo_keys)
 
 
 @admin()
 async def list_workspaces(request: Request) -> Any:
-    rows = await run_sync(gateway(request).accounts.workspaces)
+    rows = await run_sync(services(request).admin.accounts.workspaces)
     return {"object": "list", "data": [workspace_record(ws) for ws in rows]}
 
 
 @admin(201)
 async def create_workspace(request: Request) -> Any:
     data = await body(request)
-    gw = gateway(request)
+    svc = services(request)
     workspace = await run_sync(
-        gw.accounts.create_workspace, field(data, "name", str, required=True),
+        svc.admin.accounts.create_workspace, field(data, "name", str, required=True),
         field(data, "plan", str) or "free", custom_allotment=field(data, "credits", int),
         anchor_date=field(data, "anchor_date", str), workspace_id=field(data, "id", str))
     out: dict[str, Any] = {"workspace": workspace_record(workspace)}
     if data.get("create_key", True):
-        key = await run_sync(gw.accounts.create_key, workspace.id,
+        key = await run_sync(svc.admin.accounts.create_key, workspace.id,
                              agent_id=field(data, "agent_id", str))
         out["key"] = {"id": key.id, "key": key.key, "agent_id": key.agent_id,
                       "scopes": list(key.scopes)}
@@ -148,25 +148,25 @@ async def show_workspace(request: Request) -> Any:
 @admin()
 async def update_workspace(request: Request) -> Any:
     data = await body(request)
-    gw = gateway(request)
+    svc = services(request)
     workspace_id = ws_id(request)
     rate_limit = field(data, "rate_limit", str)
     alerts = field(data, "alert_thresholds", (list, str))
     parse_alerts(alerts)  # spend controls: a bad threshold is a 400 before anything changes
-    await run_sync(gw.accounts.update_workspace, workspace_id, name=field(data, "name", str),
+    await run_sync(svc.admin.accounts.update_workspace, workspace_id, name=field(data, "name", str),
                    suspended=field(data, "suspended", bool), rate_limit=rate_limit,
                    clear_rate_limit="rate_limit" in data and rate_limit is None)
     if "low_fractions" in data:
-        await run_sync(gw.thresholds.set_low_fractions, workspace_id,
+        await run_sync(svc.admin.thresholds.set_low_fractions, workspace_id,
                        field(data, "low_fractions", (list, str)))
     if "alert_thresholds" in data:
-        await run_sync(gw.thresholds.set_alerts, workspace_id, alerts)
+        await run_sync(svc.admin.thresholds.set_alerts, workspace_id, alerts)
     return await describe(request, workspace_id)
 
 
 async def _suspend(request: Request, suspended: bool) -> Any:
-    gw = gateway(request)
-    workspace = await run_sync(gw.accounts.update_workspace, ws_id(request), suspended=suspended)
+    svc = services(request)
+    workspace = await run_sync(svc.admin.accounts.update_workspace, ws_id(request), suspended=suspended)
     return {"workspace_id": workspace.id, "suspended": workspace.suspended}
 
 
@@ -183,10 +183,12 @@ async def resume_workspace(request: Request) -> Any:
 @admin()
 async def change_plan(request: Request) -> Any:
     data = await body(request)
-    gw = gateway(request)
-    change = await gw.plans.change_live(gw.meter, ws_id(request), field(data, "plan", str, required=True),
-                                        custom=field(data, "credits", int), actor=ACTOR)
-    gw.thresholds.forget(ws_id(request))
+    svc = services(request)
+    admin = svc.admin
+    change = await admin.plans.change_live(admin.meter, ws_id(request),
+                                           field(data, "plan", str, required=True),
+                                           custom=field(data, "credits", int), actor=ACTOR)
+    svc.admin.thresholds.forget(ws_id(request))
     return change.as_dict()
 
 
@@ -195,7 +197,7 @@ async def change_plan(request: Request) -> Any:
 
 @admin()
 async def list_keys(request: Request) -> Any:
-    rows = await run_sync(gateway(request).accounts.keys, ws_id(request))
+    rows = await run_sync(services(request).admin.accounts.keys, ws_id(request))
     return {"object": "list", "data": [key_record(k) for k in rows]}
 
 
@@ -204,7 +206,7 @@ async def create_key(request: Request) -> Any:
     data = await body(request)
     scopes = field(data, "scopes", list)
     scopes = ["inference", "read"] if scopes is None else scopes
-    key = await run_sync(gateway(request).accounts.create_key, ws_id(request),
+    key = await run_sync(services(request).admin.accounts.create_key, ws_id(request),
                          agent_id=field(data, "agent_id", str), scopes=tuple(scopes),
                          rate_limit=field(data, "rate_limit", str),
                          expires_at=field(data, "expires_at", (str, int, float)))
@@ -215,7 +217,7 @@ async def create_key(request: Request) -> Any:
 
 @admin()
 async def revoke_key(request: Request) -> Any:
-    row = await run_sync(gateway(request).accounts.revoke_key, request.path_params["key_id"])
+    row = await run_sync(services(request).admin.accounts.revoke_key, request.path_params["key_id"])
     return {"id": row.id, "workspace_id": row.workspace_id, "revoked_ms": row.revoked_ms}
 
 
@@ -224,11 +226,11 @@ async def revoke_key(request: Request) -> Any:
 
 async def _grant(request: Request, kind: EntryKind) -> Any:
     data = await body(request)
-    gw = gateway(request)
+    svc = services(request)
     credits = field(data, "credits", int, required=True)
-    entry = await run_sync(gw.accounts.topup_entry, ws_id(request), credits, kind=kind,
+    entry = await run_sync(svc.admin.accounts.topup_entry, ws_id(request), credits, kind=kind,
                            ref=field(data, "ref", str), actor=field(data, "actor", str) or ACTOR)
-    applied = await gw.meter.grant(entry)
+    applied = await svc.admin.meter.grant(entry)
     return json_response(
         {"workspace_id": entry.workspace_id, "kind": str(kind), "credits": credits,
          "ref": entry.ref, "request_id": entry.request_id, "applied": applied},

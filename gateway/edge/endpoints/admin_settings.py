@@ -11,28 +11,28 @@ from typing import Any
 from starlette.requests import Request
 
 from gateway.edge.endpoints.admin import ACTOR, admin, body, field, run_sync, ws_id
-from gateway.edge.request import gateway
+from gateway.edge.request import services
 
 # --- BYO keys ----------------------------------------------------------------------
 
 
 @admin()
 async def byo_status(request: Request) -> Any:
-    return await run_sync(gateway(request).byo.status, ws_id(request))
+    return await run_sync(services(request).admin.byo.status, ws_id(request))
 
 
 @admin()
 async def byo_toggle(request: Request) -> Any:
     data = await body(request)
-    gw = gateway(request)
-    await run_sync(gw.byo.set_enabled, ws_id(request), field(data, "enabled", bool, required=True))
-    return await run_sync(gw.byo.status, ws_id(request))
+    svc = services(request)
+    await run_sync(svc.admin.byo.set_enabled, ws_id(request), field(data, "enabled", bool, required=True))
+    return await run_sync(svc.admin.byo.status, ws_id(request))
 
 
 @admin()
 async def byo_set_key(request: Request) -> Any:
     data = await body(request)
-    stored = await run_sync(gateway(request).byo.set_key, ws_id(request),
+    stored = await run_sync(services(request).admin.byo.set_key, ws_id(request),
                             request.path_params["provider"],
                             field(data, "api_key", str, required=True), actor=ACTOR)
     return {"workspace_id": ws_id(request), "provider": stored.provider,
@@ -41,7 +41,7 @@ async def byo_set_key(request: Request) -> Any:
 
 @admin()
 async def byo_delete_key(request: Request) -> Any:
-    deleted = await run_sync(gateway(request).byo.delete_key, ws_id(request),
+    deleted = await run_sync(services(request).admin.byo.delete_key, ws_id(request),
                              request.path_params["provider"])
     return {"workspace_id": ws_id(request), "provider": request.path_params["provider"],
             "deleted": deleted}
@@ -51,9 +51,9 @@ async def byo_delete_key(request: Request) -> Any:
 
 
 async def _recharge_status(request: Request) -> Any:
-    gw = gateway(request)
-    workspace = await run_sync(gw.accounts.workspace, ws_id(request))
-    return await run_sync(gw.recharges.status, workspace.id, workspace.anchor_date)
+    svc = services(request)
+    workspace = await run_sync(svc.admin.accounts.workspace, ws_id(request))
+    return await run_sync(svc.admin.recharges.status, workspace.id, workspace.anchor_date)
 
 
 @admin()
@@ -64,23 +64,23 @@ async def recharge_show(request: Request) -> Any:
 @admin()
 async def recharge_set(request: Request) -> Any:
     data = await body(request)
-    gw = gateway(request)
+    svc = services(request)
     enabled = field(data, "enabled", bool)
-    await run_sync(gw.recharges.configure, ws_id(request),
+    await run_sync(svc.admin.recharges.configure, ws_id(request),
                    threshold=field(data, "threshold", int, required=True),
                    amount=field(data, "amount", int, required=True),
                    monthly_cap=field(data, "monthly_cap", int, required=True),
                    enabled=True if enabled is None else enabled)
-    gw.thresholds.forget(ws_id(request))
+    svc.admin.thresholds.forget(ws_id(request))
     return await _recharge_status(request)
 
 
 @admin()
 async def recharge_delete(request: Request) -> Any:
-    gw = gateway(request)
-    await run_sync(gw.accounts.workspace, ws_id(request))
-    deleted = await run_sync(gw.recharges.disable, ws_id(request))
-    gw.thresholds.forget(ws_id(request))
+    svc = services(request)
+    await run_sync(svc.admin.accounts.workspace, ws_id(request))
+    deleted = await run_sync(svc.admin.recharges.disable, ws_id(request))
+    svc.admin.thresholds.forget(ws_id(request))
     return {"workspace_id": ws_id(request), "deleted": deleted}
 
 
@@ -89,49 +89,49 @@ async def recharge_delete(request: Request) -> Any:
 
 @admin()
 async def webhook_list(request: Request) -> Any:
-    gw = gateway(request)
-    await run_sync(gw.accounts.workspace, ws_id(request))
-    return {"object": "list", "data": await run_sync(gw.webhooks.endpoints, ws_id(request))}
+    svc = services(request)
+    await run_sync(svc.admin.accounts.workspace, ws_id(request))
+    return {"object": "list", "data": await run_sync(svc.admin.webhooks.endpoints, ws_id(request))}
 
 
 @admin(201)
 async def webhook_create(request: Request) -> Any:
     data = await body(request)
-    gw = gateway(request)
-    created = await run_sync(gw.webhooks.create, ws_id(request),
+    svc = services(request)
+    created = await run_sync(svc.admin.webhooks.create, ws_id(request),
                              field(data, "url", str, required=True), field(data, "events", list))
-    gw.thresholds.forget(ws_id(request))
+    svc.admin.thresholds.forget(ws_id(request))
     return {"id": created.id, "workspace_id": created.workspace_id, "url": created.url,
             "events": created.events.split(","), "secret": created.secret}
 
 
 @admin()
 async def webhook_show(request: Request) -> Any:
-    return await run_sync(gateway(request).webhooks.endpoint, request.path_params["endpoint_id"])
+    return await run_sync(services(request).admin.webhooks.endpoint, request.path_params["endpoint_id"])
 
 
 @admin()
 async def webhook_update(request: Request) -> Any:
     data = await body(request)
-    gw = gateway(request)
+    svc = services(request)
     out: dict[str, Any] = await run_sync(
-        gw.webhooks.update, request.path_params["endpoint_id"], url=field(data, "url", str),
+        svc.admin.webhooks.update, request.path_params["endpoint_id"], url=field(data, "url", str),
         events=field(data, "events", list), enabled=field(data, "enabled", bool))
-    gw.thresholds.forget(out["workspace_id"])
+    svc.admin.thresholds.forget(out["workspace_id"])
     return out
 
 
 @admin()
 async def webhook_delete(request: Request) -> Any:
-    gw = gateway(request)
-    found = await run_sync(gw.webhooks.endpoint, request.path_params["endpoint_id"])
-    deleted = await run_sync(gw.webhooks.delete, request.path_params["endpoint_id"])
-    gw.thresholds.forget(found["workspace_id"])
+    svc = services(request)
+    found = await run_sync(svc.admin.webhooks.endpoint, request.path_params["endpoint_id"])
+    deleted = await run_sync(svc.admin.webhooks.delete, request.path_params["endpoint_id"])
+    svc.admin.thresholds.forget(found["workspace_id"])
     return {"id": request.path_params["endpoint_id"], "deleted": deleted}
 
 
 @admin()
 async def webhook_events(request: Request) -> Any:
-    gw = gateway(request)
-    await run_sync(gw.accounts.workspace, ws_id(request))
-    return {"object": "list", "data": await run_sync(gw.webhooks.events, ws_id(request))}
+    svc = services(request)
+    await run_sync(svc.admin.accounts.workspace, ws_id(request))
+    return {"object": "list", "data": await run_sync(svc.admin.webhooks.events, ws_id(request))}

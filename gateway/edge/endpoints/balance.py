@@ -10,15 +10,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.accounts.spend_caps import cap_view
-from gateway.edge.request import authenticate, endpoint, gateway, json_response
+from gateway.edge.request import authenticate, endpoint, json_response, services
 
 
 @endpoint
 async def show(request: Request, headers: dict[str, str]) -> Response:
     caller = await authenticate(request, "read")
-    gw = gateway(request)
-    balance = await gw.pipeline.meter.balance(caller.workspace_id)
-    used = await gw.usage.credits_used_30d(caller.workspace_id, caller.agent_id)
+    svc = services(request)
+    balance = await svc.reads.meter.balance(caller.workspace_id)
+    used = await svc.reads.usage.credits_used_30d(caller.workspace_id, caller.agent_id)
     body: dict[str, object] = {
         "object": "balance",
         "workspace_id": caller.workspace_id,
@@ -35,6 +35,6 @@ async def show(request: Request, headers: dict[str, str]) -> Response:
     if caller.agent_id is not None:
         body["agent_id"] = caller.agent_id
     if caller.caps:  # spend controls: the reading key's cap and its agent's, with what remains
-        usage = await gw.pipeline.meter.cap_usage(caller.workspace_id, caller.caps)
+        usage = await svc.reads.meter.cap_usage(caller.workspace_id, caller.caps)
         body["caps"] = [cap_view(c, usage[c.subject], balance.period_end) for c in caller.caps]
     return json_response(body, headers=headers)

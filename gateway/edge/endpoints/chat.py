@@ -11,11 +11,11 @@ from gateway.edge.render import render
 from gateway.edge.request import (
     authenticate,
     endpoint,
-    gateway,
     headers_of,
     json_response,
     read_body,
     resolve_key,
+    services,
 )
 from gateway.flow.admission import dry_run
 from gateway.flow.call import ChatCall
@@ -38,7 +38,7 @@ async def completions(request: Request, headers: dict[str, str]) -> Response:
     call = ChatCall(req, headers["x-request-id"], given.get(PROVIDER_KEY_HEADER),
                     idempotency_key, sent)
     try:
-        outcome = await gateway(request).pipeline.chat(caller, call)
+        outcome = await services(request).inference.pipeline.chat(caller, call)
     finally:
         record = record_of(request)
         if record is not None:  # the log line is the edge's: it copies what the flow learnt
@@ -53,6 +53,6 @@ async def preview(request: Request, headers: dict[str, str]) -> Response:
     raw = await read_body(request)
     given = headers_of(request)
     req = chat_request(parse_json(raw), given, caller)
-    gw = gateway(request)
-    estimate = await gw.pipeline.preview(caller, req, given.get(PROVIDER_KEY_HEADER))
-    return json_response(await dry_run(gw.pipeline, caller, estimate), headers=headers)
+    svc = services(request)
+    estimate = await svc.inference.pipeline.preview(caller, req, given.get(PROVIDER_KEY_HEADER))
+    return json_response(await dry_run(svc.inference.pipeline, caller, estimate), headers=headers)

@@ -21,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 from gateway.accounts.auth import require_scope
 from gateway.accounts.workspaces import AccountError
 from gateway.dashboard.sessions import COOKIE
-from gateway.edge.request import endpoint, gateway, json_response, read_body
+from gateway.edge.request import endpoint, json_response, read_body, services
 from gateway.errors import Forbidden, InvalidApiKey, InvalidRequest
 
 STATIC = Path(__file__).resolve().parents[2] / "dashboard" / "static"
@@ -85,19 +85,19 @@ def _secure(request: Request) -> bool:
 async def sign_in(request: Request, headers: dict[str, str]) -> Response:
     same_origin(request)
     raw = await read_body(request)
-    gw = gateway(request)
-    caller = await gw.keys.authenticate(f"Bearer {_key_from(request, raw)}")
+    svc = services(request)
+    caller = await svc.inference.keys.authenticate(f"Bearer {_key_from(request, raw)}")
     require_scope(caller, "read")
-    token = await gw.sessions.create(caller)
+    token = await svc.sessions.create(caller)
     response: Response
     if _wants_json(request):
         response = json_response({"object": "dashboard.session", "signed_in": True,
                                   "workspace_id": caller.workspace_id,
                                   "workspace_name": await _name(request, caller.workspace_id),
-                                  "expires_in": int(gw.sessions.ttl)}, headers=headers)
+                                  "expires_in": int(svc.sessions.ttl)}, headers=headers)
     else:
         response = RedirectResponse("/dashboard", status_code=303, headers=headers)
-    response.set_cookie(COOKIE, token, max_age=int(gw.sessions.ttl), path="/", httponly=True,
+    response.set_cookie(COOKIE, token, max_age=int(svc.sessions.ttl), path="/", httponly=True,
                         samesite="strict", secure=_secure(request))
     response.headers["cache-control"] = "no-store"
     return response
@@ -105,7 +105,7 @@ async def sign_in(request: Request, headers: dict[str, str]) -> Response:
 
 async def _name(request: Request, workspace_id: str) -> str:
     try:
-        workspace = await asyncio.to_thread(gateway(request).accounts.workspace, workspace_id)
+        workspace = await asyncio.to_thread(services(request).admin.accounts.workspace, workspace_id)
     except AccountError:
         return workspace_id
     return workspace.name
@@ -119,7 +119,7 @@ async def session(request: Request, headers: dict[str, str]) -> Response:
     caller = None
     if token:
         try:
-            caller = await gateway(request).sessions.authenticate(token)
+            caller = await services(request).sessions.authenticate(token)
         except (InvalidApiKey, Forbidden):
             caller = None
     if caller is None:
@@ -135,7 +135,7 @@ async def sign_out(request: Request, headers: dict[str, str]) -> Response:
     same_origin(request)
     token = request.cookies.get(COOKIE)
     if token:
-        await gateway(request).sessions.end(token)
+        await services(request).sessions.end(token)
     response = Response(status_code=204, headers=headers)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=_secure(request))
     return response

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.edge.request import gateway, json_response
+from gateway.edge.request import json_response, services
 
 
 async def healthz(request: Request) -> Response:
@@ -13,9 +13,9 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    gw = gateway(request)
-    checks = await gw.readiness()
+    svc = services(request)
+    checks = await svc.ops.readiness()
     degraded = sorted(name for name, ok in checks.items() if not ok)
     # The built-in model needs nothing, so the gateway can always serve some route.
     return json_response({"status": "degraded" if degraded else "ok", "checks": checks,
-                          "degraded": degraded, "spool_backlog": await gw.spool_backlog()})
+                          "degraded": degraded, "spool_backlog": await svc.ops.spool_backlog()})

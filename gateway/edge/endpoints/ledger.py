@@ -15,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway.accounts.operator_input import InputError, choice
 from gateway.edge.endpoints.usage import agent_filter, model_filter
-from gateway.edge.request import authenticate, endpoint, gateway
+from gateway.edge.request import authenticate, endpoint, services
 from gateway.errors import InvalidRequest
 from gateway.ledger.export import (
     FORMATS,
@@ -73,11 +73,11 @@ async def stream(export: LedgerExport, page: Page, fmt: str) -> AsyncIterator[by
 @endpoint
 async def export(request: Request, headers: dict[str, str]) -> Response:
     caller = await authenticate(request, "read")
-    gw = gateway(request)
+    svc = services(request)
     params = request.query_params
     fmt = _choice(params.get("format", "jsonl"), tuple(FORMATS), "format") or "jsonl"
     span = window(params.get("start") or EPOCH_START, params.get("end"), params.get("tz"),
-                  gw.clock.now(), max_days=None)
+                  svc.reads.clock.now(), max_days=None)
     cursor = params.get("cursor")
     query = ExportQuery(
         workspace_id=caller.workspace_id, start_ms=span.start_ms, end_ms=span.end_ms,
@@ -87,9 +87,9 @@ async def export(request: Request, headers: dict[str, str]) -> Response:
         model=model_filter(request, params.get("model")),
         kind=_choice(params.get("kind"), KINDS, "kind"),
     )
-    page = await run_db(gw.export.page, query)
+    page = await run_db(svc.reads.export.page, query)
     headers["x-bookbag-has-more"] = "true" if page.has_more else "false"
     if page.next_cursor:
         headers["x-bookbag-next-cursor"] = page.next_cursor
     headers["cache-control"] = "no-store"
-    return StreamingResponse(stream(gw.export, page, fmt), headers=headers, media_type=FORMATS[fmt])
+    return StreamingResponse(stream(svc.reads.export, page, fmt), headers=headers, media_type=FORMATS[fmt])

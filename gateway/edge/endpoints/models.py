@@ -7,7 +7,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.edge.request import authenticate, endpoint, gateway, json_response
+from gateway.edge.request import authenticate, endpoint, json_response, services
 from gateway.errors import ModelNotFound, NotFound
 from gateway.flow.provider_keys import available, house_key_env
 from gateway.settings import Settings
@@ -42,17 +42,17 @@ def describe(model: ModelEntry, created: int, settings: Settings) -> dict[str, A
 @endpoint
 async def list_models(request: Request, headers: dict[str, str]) -> Response:
     await authenticate(request, "inference")
-    gw = gateway(request)
-    data = [describe(m, gw.started, gw.settings) for m in gw.catalog.models.values()]
+    svc = services(request)
+    data = [describe(m, svc.inference.started, svc.settings) for m in svc.inference.catalog.models.values()]
     return json_response({"object": "list", "data": data}, headers=headers)
 
 
 @endpoint
 async def get_model(request: Request, headers: dict[str, str]) -> Response:
     await authenticate(request, "inference")
-    gw = gateway(request)
+    svc = services(request)
     try:
-        model = gw.catalog.resolve(request.path_params["model_id"])
+        model = svc.inference.catalog.resolve(request.path_params["model_id"])
     except ModelNotFound as exc:  # a missing resource here, as in OpenAI's API: 404
         raise NotFound(exc.message, param="model", code="model_not_found") from None
-    return json_response(describe(model, gw.started, gw.settings), headers=headers)
+    return json_response(describe(model, svc.inference.started, svc.settings), headers=headers)

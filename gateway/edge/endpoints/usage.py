@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.accounts.workspaces import ID_RE
-from gateway.edge.request import authenticate, endpoint, gateway, json_response
+from gateway.edge.request import authenticate, endpoint, json_response, services
 from gateway.errors import Forbidden, InvalidRequest, ModelNotFound
 from gateway.ledger.usage import UsageQuery, parse_group_by, parse_limit
 from gateway.ledger.window import window
@@ -33,7 +33,7 @@ def model_filter(request: Request, requested: str | None) -> str | None:
     if not requested or len(requested) > 128:
         raise InvalidRequest("`model` must be a model id.", param="model")
     try:
-        return gateway(request).catalog.resolve(requested).id
+        return services(request).reads.catalog.resolve(requested).id
     except ModelNotFound:
         return requested
 
@@ -41,16 +41,16 @@ def model_filter(request: Request, requested: str | None) -> str | None:
 @endpoint
 async def show(request: Request, headers: dict[str, str]) -> Response:
     caller = await authenticate(request, "read")
-    gw = gateway(request)
+    svc = services(request)
     params = request.query_params
     group_by = parse_group_by(params.get("group_by"))
     query = UsageQuery(
         workspace_id=caller.workspace_id,
-        window=window(params.get("start"), params.get("end"), params.get("tz"), gw.clock.now()),
+        window=window(params.get("start"), params.get("end"), params.get("tz"), svc.reads.clock.now()),
         group_by=group_by,
         agent=agent_filter(caller, params.get("agent")),
         model=model_filter(request, params.get("model")),
         limit=parse_limit(params.get("limit"), group_by),
     )
-    report = await run_db(gw.usage.query, query)
+    report = await run_db(svc.reads.usage.query, query)
     return json_response(report.as_json(), headers=headers)
