@@ -72,38 +72,28 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-try:
-    from tests.fakes.common import (
-        TOOL_NAME,
-        _Invalid,
-        _is_int,
-        _is_num,
-        _missing,
-        _pieces,
-        _sse,
-        _type_word,
-        _words,
-    )
-    from tests.fakes.responses_reply import ResponsesReply, build_reply
-    from tests.fakes.responses_validate import validate_responses
-except ModuleNotFoundError:  # run as a script (benchmarks): tests/ itself is on sys.path
-    from fakes.common import (  # type: ignore[no-redef]
-        TOOL_NAME,
-        _Invalid,
-        _is_int,
-        _is_num,
-        _missing,
-        _pieces,
-        _sse,
-        _type_word,
-        _words,
-    )
-    from fakes.responses_reply import ResponsesReply, build_reply  # type: ignore[no-redef]
-    from fakes.responses_validate import validate_responses  # type: ignore[no-redef]
+if not __package__:  # run as a script (benchmarks): import the fakes as `tests.fakes`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.fakes.common import (
+    TOOL_NAME,
+    _bounded,
+    _Invalid,
+    _is_int,
+    _is_num,
+    _missing,
+    _pieces,
+    _sse,
+    _type_word,
+    _words,
+)
+from tests.fakes.responses_reply import ResponsesReply, build_reply
+from tests.fakes.responses_validate import validate_responses
 
 OPENAI_KEY = "sk-test-openai-0000"
 ANTHROPIC_KEY = "sk-ant-test-0000"
@@ -213,20 +203,7 @@ def _oa_type(body: dict[str, Any], name: str, kind: str, check: Callable[[Any], 
 
 
 def _oa_range(body: dict[str, Any], name: str, lo: float, hi: float | None) -> None:
-    value = body.get(name)
-    if value is None:
-        return
-    kind = "integer" if _is_int(value) and name in ("n", "top_logprobs") else "decimal"
-    if value < lo:
-        raise _Invalid(
-            f"Invalid '{name}': {kind} below minimum value. Expected a value >= {lo:g}, "
-            f"but got {value} instead.", param=name, code=f"{kind}_below_min_value",
-        )
-    if hi is not None and value > hi:
-        raise _Invalid(
-            f"Invalid '{name}': {kind} above maximum value. Expected a value <= {hi:g}, "
-            f"but got {value} instead.", param=name, code=f"{kind}_above_max_value",
-        )
+    _bounded(body, name, lo, hi, ("n", "top_logprobs"))
 
 
 def _oa_content(msg: dict[str, Any], where: str) -> None:

@@ -19,6 +19,8 @@ import aiohttp
 import openai
 import pytest
 
+pytest_plugins = ("tests.fakes.fixtures",)  # the fake as `server` and `provider` fixtures
+
 try:
     from tests.fake_provider import ANTHROPIC_KEY, OPENAI_KEY, FakeProvider, embedding_vector
 except ModuleNotFoundError:  # tests/ is not a package: pytest put tests/ itself on sys.path
@@ -34,20 +36,6 @@ TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
 ]
 AN_HEADERS = {"x-api-key": ANTHROPIC_KEY, "anthropic-version": "2023-06-01"}
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeProvider]:
-    fake = FakeProvider().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def provider(server: FakeProvider) -> Iterator[FakeProvider]:
-    server.reset()
-    yield server
-    server.reset()
 
 
 @pytest.fixture

@@ -18,26 +18,14 @@ from pydantic import TypeAdapter
 
 from tests.fake_provider import ANTHROPIC_KEY, FakeProvider
 
+pytest_plugins = ("tests.fakes.fixtures",)  # the fake as `server` and `provider` fixtures
+
 EVENT = TypeAdapter(RawMessageStreamEvent)
 HEADERS = {"x-api-key": ANTHROPIC_KEY, "anthropic-version": "2023-06-01"}
 USER = [{"role": "user", "content": "What is the capital of France?"}]
 TOOLS = [{"name": "lookup", "description": "Look it up",
           "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}]
 THINKING = {"type": "enabled", "budget_tokens": 1024}
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeProvider]:
-    fake = FakeProvider().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def provider(server: FakeProvider) -> Iterator[FakeProvider]:
-    server.reset()
-    yield server
-    server.reset()
 
 
 @pytest.fixture

@@ -17,25 +17,13 @@ from pydantic import TypeAdapter
 
 from tests.fake_provider import OPENAI_KEY, FakeProvider
 
+pytest_plugins = ("tests.fakes.fixtures",)  # the fake as `server` and `provider` fixtures
+
 EVENT = TypeAdapter(ResponseStreamEvent)
 TOOLS = [{"type": "function", "name": "get_weather", "description": "Weather of a city",
           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
           "strict": False}]
 AUTH = {"authorization": f"Bearer {OPENAI_KEY}"}
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeProvider]:
-    fake = FakeProvider().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def provider(server: FakeProvider) -> Iterator[FakeProvider]:
-    server.reset()
-    yield server
-    server.reset()
 
 
 @pytest.fixture

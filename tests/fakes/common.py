@@ -63,3 +63,23 @@ def _missing(param: str) -> _Invalid:
     return _Invalid(
         f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
     )
+
+
+def _bounded(body: dict[str, Any], name: str, lo: float, hi: float | None,
+             integers: tuple[str, ...]) -> None:
+    """OpenAI's range check of a numeric parameter (`integers` are named "integer" in the
+    message, the rest "decimal"), as its chat and Responses routes word it."""
+    value = body.get(name)
+    if value is None:
+        return
+    kind = "integer" if _is_int(value) and name in integers else "decimal"
+    if value < lo:
+        raise _Invalid(
+            f"Invalid '{name}': {kind} below minimum value. Expected a value >= {lo:g}, but "
+            f"got {value} instead.", param=name, code=f"{kind}_below_min_value",
+        )
+    if hi is not None and value > hi:
+        raise _Invalid(
+            f"Invalid '{name}': {kind} above maximum value. Expected a value <= {hi:g}, but "
+            f"got {value} instead.", param=name, code=f"{kind}_above_max_value",
+        )

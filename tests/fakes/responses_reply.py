@@ -16,10 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-try:
-    from tests.fakes.common import _pieces, _sse, _words
-except ModuleNotFoundError:  # run as a script (benchmarks): tests/ itself is on sys.path
-    from fakes.common import _pieces, _sse, _words  # type: ignore[no-redef]
+from tests.fakes.common import _pieces, _sse, _words
 
 
 def _part_text(content: Any) -> str:

@@ -13,17 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-try:
-    from tests.fakes.common import TOOL_NAME, _Invalid, _is_int, _is_num, _missing, _type_word
-except ModuleNotFoundError:  # run as a script (benchmarks): tests/ itself is on sys.path
-    from fakes.common import (  # type: ignore[no-redef]
-        TOOL_NAME,
-        _Invalid,
-        _is_int,
-        _is_num,
-        _missing,
-        _type_word,
-    )
+from tests.fakes.common import (
+    TOOL_NAME,
+    _Invalid,
+    _is_int,
+    _is_num,
+    _missing,
+    _type_word,
+)
+from tests.fakes.common import _bounded as common_bounded
 
 RESPONSES_PARAMS = frozenset({
     "model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls",
@@ -62,21 +60,7 @@ def _typed(body: dict[str, Any], name: str, kind: str, check: Callable[[Any], bo
 
 
 def _bounded(body: dict[str, Any], name: str, lo: float, hi: float | None) -> None:
-    value = body.get(name)
-    if value is None:
-        return
-    kind = "integer" if _is_int(value) and name in ("max_output_tokens", "top_logprobs") \
-        else "decimal"
-    if value < lo:
-        raise _Invalid(
-            f"Invalid '{name}': {kind} below minimum value. Expected a value >= {lo:g}, but "
-            f"got {value} instead.", param=name, code=f"{kind}_below_min_value",
-        )
-    if hi is not None and value > hi:
-        raise _Invalid(
-            f"Invalid '{name}': {kind} above maximum value. Expected a value <= {hi:g}, but "
-            f"got {value} instead.", param=name, code=f"{kind}_above_max_value",
-        )
+    common_bounded(body, name, lo, hi, ("max_output_tokens", "top_logprobs"))
 
 
 def _message_content(item: dict[str, Any], where: str) -> None:
