@@ -29,6 +29,16 @@ def subject(kind: str, ident: str) -> str:
     return f"{kind}:{ident}"
 
 
+# The caps of the key `k` (a SELECT over `api_keys k`): its own and its agent's, as two columns
+# for `caps_of`. Shared by the inference caller and the dashboard session.
+CAP_COLUMNS = (
+    "(SELECT c.credits FROM spend_caps c WHERE c.workspace_id = k.workspace_id "
+    "AND c.subject = 'key:' || k.id), "
+    "(SELECT c.credits FROM spend_caps c WHERE c.workspace_id = k.workspace_id "
+    "AND c.subject = 'agent:' || k.agent_id) "
+)
+
+
 def caps_of(key_id: str, agent_id: str | None, key_cap: int | None,
             agent_cap: int | None) -> tuple[Cap, ...]:
     caps = []

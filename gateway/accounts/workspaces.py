@@ -31,7 +31,7 @@ from gateway.accounts.operator_input import (
 from gateway.accounts.operator_input import AccountError as AccountError  # re-exported
 from gateway.accounts.operator_input import UnknownAccount as UnknownAccount  # re-exported
 from gateway.accounts.operator_input import anchor_date as check_anchor
-from gateway.accounts.spend_caps import CapError, caps_of, list_caps, set_cap
+from gateway.accounts.spend_caps import CAP_COLUMNS, CapError, caps_of, list_caps, set_cap
 from gateway.catalog import Catalog, CatalogError, parse_rate_limit
 from gateway.clock import Clock, now_ms
 from gateway.metering.base import plan_at, renewal_entry
@@ -209,10 +209,7 @@ class Accounts:
                     "SELECT k.id, k.workspace_id, k.agent_id, k.scopes, CASE WHEN "
                     "w.pending_plan IS NOT NULL AND w.pending_from <= ? THEN w.pending_plan "
                     "ELSE w.plan END, w.suspended, COALESCE(k.rate_limit, w.rate_limit), k.expires_ms, "
-                    "(SELECT c.credits FROM spend_caps c WHERE c.workspace_id = k.workspace_id "
-                    "AND c.subject = 'key:' || k.id), "
-                    "(SELECT c.credits FROM spend_caps c WHERE c.workspace_id = k.workspace_id "
-                    "AND c.subject = 'agent:' || k.agent_id) "
+                    + CAP_COLUMNS +
                     "FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id "
                     "WHERE k.key_hash = ? AND k.revoked_ms IS NULL"
                 ),

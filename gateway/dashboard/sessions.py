@@ -15,7 +15,7 @@ import secrets
 
 from sqlalchemy import Engine
 
-from gateway.accounts.spend_caps import caps_of
+from gateway.accounts.spend_caps import CAP_COLUMNS, caps_of
 from gateway.clock import Clock, now_ms
 from gateway.errors import Forbidden, InvalidApiKey, ServiceUnavailable
 from gateway.storage.database import snapshot, transaction
@@ -53,11 +53,7 @@ class Sessions:
             cur.execute(
                 sql(
                     "SELECT k.id, k.workspace_id, k.agent_id, k.scopes, w.plan, w.suspended, "
-                    # The key's caps, as the inference caller carries them (/v1/balance shows them).
-                    "(SELECT c.credits FROM spend_caps c WHERE c.workspace_id = k.workspace_id "
-                    "AND c.subject = 'key:' || k.id), "
-                    "(SELECT c.credits FROM spend_caps c WHERE c.workspace_id = k.workspace_id "
-                    "AND c.subject = 'agent:' || k.agent_id) "
+                    + CAP_COLUMNS +  # the key's caps, as the inference caller carries them
                     "FROM dashboard_sessions s JOIN api_keys k ON k.id = s.key_id "
                     "JOIN workspaces w ON w.id = k.workspace_id "
                     "WHERE s.token_hash = ? AND s.expires_ms > ? AND k.revoked_ms IS NULL "
