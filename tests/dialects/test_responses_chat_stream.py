@@ -48,7 +48,7 @@ def test_text_stream_becomes_the_typed_events() -> None:
     response = completed.response
     assert (response.id, response.status, response.model) == ("resp_test", "completed",
                                                               "gpt-4o-mini")
-    assert response.output_text == deltas and response.store is False
+    assert response.output_text == deltas and events[-1][1]["response"]["store"] is False
     assert response.usage is not None
     assert (response.usage.input_tokens, response.usage.output_tokens) == (9, 9)
     assert stream.usage is not None and stream.usage["prompt_tokens"] == 9  # for the meter
