@@ -96,7 +96,7 @@ class ResponsesStream:
     def may_carry_usage(self, payload: bytes) -> bool:
         """Only a terminal event holds usage; every terminal one is parsed (a failure too:
         `failure()` must know it)."""
-        return event_type(payload) in _TERMINAL or not payload.startswith(_OPENING)
+        return not payload.startswith(_OPENING) or event_type(payload) in _TERMINAL
 
     def inspect(self, payload: bytes) -> tuple[bool, dict[str, Any] | None]:
         try:
