@@ -25,7 +25,8 @@ def responses_usage(usage: Json) -> Json:
 
 
 def output_items(message: Json, *, item_id: str, status: str) -> list[Json]:
-    """A chat assistant message as Responses output items (a message, then function calls)."""
+    """A chat assistant message as Responses output items (a message, then function calls);
+    `status` is every item's: an incomplete reply may have cut a call's arguments short."""
     items: list[Json] = []
     parts: list[Json] = []
     if message.get("content"):
@@ -39,7 +40,7 @@ def output_items(message: Json, *, item_id: str, status: str) -> list[Json]:
     for call in message.get("tool_calls") or []:
         items.append({"type": "function_call", "id": f"fc_{call['id']}", "call_id": call["id"],
                       "name": call["function"]["name"],
-                      "arguments": call["function"]["arguments"], "status": "completed"})
+                      "arguments": call["function"]["arguments"], "status": status})
     return items
 
 
