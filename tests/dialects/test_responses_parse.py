@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from gateway.dialects.responses import billed
 from gateway.dialects.responses.parse import responses_request
 from gateway.dialects.responses.tenancy import apply_tenancy
 from gateway.errors import Forbidden, InvalidRequest, UnsupportedParameter
+from gateway.flow import billed_responses as billed
 from gateway.types import Caller, ModelEntry
 from tests.dialects.fixtures import load
 
