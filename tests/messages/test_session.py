@@ -134,3 +134,18 @@ def test_openai_sdk_errors_stay_openai_shaped(gateway: RunningGateway) -> None:
     assert info.value.code == "model_not_found"
     with pytest.raises(anthropic.NotFoundError):
         sdk(gateway, key).models.retrieve("nope")
+
+
+def test_the_readme_example_runs_as_written(gateway: RunningGateway) -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S)
+                 if "anthropic.Anthropic" in b)
+    ws, key = gateway.workspace("free")
+    ns: dict[str, Any] = {}
+    exec(compile(block.replace("http://127.0.0.1:8080", gateway.url).replace("bk_...", key),
+                 "README", "exec"), ns)
+    assert ns["message"].content[0].text.startswith("Hello from fake")
+    assert [(r["api"], r["credits"]) for r in gateway.ledger(ws)] == [("messages", 2)]
