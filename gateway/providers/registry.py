@@ -47,6 +47,11 @@ class Providers:
             return (CHAT,)
         return tuple(d for d in model.dialects if d in NATIVE) or (CHAT,)
 
+    def uses_litellm(self, model: ModelEntry) -> bool:
+        """Some call to this model goes through litellm (its upstream is called in chat and
+        no provider here speaks to it natively): the import is worth preloading."""
+        return model.provider != "local" and not model.relayed and CHAT in self.speaks(model)
+
     def native(self, model: ModelEntry, dialect: str) -> Provider:
         if dialect == MESSAGES:
             return self.anthropic

@@ -83,6 +83,7 @@ async def test_native_where_spoken_translated_elsewhere() -> None:
             served = providers.for_model(got[name], dialect)
             assert isinstance(served, TranslatingProvider) and served.inner is inner, name
             assert providers.for_model(got[name], dialect) is served  # built once
+        assert [n for n, m in got.items() if providers.uses_litellm(m)] == ["gemini"]
         assert providers.token_counter(got["claude"]) == providers.anthropic.count_tokens
         assert providers.token_counter(got["oai"]) is None
         assert providers.token_counter(got["local"]) is None
