@@ -238,7 +238,7 @@ async def build_gateway(settings: Settings, clock: Clock | None = None,
     )
     gw.tasks.append(asyncio.create_task(
         keep_replaying(spool, ledger_sink(engine), settings.sweep_interval), name="spool-replay"))
-    if settings.litellm_preload and any(not m.relayed and m.provider != "local"
+    if settings.litellm_preload and any(providers.uses_litellm(m)
                                         for m in catalog.models.values()):
         # litellm takes ~1-2 s and ~120 MB to import: by default a litellm route's first
         # request pays it; BOOKBAG_LITELLM_PRELOAD loads it after startup, off the relay's path.

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ModelNotFound
-from gateway.types import ModelEntry, Plan
+from gateway.types import CHAT, DIALECTS, MESSAGES, RESPONSES, ModelEntry, Plan
 
 _MODEL_KEYS = {
     "provider", "credits", "upstream", "aliases", "metered", "byo", "api_base",
     "api_key_env", "kind", "max_output_tokens", "service_tiers", "hosted_tools",
+    "anthropic_betas", "max_thinking_tokens", "dialects",
 }
 _PLAN_KEYS = {"credits", "rate_limit"}
 _RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*s\s*$")
@@ -106,6 +107,7 @@ def _model(model_id: str, raw: Any) -> ModelEntry:
 
     local = provider == LOCAL_PROVIDER
     return ModelEntry(
+        dialects=_dialects(where, raw, provider, api_base, kind),
         id=model_id,
         provider=provider,
         upstream_model=string("upstream") or model_id,
@@ -120,6 +122,35 @@ def _model(model_id: str, raw: Any) -> ModelEntry:
     )
 
 
+def default_dialects(provider: str, api_base: str | None) -> tuple[str, ...]:
+    """What an upstream speaks unless its entry says: OpenAI itself chat and Responses, any
+    other OpenAI-compatible server chat only, Anthropic Messages, other litellm providers
+    chat (through litellm), bookbag-local all three."""
+    if provider == LOCAL_PROVIDER:
+        return DIALECTS
+    if provider == "openai":
+        return (CHAT,) if api_base else (CHAT, RESPONSES)
+    if provider == "anthropic":
+        return (MESSAGES,)
+    return (CHAT,)
+
+
+def _dialects(where: str, raw: dict[str, Any], provider: str, api_base: str | None,
+              kind: str) -> tuple[str, ...]:
+    if "dialects" not in raw:
+        return default_dialects(provider, api_base)
+    given = _strings(where, raw, "dialects")
+    unknown = [d for d in given if d not in DIALECTS]
+    if unknown or not given or len(set(given)) != len(given):
+        raise CatalogError(f"{where}: field 'dialects' must list distinct values of "
+                           f"{', '.join(DIALECTS)} (what the upstream speaks), got {given!r}")
+    if kind != "chat":
+        raise CatalogError(f"{where}: field 'dialects' is for chat models")
+    if provider == LOCAL_PROVIDER and tuple(given) != DIALECTS:
+        raise CatalogError(f"{where}: bookbag-local answers every dialect; leave out 'dialects'")
+    return tuple(d for d in DIALECTS if d in given)
+
+
 def _strings(where: str, raw: dict[str, Any], name: str) -> list[str]:
     value = raw.get(name, [])
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
@@ -128,23 +159,32 @@ def _strings(where: str, raw: dict[str, Any], name: str) -> list[str]:
 
 
 def _billed_features(where: str, raw: dict[str, Any], kind: str) -> dict[str, Any]:
-    """max_output_tokens, service_tiers, hosted_tools: what may raise the provider's bill."""
-    cap = raw.get("max_output_tokens")
-    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-        raise CatalogError(f"{where}: field 'max_output_tokens' must be a whole number >= 1, "
-                           f"got {cap!r}")
+    """max_output_tokens, service_tiers, hosted_tools, anthropic_betas,
+    max_thinking_tokens: what may raise the provider's bill."""
+    caps = {}
+    for name in ("max_output_tokens", "max_thinking_tokens"):
+        cap = caps[name] = raw.get(name)
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise CatalogError(f"{where}: field {name!r} must be a whole number >= 1, "
+                               f"got {cap!r}")
     tiers = _strings(where, raw, "service_tiers")
     tools = _strings(where, raw, "hosted_tools")
-    if kind != "chat" and (cap is not None or tiers or tools):
-        raise CatalogError(f"{where}: max_output_tokens, service_tiers and hosted_tools are "
-                           "for chat models")
+    betas = _strings(where, raw, "anthropic_betas")
+    if any("," in beta or beta != beta.strip() for beta in betas):
+        raise CatalogError(f"{where}: field 'anthropic_betas' lists single beta names, "
+                           "e.g. [\"interleaved-thinking-2025-05-14\"]")
+    if kind != "chat" and (any(v is not None for v in caps.values()) or tiers or tools or betas):
+        raise CatalogError(f"{where}: max_output_tokens, max_thinking_tokens, service_tiers, "
+                           "hosted_tools and anthropic_betas are for chat models")
     if set(tiers) & {"auto", "default"}:
         raise CatalogError(f"{where}: field 'service_tiers' lists the tiers beyond auto and "
                            "default (always allowed), e.g. [\"flex\", \"priority\"]")
     if set(tools) & {"function", "custom"}:
         raise CatalogError(f"{where}: field 'hosted_tools' lists hosted tool types such as "
                            "\"web_search\" (function and custom tools are always allowed)")
-    return {"max_output_tokens": cap, "service_tiers": tuple(tiers), "hosted_tools": tuple(tools)}
+    return {"max_output_tokens": caps["max_output_tokens"],
+            "max_thinking_tokens": caps["max_thinking_tokens"], "service_tiers": tuple(tiers),
+            "hosted_tools": tuple(tools), "anthropic_betas": tuple(betas)}
 
 
 def _plan(name: str, raw: Any) -> tuple[Plan, RateLimit | None]:

@@ -23,6 +23,10 @@ class EntryKind(enum.StrEnum):
 
 SCOPES = frozenset({"inference", "read"})
 
+# The wire dialects a client speaks and an upstream may speak (SPEC "Three dialects").
+CHAT, RESPONSES, MESSAGES = "chat", "responses", "messages"
+DIALECTS = (CHAT, RESPONSES, MESSAGES)
+
 
 @dataclass(frozen=True, slots=True)
 class Caller:
@@ -58,6 +62,10 @@ class ModelEntry:
     max_output_tokens: int | None = None  # None: no cap (the client's budget, or the provider's)
     service_tiers: tuple[str, ...] = ()  # beyond auto/default
     hosted_tools: tuple[str, ...] = ()  # tool `type`s beyond function/custom; web_search too
+    anthropic_betas: tuple[str, ...] = ()  # `anthropic-beta` values the house's key may send
+    max_thinking_tokens: int | None = None  # cap on a Messages `thinking.budget_tokens`
+    # What the upstream speaks natively (catalog.py's defaults); the rest is translated.
+    dialects: tuple[str, ...] = (CHAT,)
 
     @property
     def relayed(self) -> bool:
@@ -88,22 +96,27 @@ class ChatRequest:
     include_usage: bool
     agent_id: str | None = None
     conversation_id: str | None = None
+    dialect: str = CHAT  # the client's wire dialect: the body's shape and the reply's
+    betas: tuple[str, ...] = ()  # Messages: the client's `anthropic-beta` values
 
 
 @dataclass(frozen=True, slots=True)
 class ProviderCall:
-    """What a provider needs for one call; `body` already names the upstream model."""
+    """What a provider needs for one call; `body` already names the upstream model and is
+    in `dialect`, the client's (a translating provider turns it into its upstream's)."""
 
     model: ModelEntry
     body: dict[str, Any]
     api_key: str | None
     byo: bool
     timeouts: Timeouts
+    dialect: str = CHAT
+    betas: tuple[str, ...] = ()  # `anthropic-beta` values to send (already allowed)
 
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """A non-streamed provider reply in OpenAI shape, as bytes to send unchanged."""
+    """A non-streamed provider reply in the call's dialect, as bytes to send unchanged."""
 
     body: bytes
     choices: int
@@ -174,3 +187,5 @@ class LedgerEntry:
     ref: str | None = None
     actor: str | None = None
     created_ms: int = 0
+    api: str | None = None  # the client's dialect: chat | responses | messages (replies only)
+    response_id: str | None = None  # Responses: the id the gateway returned (state ownership)

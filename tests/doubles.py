@@ -130,11 +130,15 @@ class ProviderDouble:
 
     # --- the flow's routing (gateway.flow.pipeline.ProviderRoutes) ------------------
 
-    def for_model(self, model: ModelEntry) -> ProviderDouble:
+    def for_model(self, model: ModelEntry, dialect: str = "chat") -> ProviderDouble:
         return self
 
-    async def check(self, model: ModelEntry, body: dict[str, Any]) -> None:
+    async def check(self, model: ModelEntry, body: dict[str, Any],
+                    dialect: str = "chat") -> None:
         return None
+
+    def token_counter(self, model: ModelEntry) -> None:
+        return None  # estimated: the double counts no tokens
 
 
 class CountingMeter:

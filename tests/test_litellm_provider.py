@@ -612,23 +612,30 @@ print(sorted(hosts))
     assert done.stdout.strip().splitlines()[-1] == "['127.0.0.1']"
 
 
-@pytest.mark.parametrize("preload", ["", "1"])
-def test_litellm_is_loaded_at_startup_only_when_asked(tmp_path: Path, preload: str) -> None:
-    """A gateway whose catalog has litellm routes (the packaged one) stays without litellm
-    (~120 MB) until such a route is used, unless BOOKBAG_LITELLM_PRELOAD asks for it."""
+@pytest.mark.parametrize(("preload", "packaged"), [("", False), ("1", False), ("1", True)])
+def test_litellm_is_loaded_at_startup_only_when_asked(tmp_path: Path, preload: str,
+                                                      packaged: bool) -> None:
+    """A gateway whose catalog has litellm routes stays without litellm (~120 MB) until such
+    a route is used, unless BOOKBAG_LITELLM_PRELOAD asks for it; the packaged catalog has
+    none (Claude is relayed natively), so it never loads litellm at startup."""
+    pricing = tmp_path / "pricing.toml"
+    pricing.write_text('[models."gemini-x"]\nprovider = "gemini"\ncredits = 1\n\n'
+                       '[plans.free]\ncredits = 100\n')
+    expected = bool(preload) and not packaged
     script = tmp_path / "probe.py"
     script.write_text(f"""
 import sys, time
 from starlette.testclient import TestClient
 from gateway.app import create_app
 from gateway.settings import Settings
-settings = Settings.from_env({{"BOOKBAG_DATABASE_URL": "sqlite:///{tmp_path / 'g.db'}",
-                              "BOOKBAG_LITELLM_PRELOAD": {preload!r}}})
-assert any(m.provider == "anthropic" for m in __import__("gateway.catalog").catalog.load(
-    settings.pricing_path).models.values())
+env = {{"BOOKBAG_DATABASE_URL": "sqlite:///{tmp_path / 'g.db'}",
+       "BOOKBAG_LITELLM_PRELOAD": {preload!r}}}
+if not {packaged!r}:
+    env["BOOKBAG_PRICING"] = {str(pricing)!r}
+settings = Settings.from_env(env)
 with TestClient(create_app(settings)) as client:
     assert client.get("/healthz").status_code == 200
-    deadline = time.monotonic() + (30 if {preload!r} else 1.0)
+    deadline = time.monotonic() + (30 if {expected!r} else 1.0)
     while "litellm" not in sys.modules and time.monotonic() < deadline:
         time.sleep(0.05)
     print("litellm" in sys.modules)
@@ -636,4 +643,4 @@ with TestClient(create_app(settings)) as client:
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=120, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == str(bool(preload))
+    assert done.stdout.strip().splitlines()[-1] == str(expected)

@@ -60,8 +60,14 @@ def test_operations_document_errors_bodies_and_auth(gateway: RunningGateway) -> 
     with gateway.client() as c:
         doc = c.get("/openapi.json").json()
     error = {"$ref": "#/components/schemas/Error"}
+    anthropic = {"$ref": "#/components/schemas/AnthropicError"}  # the Messages routes' shape
     for name, response in doc["components"]["responses"].items():
-        assert response["content"]["application/json"]["schema"] == error, name
+        schema = response["content"]["application/json"]["schema"]
+        assert schema == (anthropic if name.startswith("A") else error), name
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        refs = doc["paths"][path]["post"]["responses"]
+        assert all(r["$ref"].rsplit("/", 1)[1].startswith("A")
+                   for code, r in refs.items() if code != "200"), path
     open_paths = {documented_path(p) for p in OPEN} | {"/dashboard/static/{file}"}
     for path, ops in doc["paths"].items():
         for method, op in ops.items():

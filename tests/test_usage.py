@@ -31,8 +31,9 @@ from gateway.errors import InvalidRequest
 from gateway.ledger.usage import CONVERSATION_LIMIT, MAX_LIMIT, Usage, UsageQuery, parse_limit
 from gateway.ledger.window import Window, window
 from gateway.storage import migrate
-from gateway.storage.database import _INSERT_LEDGER, create_schema, entry_params, make_engine, transaction
 from gateway.storage.database import apply_entry as apply
+from gateway.storage.database import create_schema, entry_params, make_engine, transaction
+from gateway.storage.schema import LEDGER_COLUMNS
 from gateway.types import BillingMode, EntryKind, LedgerEntry
 from tests.harness import RunningGateway
 from tests.postgres import fresh_database
@@ -316,9 +317,14 @@ def test_migration_0007_builds_the_conversation_rollup_from_the_ledger(
                              billing_mode=(BillingMode.METERED, BillingMode.BYO)[i % 7 % 2],
                              kind=EntryKind.TOPUP if i % 11 == 0 else EntryKind.REPLY)
                        for i in range(120)]
+            # The ledger as it was at 0006: without the columns later revisions added.
+            old = [i for i, c in enumerate(LEDGER_COLUMNS) if c not in ("api", "response_id")]
+            insert = (f"INSERT INTO ledger ({', '.join(LEDGER_COLUMNS[i] for i in old)}) "
+                      f"VALUES ({', '.join('?' for _ in old)})")
             with transaction(eng) as (cur, sql):
                 for e in entries:
-                    cur.execute(sql(_INSERT_LEDGER), entry_params(e))
+                    params = entry_params(e)
+                    cur.execute(sql(insert), tuple(params[i] for i in old))
             migrate.upgrade(eng)
             assert migrate.current(eng) == migrate.head()
             usage = Usage(eng, SystemClock())

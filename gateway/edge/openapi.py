@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.edge.openapi_schemas import ERRORS, SCHEMAS, obj, ref
+from gateway.edge.openapi_schemas import ANTHROPIC_ERRORS, ERRORS, SCHEMAS, obj, ref
 
 JSON = "application/json"
 Security = list[dict[str, list[str]]]
 KEY: Security = [{"workspaceKey": []}]
 READ: Security = [{"workspaceKey": []}, {"dashboardSession": []}]
+ANTHROPIC_KEY: Security = [{"workspaceKey": []}, {"anthropicKey": []}]
 ADMIN: Security = [{"adminToken": []}]
 WS = "/admin/workspaces/{workspace_id}"
 # Errors every authenticated route can return, on top of its own.
@@ -44,6 +45,38 @@ def op(summary: str, tag: str, *, security: Security | None = None,
     for code in sorted(set(errors) | (set(COMMON) if security else {404, 405})):
         out["responses"][str(code)] = {"$ref": f"#/components/responses/E{code}"}
     return out
+
+
+def anthropic_op(summary: str, **kwargs: Any) -> dict[str, Any]:
+    """A Messages route: its errors in Anthropic's shape (`A<status>`)."""
+    out = op(summary, "inference", security=ANTHROPIC_KEY, **kwargs)
+    for code, response in out["responses"].items():
+        if "$ref" in response:
+            out["responses"][code] = {"$ref": f"#/components/responses/A{code}"}
+    return out
+
+
+def _messages() -> dict[str, dict[str, Any]]:
+    beta = _param("beta", "query", "Accepted (Anthropic's SDKs and Claude Code send "
+                  "`?beta=true`); changes nothing.")
+    version = _param("anthropic-version", "header", "Accepted; the gateway speaks 2023-06-01.")
+    betas = _param("anthropic-beta", "header", "Comma-separated; each must be in the model's "
+                   "`anthropic_betas` on the house's key (else 400).")
+    return {
+        "/v1/messages": {"post": anthropic_op(
+            "Create a message (Anthropic Messages; `stream: true` answers with its SSE events)",
+            body="MessagesRequest", ok="Message", errors=(400, 402, 408, 409, 413, 422, 502, 504),
+            params=(beta, version, betas,
+                    _param("Idempotency-Key", "header", "Replays the first success of this key "
+                           "on this route."),
+                    _param("X-Bookbag-Agent-Id", "header", "Agent to attribute the reply to."),
+                    _param("X-Bookbag-Conversation-Id", "header", "Conversation to attribute it to."),
+                    _param("X-Bookbag-Provider-Key", "header", "Bring-your-own provider key.")))},
+        "/v1/messages/count_tokens": {"post": anthropic_op(
+            "Count a prompt's input tokens (never charged; estimated where the upstream "
+            "cannot count)", body="CountTokensRequest", ok="TokenCount",
+            errors=(400, 408, 413, 502, 504), params=(beta, version, betas))},
+    }
 
 
 WINDOW = (
@@ -192,13 +225,15 @@ def document() -> dict[str, Any]:
         "info": {"title": "Bookbag Gateway", "version": "0.1.0",
                  "description": "An OpenAI-compatible proxy that meters Bookbag credits. Errors use "
                                 "the OpenAI shape `{\"error\": {message, type, param, code}}`."},
-        "paths": {**_v1(), **_open(), **_admin()},
+        "paths": {**_v1(), **_messages(), **_open(), **_admin()},
         "components": {
             "schemas": SCHEMAS,
-            "responses": ERRORS,
+            "responses": {**ERRORS, **ANTHROPIC_ERRORS},
             "securitySchemes": {
                 "workspaceKey": {"type": "http", "scheme": "bearer",
                                  "description": "A workspace key `bk_...`."},
+                "anthropicKey": {"type": "apiKey", "in": "header", "name": "x-api-key",
+                                 "description": "A workspace key `bk_...` (Messages routes)."},
                 "adminToken": {"type": "http", "scheme": "bearer",
                                "description": "BOOKBAG_ADMIN_TOKEN (refused on /v1)."},
                 "dashboardSession": {"type": "apiKey", "in": "cookie", "name": "bookbag_session",

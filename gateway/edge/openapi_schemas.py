@@ -37,6 +37,28 @@ HOOK_URL = {"type": "string", "description": "An http(s) URL at a public address
 SCHEMAS: dict[str, Any] = {
     "Error": obj({"error": obj({"message": STR, "type": STR, "param": NSTR, "code": NSTR},
                                ["message", "type", "param", "code"])}, ["error"]),
+    "AnthropicError": obj({"type": {"const": "error"}, "error": obj(
+        {"type": {"enum": ["invalid_request_error", "authentication_error", "permission_error",
+                           "not_found_error", "rate_limit_error", "api_error",
+                           "overloaded_error", "billing_error"]}, "message": STR},
+        ["type", "message"])}, ["type", "error"]),
+    "MessagesRequest": obj(
+        {"model": STR, "messages": {"type": "array", "items": {"type": "object"}, "minItems": 1},
+         "max_tokens": BUDGET, "stream": BOOL, "system": {"type": ["string", "array"]},
+         "tools": {"type": "array", "items": {"type": "object"},
+                   "description": "Client tools; a server tool type only where the model's "
+                                  "`hosted_tools` list it (else 400)."},
+         "thinking": {"type": "object", "description": "budget_tokens up to the model's "
+                      "`max_thinking_tokens`."},
+         "metadata": obj({"agent_id": STR, "conversation_id": STR}, extra=True)},
+        ["model", "messages", "max_tokens"], extra=True),
+    "CountTokensRequest": obj(
+        {"model": STR, "messages": {"type": "array", "items": {"type": "object"}, "minItems": 1},
+         "system": {"type": ["string", "array"]}, "tools": {"type": "array"}},
+        ["model", "messages"], extra=True),
+    "Message": {"description": "The Anthropic Message object (with `stream`: "
+                               "text/event-stream of its typed events).", "type": "object"},
+    "TokenCount": obj({"input_tokens": INT, "estimated": BOOL}, ["input_tokens"]),
     "Object": {"type": "object"},
     "List": obj({"object": {"const": "list"}, "data": {"type": "array", "items": {"type": "object"}}},
                 ["object", "data"]),
@@ -105,7 +127,8 @@ SCHEMAS: dict[str, Any] = {
                         "topup_delta": INT, "period_start": NSTR, "key_id": NSTR, "agent_id": NSTR,
                         "conversation_id": NSTR, "model": NSTR, "provider": NSTR, "replies": INT,
                         "prompt_tokens": NINT, "completion_tokens": NINT, "latency_ms": NINT,
-                        "reason": NSTR, "ref": NSTR, "actor": NSTR},
+                        "reason": NSTR, "ref": NSTR, "actor": NSTR,
+                        "api": {"enum": ["chat", "responses", "messages", None]}},
                        ["request_id", "created_at", "kind", "credits"]),
     "Health": obj({"status": STR}, ["status"]),
     "Readiness": obj({"status": {"enum": ["ok", "degraded"]}, "checks": {"type": "object"},
@@ -152,5 +175,11 @@ _ERROR_CODES = {
 ERRORS: dict[str, Any] = {
     f"E{status}": {"description": text,
                    "content": {"application/json": {"schema": ref("Error")}}}
+    for status, text in _ERROR_CODES.items()
+}
+# The Messages routes answer every error in Anthropic's shape, with the same status codes.
+ANTHROPIC_ERRORS: dict[str, Any] = {
+    f"A{status}": {"description": text,
+                   "content": {"application/json": {"schema": ref("AnthropicError")}}}
     for status, text in _ERROR_CODES.items()
 }

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bookbag.http")
 Handler = Callable[[Request, dict[str, str]], Awaitable[Response]]
+ErrorRenderer = Callable[[GatewayError, dict[str, str]], Response]
+Admission = Callable[[Caller], Awaitable[tuple[Caller, dict[str, str]]]]
 LIMIT_HEADERS_KEY = "bookbag.rate_limit_headers"  # in the ASGI scope: a dict lookup, not State's getattr
 HEADERS_KEY = "bookbag.headers"  # in the ASGI scope: the request's headers as a dict
 SERVICES_KEY = "bookbag.services"  # in the ASGI scope: the app's services, looked up once
@@ -66,6 +68,7 @@ def json_response(value: Any, status: int = 200, headers: dict[str, str] | None 
 
 
 def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> Response:
+    """An error in OpenAI's shape (the Messages routes have their own, see messages.py)."""
     return Response(render(error), error.status, headers={**(headers or {}), **error.headers},
                     media_type="application/json")
 
@@ -121,9 +124,15 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-async def authenticate(request: Request, scope: str) -> Caller:
-    """The caller of a Bearer key; for `read`, without a header, a dashboard session cookie."""
-    header = headers_of(request).get("authorization")
+async def authenticate(request: Request, scope: str, *, header: str | None = None,
+                       admission: Admission | None = None) -> Caller:
+    """The caller of a Bearer key; for `read`, without a header, a dashboard session cookie.
+
+    `header`: the credential as an Authorization value when a route reads it elsewhere
+    (Messages: `x-api-key`); `admission`: a route's own rate-limit buckets instead of the
+    key's (count_tokens)."""
+    if header is None:
+        header = headers_of(request).get("authorization")
     svc = services(request)
     session = request.cookies.get(SESSION_COOKIE) if header is None and scope == "read" else None
     if session is not None:
@@ -138,7 +147,7 @@ async def authenticate(request: Request, scope: str) -> Caller:
     require_scope(caller, scope)
     # The flow's admission: the per-key rate limit, after auth, before the body (429 past
     # it; a metered request fails closed later if the limit could not be checked).
-    caller, limit_headers = await svc.inference.pipeline.admit(caller)
+    caller, limit_headers = await (admission or svc.inference.pipeline.admit)(caller)
     if limit_headers:
         request.scope[LIMIT_HEADERS_KEY] = limit_headers
     return caller
@@ -177,8 +186,10 @@ def _body_unread(request: Request) -> bool:
     return given.get("content-length", "0") not in ("", "0") or "transfer-encoding" in given
 
 
-def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """Give the handler a fresh X-Request-Id and render any GatewayError in OpenAI shape."""
+def endpoint(handler: Handler, errors: ErrorRenderer = error_response
+             ) -> Callable[[Request], Awaitable[Response]]:
+    """Give the handler a fresh X-Request-Id and render any GatewayError with `errors`
+    (OpenAI's shape unless the route speaks another dialect)."""
 
     @functools.wraps(handler)
     async def run(request: Request) -> Response:
@@ -193,7 +204,7 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
                 # Answered before the body was read: close rather than drain it, so the
                 # connection is not left mid-request (uvicorn honours `connection: close`).
                 headers["connection"] = "close"
-            return error_response(exc, {**headers, **_rate_limit_headers(request)})
+            return errors(exc, {**headers, **_rate_limit_headers(request)})
         limit_headers = _rate_limit_headers(request)
         if limit_headers:
             response.headers.update(limit_headers)

@@ -19,6 +19,7 @@ from gateway.edge.endpoints import (
     embeddings,
     health,
     ledger,
+    messages,
     metrics,
     models,
     openapi,
@@ -67,6 +68,8 @@ ADMIN_ROUTES = [
 ROUTES = [
     Route("/v1/chat/completions", chat.completions, methods=["POST"]),
     Route("/v1/chat/completions/preview", chat.preview, methods=["POST"]),
+    Route("/v1/messages", messages.create, methods=["POST"]),
+    Route("/v1/messages/count_tokens", messages.count_tokens, methods=["POST"]),
     Route("/v1/models", models.list_models, methods=["GET"]),
     Route("/v1/models/{model_id:path}", models.get_model, methods=["GET"]),
     Route("/v1/embeddings", embeddings.create, methods=["POST"]),

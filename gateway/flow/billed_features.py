@@ -15,6 +15,14 @@ dialects", "Features that change what the provider bills"):
   sent (as `max_completion_tokens` to OpenAI itself, `max_tokens` to any
   other upstream).
 
+On the Messages dialect the same holds in its terms: server tools (a `tools`
+entry with a `type` other than `custom`, e.g. `web_search_20250305`, enabled by
+its full type or its name without the date, `web_search`) and `mcp_servers`
+(`mcp`) need `hosted_tools`; `service_tier` beyond `auto` / `standard_only`
+needs `service_tiers`; `anthropic-beta` values need the entry's
+`anthropic_betas`; `max_tokens` is capped by `max_output_tokens` and a
+`thinking.budget_tokens` by `max_thinking_tokens`.
+
 The house pays on metered and unmetered replies alike; with a BYO key the
 client's own provider account pays, so nothing is refused or added there.
 The check is a few dict lookups: the body is already parsed for metering.
@@ -22,10 +30,11 @@ The check is a few dict lookups: the body is already parsed for metering.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from gateway.errors import InvalidRequest, UnsupportedParameter
-from gateway.types import ModelEntry
+from gateway.types import CHAT, MESSAGES, ModelEntry
 
 STANDARD_TIERS = frozenset({"auto", "default"})
 CLIENT_TOOLS = frozenset({"function", "custom"})
@@ -94,12 +103,82 @@ def _budget_key(model: ModelEntry) -> str:
     return "max_completion_tokens" if model.relayed and model.api_base is None else "max_tokens"
 
 
-def check(model: ModelEntry, body: dict[str, Any], *, house_pays: bool) -> None:
+MESSAGES_TIERS = frozenset({"auto", "standard_only"})
+_DATED = re.compile(r"_\d{8}$")
+
+
+def _server_tools(model: ModelEntry, body: dict[str, Any]) -> None:
+    for i, tool in enumerate(body.get("tools") or ()):
+        if not isinstance(tool, dict):
+            raise InvalidRequest(f"tools.{i}: Input should be an object", param=f"tools.{i}")
+        kind = tool.get("type")
+        if kind is None or kind == "custom":
+            continue
+        if not isinstance(kind, str):
+            raise InvalidRequest(f"tools.{i}.type: Input should be a string",
+                                 param=f"tools.{i}.type")
+        if kind not in model.hosted_tools and _DATED.sub("", kind) not in model.hosted_tools:
+            raise UnsupportedParameter(
+                f"The server tool `{kind[:64]}` is not enabled for `{model.id}`; "
+                + _enable_hint("hosted_tools") + ".", param=f"tools.{i}.type")
+    if body.get("mcp_servers") and "mcp" not in model.hosted_tools:
+        raise UnsupportedParameter(f"MCP servers (`mcp_servers`) are not enabled for "
+                                   f"`{model.id}`; " + _enable_hint("hosted_tools") + ".",
+                                   param="mcp_servers")
+
+
+def _thinking(model: ModelEntry, body: dict[str, Any]) -> None:
+    thinking = body.get("thinking")
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+        return
+    budget = thinking.get("budget_tokens")
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise InvalidRequest("thinking.budget_tokens must be a whole number >= 1.",
+                             param="thinking.budget_tokens")
+    cap = model.max_thinking_tokens
+    if cap is not None and budget > cap:
+        raise UnsupportedParameter(
+            f"`thinking.budget_tokens` is {budget}; `{model.id}` allows at most {cap} "
+            "thinking tokens.", param="thinking.budget_tokens")
+
+
+def _betas(model: ModelEntry, betas: tuple[str, ...]) -> None:
+    for beta in betas:
+        if beta not in model.anthropic_betas:
+            raise UnsupportedParameter(
+                f"The beta `{beta[:100]}` is not enabled for `{model.id}`; "
+                + _enable_hint("anthropic_betas") + ".", param="anthropic-beta")
+
+
+def _messages(model: ModelEntry, body: dict[str, Any], betas: tuple[str, ...]) -> None:
+    _server_tools(model, body)
+    tier = body.get("service_tier")
+    if tier is not None and tier not in MESSAGES_TIERS and (
+            not isinstance(tier, str) or tier not in model.service_tiers):
+        raise UnsupportedParameter(
+            f"The service tier `{str(tier)[:64]}` is not enabled for `{model.id}` (auto "
+            "and standard_only are); " + _enable_hint("service_tiers") + ".",
+            param="service_tier")
+    cap, given = model.max_output_tokens, body.get("max_tokens")
+    if cap is not None and isinstance(given, int) and given > cap:
+        raise UnsupportedParameter(
+            f"`max_tokens` is {given}; `{model.id}` allows at most {cap} output tokens.",
+            param="max_tokens")
+    _thinking(model, body)
+    _betas(model, betas)
+
+
+def check(model: ModelEntry, body: dict[str, Any], *, house_pays: bool, dialect: str = CHAT,
+          betas: tuple[str, ...] = ()) -> None:
     """Refuse (400) what would multiply the house's cost; send the entry's output cap.
 
-    `body` is the request's own dict: the cap is added to it when the client set none.
+    `body` is the request's own dict (in `dialect`): the cap is added to it when the
+    client set none (a Messages request always sets `max_tokens`).
     """
     if not house_pays:
+        return
+    if dialect == MESSAGES:
+        _messages(model, body, betas)
         return
     if BILLED_KEYS.isdisjoint(body):  # the usual request: nothing to check, perhaps a cap to add
         if model.max_output_tokens is not None:

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -27,9 +28,16 @@ from gateway.flow.call import ChatCall
 from gateway.flow.outcome import JsonReply, Outcome, StreamReply
 from gateway.flow.ratelimit import fail_closed
 from gateway.flow.settlement import Settlement
-from gateway.idempotency.service import Claim, Replay, json_response, key_of
+from gateway.idempotency.service import (
+    MAX_KEY_LENGTH,
+    Claim,
+    IdempotencyKey,
+    Replay,
+    json_response,
+    key_of,
+)
 from gateway.providers.base import Provider
-from gateway.types import Caller, ProviderCall
+from gateway.types import CHAT, Caller, ProviderCall
 
 if TYPE_CHECKING:
     from gateway.flow.pipeline import Pipeline
@@ -41,16 +49,30 @@ def _nothing() -> None:
     return None
 
 
+def scoped(key: IdempotencyKey | None, dialect: str) -> IdempotencyKey | None:
+    """The key scoped by route (SPEC: by workspace and route): a chat key stays as sent,
+    another dialect's is prefixed with it (hashed when the prefix would make it too long),
+    so one key on two routes is two keys, each replaying in its own dialect."""
+    if key is None or dialect == CHAT:
+        return key
+    name = f"{dialect}:{key.key}"
+    if len(name) > MAX_KEY_LENGTH:
+        name = f"{dialect}:sha256:{hashlib.sha256(key.key.encode()).hexdigest()}"
+    return IdempotencyKey(name, key.body_hash)
+
+
 async def chat(p: Pipeline, caller: Caller, call: ChatCall) -> Outcome:
     started = time.perf_counter()
     req = call.request
-    key = key_of(call.idempotency_key, call.sent_body if call.sent_body is not None else req.body)
+    key = scoped(key_of(call.idempotency_key,
+                        call.sent_body if call.sent_body is not None else req.body), req.dialect)
     model = p.decider.chat_model(req.model)
     call.report.model = model.id  # the log line names it even if the request fails here
     decision = await p.decider.decide(model, caller, call.provider_key)
     fail_closed(caller, metered=decision.metered)
-    billed_features.check(model, req.body, house_pays=decision.house_pays)
-    await p.providers.check(model, req.body)
+    billed_features.check(model, req.body, house_pays=decision.house_pays,
+                          dialect=req.dialect, betas=req.betas)
+    await p.providers.check(model, req.body, req.dialect)
     p.decider.own_key_required(model, decision)
     request_id = call.request_id
     claim: Claim | None = None
@@ -74,7 +96,7 @@ async def chat(p: Pipeline, caller: Caller, call: ChatCall) -> Outcome:
                                                     caller.caps)
             p.crash("after_reserve")
         provider_call = p.decider.chat_call(model, req, decision)
-        provider = p.providers.for_model(model)
+        provider = p.providers.for_model(model, req.dialect)
         if req.stream:
             return await _stream(provider, provider_call, call, settlement, cost, release)
         try:

@@ -14,7 +14,15 @@ from gateway.clock import Clock, now_ms
 from gateway.errors import ByoNotAllowed, InvalidRequest
 from gateway.flow.provider_keys import missing_key
 from gateway.settings import Settings
-from gateway.types import BillingMode, Caller, ChatRequest, LedgerEntry, ModelEntry, ProviderCall
+from gateway.types import (
+    CHAT,
+    BillingMode,
+    Caller,
+    ChatRequest,
+    LedgerEntry,
+    ModelEntry,
+    ProviderCall,
+)
 
 PROVIDER_KEY_HEADER = "x-bookbag-provider-key"  # named in errors; the edge reads it
 StoredKey = Callable[[str, str], Awaitable[str | None]]
@@ -90,10 +98,10 @@ class Decider:
     def chat_call(self, model: ModelEntry, req: ChatRequest, decision: Decision) -> ProviderCall:
         body = dict(req.body)
         body["model"] = model.upstream_model
-        if req.stream:
+        if req.stream and req.dialect == CHAT:  # Messages streams carry usage by design
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return ProviderCall(model, body, decision.api_key, decision.mode is BillingMode.BYO,
-                            self.settings.provider_timeouts)
+                            self.settings.provider_timeouts, req.dialect, req.betas)
 
     def entry(self, request_id: str, caller: Caller, req: ChatRequest, model: ModelEntry,
               decision: Decision) -> LedgerEntry:
@@ -101,5 +109,5 @@ class Decider:
             request_id=request_id, workspace_id=caller.workspace_id, billing_mode=decision.mode,
             key_id=caller.key_id, agent_id=req.agent_id, conversation_id=req.conversation_id,
             model=model.id, provider=model.provider, replies=req.n, reason=decision.reason,
-            created_ms=now_ms(self.clock),
+            created_ms=now_ms(self.clock), api=req.dialect,
         )

@@ -9,12 +9,14 @@ each: `decide` (who pays), `chat` (the order of a chat completion),
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from gateway.catalog import Catalog
 from gateway.clock import Clock
 from gateway.crashpoints import Crash, no_crash
 from gateway.flow import chat as chat_flow
+from gateway.flow import count_tokens as count_tokens_flow
 from gateway.flow import embeddings as embeddings_flow
 from gateway.flow import preview as preview_flow
 from gateway.flow import ratelimit
@@ -29,16 +31,22 @@ from gateway.metering.base import Meter
 from gateway.providers.base import Provider
 from gateway.ratelimit.limiter import RateLimiter
 from gateway.settings import Settings
-from gateway.types import Caller, ChatRequest, ModelEntry
+from gateway.types import CHAT, Caller, ChatRequest, ModelEntry, ProviderCall
+
+TokenCounter = Callable[[ProviderCall], Awaitable[bytes]]
 
 
 class ProviderRoutes(Protocol):
-    """Which provider serves a model, and the parameter check made before any credit moves
-    (gateway.providers.registry.Providers; an in-process double in tests)."""
+    """Which provider serves a model in a dialect, and the parameter check made before any
+    credit moves (gateway.providers.registry.Providers; an in-process double in tests)."""
 
-    def for_model(self, model: ModelEntry) -> Provider: ...
+    def for_model(self, model: ModelEntry, dialect: str = CHAT) -> Provider: ...
 
-    async def check(self, model: ModelEntry, body: dict[str, Any]) -> None: ...
+    async def check(self, model: ModelEntry, body: dict[str, Any],
+                    dialect: str = CHAT) -> None: ...
+
+    def token_counter(self, model: ModelEntry) -> TokenCounter | None:
+        """The provider's own count_tokens for `model`, None where it has none."""
 
 
 class Pipeline:
@@ -78,6 +86,14 @@ class Pipeline:
 
     async def chat(self, caller: Caller, call: ChatCall) -> Outcome:
         return await chat_flow.chat(self, caller, call)
+
+    async def admit_count_tokens(self, caller: Caller) -> tuple[Caller, dict[str, str]]:
+        """count_tokens' own rate-limit buckets instead of the key's (fails open)."""
+        return await count_tokens_flow.admit(self.limiter, caller)
+
+    async def count_tokens(self, caller: Caller, req: ChatRequest,
+                           provider_key: str | None) -> dict[str, Any]:
+        return await count_tokens_flow.count_tokens(self, caller, req, provider_key)
 
     async def preview(self, caller: Caller, req: ChatRequest,
                       provider_key: str | None) -> dict[str, Any]:

@@ -36,6 +36,7 @@ COLUMNS = (
     "request_id", "created_ms", "kind", "billing_mode", "credits", "allotment_delta",
     "topup_delta", "period_start", "key_id", "agent_id", "conversation_id", "model", "provider",
     "replies", "prompt_tokens", "completion_tokens", "latency_ms", "reason", "ref", "actor",
+    "api",
 )
 FIELDS = ("request_id", "created_at", *COLUMNS[1:])  # what a client sees, in this order
 FORMATS = {"jsonl": "application/jsonl", "csv": "text/csv; charset=utf-8"}

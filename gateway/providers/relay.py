@@ -10,61 +10,28 @@ deadline passing mid-stream becomes DeadlineExceeded (a delivered stream is char
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
 
 from gateway.errors import (
     GatewayError,
-    ProviderAuthFailed,
-    ProviderRejected,
     UpstreamError,
     UpstreamTimeout,
     deadline_exceeded,
 )
-from gateway.providers.upstream import DeadlineReached, Response, UpstreamClient, UpstreamFailure
+from gateway.providers.relay_common import (
+    SsePayloads,
+    reason,
+    scrub,
+    split_events,
+    upstream_status_error,
+)
+from gateway.providers.upstream import DeadlineReached, Response, UpstreamClient
 from gateway.types import Completion, ModelEntry, ProviderCall
 
 OPENAI_BASE = "https://api.openai.com/v1"
-_PASS_THROUGH = {400, 404, 409, 413, 415, 422, 429}
-
-
-def _scrub(text: str, key: str | None) -> str:
-    if key:
-        text = text.replace(key, "[redacted]")
-    return text
-
-
-def upstream_status_error(status: int, body: bytes, call: ProviderCall) -> GatewayError:
-    """A provider's non-200 answer as a gateway error (keys never echoed)."""
-    message, code, param, type_ = "", None, None, None
-    try:
-        parsed: Any = orjson.loads(body)
-        err = parsed.get("error") if isinstance(parsed, dict) else None
-        if isinstance(err, dict):
-            message = str(err.get("message") or "")
-            code = err.get("code") if isinstance(err.get("code"), str) else None
-            param = err.get("param") if isinstance(err.get("param"), str) else None
-            type_ = err.get("type") if isinstance(err.get("type"), str) else None
-        elif isinstance(err, str):
-            message = err
-    except orjson.JSONDecodeError:
-        message = body[:300].decode("utf-8", "replace")
-    if status in (401, 403):
-        if call.byo:
-            return ProviderAuthFailed(
-                f"The provider rejected the API key sent with this request (HTTP {status})."
-            )
-        return UpstreamError(
-            f"The provider rejected the gateway's own API key for `{call.model.id}` (HTTP {status})."
-        )
-    message = _scrub(message, call.api_key) or f"The provider answered HTTP {status}."
-    if status in _PASS_THROUGH:
-        return ProviderRejected(status, message, code=code, param=param, type_=type_)
-    return UpstreamError(f"The provider failed (HTTP {status}): {message}"[:1000])
-
-
 class RelayProvider:
     def __init__(self, *, connections: int = 1024) -> None:
         self._upstream = UpstreamClient(connections=connections)
@@ -99,7 +66,7 @@ class RelayProvider:
             raise UpstreamTimeout(f"The provider did not answer in time for `{call.model.id}`.") from exc
         except OSError as exc:
             raise UpstreamError(
-                f"Could not reach the provider for `{call.model.id}`: {_reason(exc)}"
+                f"Could not reach the provider for `{call.model.id}`: {reason(exc)}"
             ) from exc
         if resp.status != 200:
             raise upstream_status_error(resp.status, body, call)
@@ -154,46 +121,10 @@ class RelayProvider:
         except TimeoutError as exc:
             raise UpstreamTimeout(f"The provider stopped sending for `{call.model.id}`.") from exc
         except OSError as exc:
-            raise UpstreamError(f"The provider connection failed mid-stream: {_reason(exc)}") from exc
+            raise UpstreamError(f"The provider connection failed mid-stream: {reason(exc)}") from exc
         finally:
             if resp is not None:  # closes the connection unless the reply was read whole
                 resp.release()
-
-
-class SsePayloads:
-    """The payloads of one SSE stream; `ready` counts those already received after this one
-    (the stream's end, `[DONE]`, counts as one).
-
-    A provider burst (several events in one read) can so be written to the client as
-    one message (`edge/sse.py`): while `ready` > 0 the next payload is in memory.
-    """
-
-    def __init__(self, events: Callable[[ProviderCall, SsePayloads], AsyncGenerator[bytes, None]],
-                 call: ProviderCall) -> None:
-        self.ready = 0
-        self._events = events(call, self)
-
-    def __aiter__(self) -> SsePayloads:
-        return self
-
-    def __anext__(self) -> Awaitable[bytes]:
-        return self._events.__anext__()
-
-    async def aclose(self) -> None:
-        await self._events.aclose()
-
-
-def split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
-    """The `data:` payloads of the complete events in `buffer` (`\n` line ends), and the
-    rest. Comments (keep-alives), event names and ids are skipped."""
-    # Every newline one of an event-ending pair: each event is one line, no need to split
-    # the events into lines (the usual case: a provider sends `data: {...}\n\n`).
-    one_line = buffer.count(b"\n") == 2 * buffer.count(b"\n\n")
-    *events, rest = buffer.split(b"\n\n")
-    if one_line:
-        return [event[5:].strip() for event in events if event.startswith(b"data:")], rest
-    return [line[5:].strip() for event in events for line in event.split(b"\n")
-            if line.startswith(b"data:")], rest
 
 
 def _inband(payload: bytes, call: ProviderCall) -> GatewayError:
@@ -202,9 +133,4 @@ def _inband(payload: bytes, call: ProviderCall) -> GatewayError:
         message = str(err.get("message") or "error") if isinstance(err, dict) else str(err)
     except (orjson.JSONDecodeError, AttributeError):
         message = "error"
-    return UpstreamError(f"The provider reported an error mid-stream: {_scrub(message, call.api_key)}"[:1000])
-
-
-def _reason(exc: OSError) -> str:
-    """What failed, without addresses or anything the request carried."""
-    return str(exc) if isinstance(exc, UpstreamFailure) else f"{type(exc).__name__}."
+    return UpstreamError(f"The provider reported an error mid-stream: {scrub(message, call.api_key)}"[:1000])

@@ -151,6 +151,32 @@ class RateLimiter:
             )
         return caller, headers
 
+    async def admit_bucket(self, caller: Caller, bucket: str, per_key: RateLimit,
+                           per_workspace: RateLimit) -> dict[str, str]:
+        """A route's own buckets (count_tokens), per key and per workspace: 429 past
+        either; fails open, unmarked, when the store is down (the route costs nothing)."""
+        now = self._clock.now()
+        if now < self._down_until:
+            return {}
+        headers: dict[str, str] = {}
+        for name, limit in ((f"{bucket}:key:{caller.key_id}", per_key),
+                            (f"{bucket}:ws:{caller.workspace_id}", per_workspace)):
+            try:
+                verdict = await self._store.hit(name, limit, now * 1000,
+                                                workspace_id=caller.workspace_id)
+            except ServiceUnavailable:
+                self._down_until = now + _BREAKER_SECONDS
+                log.warning("rate-limit store unavailable; %s fails open", bucket)
+                return {}
+            if not verdict.allowed:
+                whose = "key" if limit is per_key else "workspace"
+                raise RateLimited(
+                    f"Rate limit reached for {bucket} on this {whose}: {limit.requests} "
+                    f"requests per {limit.seconds:g} seconds. Retry after "
+                    f"{verdict.headers()['retry-after']} s.", headers=verdict.headers())
+            headers = headers or verdict.headers()
+        return headers
+
     async def peek(self, caller: Caller) -> tuple[RateLimit | None, Verdict | None]:
         """The key's limit and what a request now would meet, counting nothing; (limit, None)
         without a limit or while the store is down."""

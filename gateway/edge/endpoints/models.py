@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.edge.request import authenticate, endpoint, json_response, services
+from gateway.dialects.messages.parse import VERSION_HEADER as ANTHROPIC_VERSION
+from gateway.edge.endpoints.messages import anthropic_caller, messages_endpoint
+from gateway.edge.request import authenticate, endpoint, headers_of, json_response, services
 from gateway.errors import ModelNotFound, NotFound
 from gateway.flow.provider_keys import available, house_key_env
 from gateway.settings import Settings
@@ -39,20 +42,62 @@ def describe(model: ModelEntry, created: int, settings: Settings) -> dict[str, A
     }
 
 
-@endpoint
-async def list_models(request: Request, headers: dict[str, str]) -> Response:
-    await authenticate(request, "inference")
+def anthropic_model(model: ModelEntry, created: int) -> dict[str, Any]:
+    """A model in Anthropic's shape (`GET /v1/models` with `anthropic-version`)."""
+    stamp = dt.datetime.fromtimestamp(created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"type": "model", "id": model.id,
+            "display_name": next((a for a in model.aliases if " " in a), model.id),
+            "created_at": stamp}
+
+
+def _anthropic(request: Request) -> bool:
+    """Anthropic's SDKs and Claude Code send `anthropic-version`: they get its shapes."""
+    return ANTHROPIC_VERSION in headers_of(request)
+
+
+async def _caller(request: Request) -> None:
+    if _anthropic(request):
+        await anthropic_caller(request)
+    else:
+        await authenticate(request, "inference")
+
+
+def _model(request: Request) -> ModelEntry:
+    try:
+        return services(request).inference.catalog.resolve(request.path_params["model_id"])
+    except ModelNotFound as exc:  # a missing resource here, as in OpenAI's API: 404
+        raise NotFound(exc.message, param="model", code="model_not_found") from None
+
+
+async def _list(request: Request, headers: dict[str, str]) -> Response:
+    await _caller(request)
     svc = services(request)
+    if _anthropic(request):
+        chat = [anthropic_model(m, svc.inference.started) for m in svc.inference.catalog.models.values()
+                if m.kind == "chat"]
+        return json_response({"data": chat, "has_more": False,
+                              "first_id": chat[0]["id"] if chat else None,
+                              "last_id": chat[-1]["id"] if chat else None}, headers=headers)
     data = [describe(m, svc.inference.started, svc.settings) for m in svc.inference.catalog.models.values()]
     return json_response({"object": "list", "data": data}, headers=headers)
 
 
-@endpoint
-async def get_model(request: Request, headers: dict[str, str]) -> Response:
-    await authenticate(request, "inference")
+async def _get(request: Request, headers: dict[str, str]) -> Response:
+    await _caller(request)
     svc = services(request)
-    try:
-        model = svc.inference.catalog.resolve(request.path_params["model_id"])
-    except ModelNotFound as exc:  # a missing resource here, as in OpenAI's API: 404
-        raise NotFound(exc.message, param="model", code="model_not_found") from None
+    model = _model(request)
+    if _anthropic(request):
+        return json_response(anthropic_model(model, svc.inference.started), headers=headers)
     return json_response(describe(model, svc.inference.started, svc.settings), headers=headers)
+
+
+_list_openai, _list_anthropic = endpoint(_list), messages_endpoint(_list)
+_get_openai, _get_anthropic = endpoint(_get), messages_endpoint(_get)
+
+
+async def list_models(request: Request) -> Response:
+    return await (_list_anthropic if _anthropic(request) else _list_openai)(request)
+
+
+async def get_model(request: Request) -> Response:
+    return await (_get_anthropic if _anthropic(request) else _get_openai)(request)

@@ -42,13 +42,16 @@ class LedgerRow(SQLModel, table=True):
     ref: str | None = Field(default=None, max_length=200)
     actor: str | None = Field(default=None, max_length=100)
     created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    api: str | None = Field(default=None, max_length=16)  # chat | responses | messages
+    # Responses: the id returned to the workspace (`previous_response_id` must be its own).
+    response_id: str | None = Field(default=None, max_length=128, index=True)
 
 
 LEDGER_COLUMNS = (
     "request_id", "workspace_id", "kind", "billing_mode", "credits", "allotment_delta",
     "topup_delta", "period_start", "key_id", "agent_id", "conversation_id", "model", "provider",
     "replies", "prompt_tokens", "completion_tokens", "latency_ms", "reason", "ref", "actor",
-    "created_ms",
+    "created_ms", "api", "response_id",
 )
 
 

@@ -1,0 +1,107 @@
+"""POST /v1/messages and /v1/messages/count_tokens: the Anthropic Messages wire in, the
+one flow, its outcome out in Anthropic's shapes (SPEC "Three dialects, one meter").
+
+- The key comes as `x-api-key` or as a Bearer token (the Anthropic SDKs send either);
+  both given and different: 401. The routes need the `inference` scope.
+- Every error, ours (404, 408, 413, 429 included) or the provider's, is
+  `{"type": "error", "error": {"type", "message"}}` with our status code;
+  a stream that fails after its start ends with `event: error`.
+- `?beta=true` (Claude Code, the SDKs' beta namespace) changes nothing: accepted.
+- count_tokens: never charged, no ledger entry, its own rate-limit buckets, the
+  Idempotency-Key ignored (gateway/flow/count_tokens.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.accounts.auth import bearer
+from gateway.dialects.chat.parse import parse_json
+from gateway.dialects.messages.errors import error_body
+from gateway.dialects.messages.parse import messages_request
+from gateway.dialects.messages.stream import MessagesStream
+from gateway.edge.render import render
+from gateway.edge.request import (
+    Handler,
+    authenticate,
+    endpoint,
+    headers_of,
+    json_response,
+    read_body,
+    services,
+)
+from gateway.errors import GatewayError, InvalidApiKey
+from gateway.flow.call import ChatCall
+from gateway.flow.decide import PROVIDER_KEY_HEADER
+from gateway.idempotency.service import HEADER as IDEMPOTENCY_HEADER
+from gateway.observability.logs import record_of
+from gateway.types import Caller
+
+API_KEY_HEADER = "x-api-key"
+
+
+def anthropic_error(error: GatewayError, headers: dict[str, str]) -> Response:
+    return Response(error_body(error), error.status, headers={**headers, **error.headers},
+                    media_type="application/json")
+
+
+def messages_endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """`endpoint`, with errors in Anthropic's shape."""
+    return endpoint(handler, anthropic_error)
+
+
+def credential(given: dict[str, str]) -> str | None:
+    """The key as an Authorization value: `x-api-key`, or the Bearer token; 401 when the
+    two are both given and differ (which one was meant cannot be known)."""
+    api_key = given.get(API_KEY_HEADER)
+    authorization = given.get("authorization")
+    if api_key is None:
+        return authorization
+    api_key = api_key.strip()
+    if authorization is not None and bearer(authorization) != api_key:
+        raise InvalidApiKey("The request carries two different keys, in x-api-key and in "
+                            "Authorization; send one.")
+    return "Bearer " + api_key if api_key else None
+
+
+async def anthropic_caller(request: Request, *, count_tokens: bool = False) -> Caller:
+    svc = services(request)
+    return await authenticate(request, "inference", header=credential(headers_of(request)),
+                              admission=svc.inference.pipeline.admit_count_tokens if count_tokens else None)
+
+
+@messages_endpoint
+async def create(request: Request, headers: dict[str, str]) -> Response:
+    caller = await anthropic_caller(request)  # from the headers, before the body
+    body = parse_json(await read_body(request))
+    given = headers_of(request)
+    idempotency_key = given.get(IDEMPOTENCY_HEADER)
+    # The key's hash covers the body as sent (parsing replaces `metadata`, never edits it).
+    sent = dict(body) if idempotency_key is not None else None
+    req = messages_request(body, given, caller)
+    call = ChatCall(req, headers["x-request-id"], given.get(PROVIDER_KEY_HEADER),
+                    idempotency_key, sent)
+    try:
+        outcome = await services(request).inference.pipeline.chat(caller, call)
+    finally:
+        record = record_of(request)
+        if record is not None:
+            record.model, record.entry = call.report.model, call.report.entry
+    return render(outcome, headers, MessagesStream())
+
+
+@messages_endpoint
+async def count_tokens(request: Request, headers: dict[str, str]) -> Response:
+    caller = await anthropic_caller(request, count_tokens=True)
+    body = parse_json(await read_body(request))
+    given = headers_of(request)
+    req = messages_request(body, given, caller, count_tokens=True)
+    counted = await services(request).inference.pipeline.count_tokens(caller, req,
+                                                           given.get(PROVIDER_KEY_HEADER))
+    record = record_of(request)
+    if record is not None:
+        record.model = req.model
+    return json_response(counted, headers=headers)
