@@ -28,7 +28,7 @@ def test_an_admitted_request_has_every_verdict_ok(gateway: RunningGateway) -> No
     _, key = gateway.workspace("hobby")
     data = preview(gateway, key)
     assert [v["check"] for v in data["verdicts"]] == [
-        "key_expiry", "suspension", "rate_limit", "balance"]
+        "key_expiry", "suspension", "rate_limit", "parameters", "balance"]
     assert all(v["ok"] for v in data["verdicts"])
     assert (data["would_be_refused"], data["refusal"]) == (False, None)
 
@@ -78,5 +78,23 @@ def test_unmetered_requests_meet_no_balance_or_cap_verdict(gateway: RunningGatew
     created = gateway.accounts.create_key(ws)
     gateway.accounts.set_cap(ws, "key", created.id, 0)
     data = preview(gateway, created.key, model="bookbag-local")
-    assert [v["check"] for v in data["verdicts"]] == ["key_expiry", "suspension", "rate_limit"]
+    assert [v["check"] for v in data["verdicts"]] == [
+        "key_expiry", "suspension", "rate_limit", "parameters"]
     assert data["refusal"] is None
+
+
+def test_a_billed_feature_is_the_verdict_the_real_request_meets(gateway: RunningGateway) -> None:
+    """A feature that raises the provider's bill (here a service tier the entry does not
+    enable) is refused by the dry-run as the request itself would be, before the balance."""
+    ws, key = gateway.workspace("free")
+    extra = {"service_tier": "priority"}
+    data = preview(gateway, key, **extra)
+    assert failing(data) == ["unsupported_parameter"]
+    assert data["refusal"]["check"] == "parameters" and data["refusal"]["status"] == 400
+    with gateway.client(key) as c:
+        real = c.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": HELLO,
+                                                     **extra})
+    assert real.status_code == 400 and real.json()["error"]["message"] == data["refusal"]["message"]
+    assert failing(preview(gateway, key, model="bookbag-local", tools=[{
+        "type": "function", "function": {"name": "f", "parameters": {}}}])) != []  # the route's own
+    assert gateway.ledger(ws) == []

@@ -1,9 +1,11 @@
 """The admission dry-run (spend controls): every verdict a real request would meet, in the
 order it would meet them, consuming nothing (no rate-limit token, no hold, no ledger row).
 
-Checks: key expiry (401), workspace suspension (403), the key's rate limit (429), then for
-metered requests the balance (402 insufficient_credits) and each spend cap (402
-spend_cap_reached). `refusal` is the first that fails: the error the request would get.
+Checks: key expiry (401), workspace suspension (403), the key's rate limit (429), the
+request's parameters (400: billed features the model's entry does not enable, parameters
+the route cannot honour), then for metered requests the balance (402
+insufficient_credits) and each spend cap (402 spend_cap_reached). `refusal` is the first
+that fails: the error the request would get.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ async def dry_run(p: Pipeline, caller: Caller, preview: dict[str, Any]) -> dict[
                               f"{seen.headers()['retry-after']} s.")
     verdicts.append(_verdict("rate_limit", limited,
                              remaining=None if seen is None else max(seen.remaining, 0)))
+    parameters: GatewayError | None = preview.pop("parameters_refusal", None)
+    verdicts.append(_verdict("parameters", parameters))
     cost = int(preview["credits_if_sent"])
     if preview["billing_mode"] == "metered":
         try:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import GatewayError
-from gateway.types import Caller, ChatRequest
+from gateway.flow import billed_features
+from gateway.types import Caller, ChatRequest, ModelEntry
 
 if TYPE_CHECKING:
     from gateway.flow.pipeline import Pipeline
@@ -16,6 +17,7 @@ async def preview(p: Pipeline, caller: Caller, req: ChatRequest,
     model = p.decider.chat_model(req.model)
     decision = await p.decider.decide(model, caller, provider_key)
     cost = model.credits * req.n if decision.metered else 0
+    refused = await _parameters(p, model, req, house_pays=decision.house_pays)
     balance: int | None
     try:
         balance = (await p.meter.balance(caller.workspace_id)).available
@@ -30,4 +32,19 @@ async def preview(p: Pipeline, caller: Caller, req: ChatRequest,
         "credits_if_sent": cost,
         "balance": balance,
         "would_be_refused": bool(decision.metered and (balance is None or cost > balance)),
+        "parameters_refusal": refused,  # the dry-run's `parameters` verdict (admission.py)
     }
+
+
+async def _parameters(p: Pipeline, model: ModelEntry, req: ChatRequest, *,
+                      house_pays: bool) -> GatewayError | None:
+    """What the request's parameters would meet before any credit moves: the features
+    that change the provider's bill (billed_features) and the route's own check. On a copy
+    of the body: the real request's check adds the entry's output cap to it."""
+    try:
+        billed_features.check(model, dict(req.body), house_pays=house_pays,
+                              dialect=req.dialect, betas=req.betas)
+        await p.providers.check(model, dict(req.body), req.dialect)
+    except GatewayError as exc:
+        return exc
+    return None
