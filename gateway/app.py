@@ -165,7 +165,7 @@ def build_idempotency(settings: Settings, engine: Engine, writer: GroupWriter,
                       clock: Clock, meter: Meter | None = None) -> Idempotency:
     """Idempotency keys live in Redis when there is one (shared by every process), else in
     the database; crash recovery asks the SQL ledger whether a request was charged."""
-    charged: Callable[[str], Awaitable[bool]] = LedgerCheck(engine)
+    charged: Callable[[str, str], Awaitable[bool]] = LedgerCheck(engine)
     if isinstance(meter, KnowsCharges):
         # A settled entry reaches SQL through the outbox: ask the meter (outbox, then SQL).
         charged = meter.charged

@@ -552,7 +552,7 @@ async def test_redis_store_rules(redis_url: str) -> None:
     clock = ManualClock(time.time())
     charged: set[str] = set()
 
-    async def in_ledger(request_id: str) -> bool:
+    async def in_ledger(request_id: str, workspace_id: str) -> bool:
         return request_id in charged
 
     idem = Idempotency(store, clock, in_ledger, retention=60, lease=10)
@@ -690,7 +690,7 @@ async def test_records_of_the_legacy_layout_keep_working_on_a_single_node(
         await idem.close()
 
 
-async def _never_charged(request_id: str) -> bool:
+async def _never_charged(request_id: str, workspace_id: str) -> bool:
     return False
 
 
@@ -701,7 +701,7 @@ async def test_unmetered_request_runs_when_the_store_is_down() -> None:
 
     store = RedisIdempotencyStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
 
-    async def in_ledger(request_id: str) -> bool:
+    async def in_ledger(request_id: str, workspace_id: str) -> bool:
         return False
 
     idem = Idempotency(store, ManualClock(time.time()), in_ledger, retention=60, lease=10)

@@ -118,6 +118,50 @@ def test_a_shard_down_stops_only_its_own_workspaces_metered_requests(
     assert len(charged_down) <= 1  # the one before the shard went down, nothing since
 
 
+async def test_with_a_shard_down_the_others_are_swept_counted_and_asked(
+    own_cluster: RedisCluster, tmp_path: Path,
+) -> None:
+    """The background work is shard by shard too: with one shard (primary and replica) gone,
+    the sweep still voids the other shards' expired holds (and reports the failure), the
+    holds gauge counts the shards that answer, and crash recovery's `charged` asks only the
+    workspace's own shard."""
+    clock = ManualClock(START)
+    backend = redis_backend("cluster-shard-down", f"sqlite:///{tmp_path / 'meter.db'}",
+                            own_cluster.url, clock)
+    try:
+        meter = await backend.meter()
+        assert isinstance(meter, RedisMeter)
+        workspaces = [await backend.workspace(allotment=10) for _ in range(12)]
+        primaries = {ws: own_cluster.primary_of(key_slot(f"{{s{shard_of(ws):02d}}}".encode()))
+                     for ws in workspaces}
+        down = primaries[workspaces[0]]
+        on_down = [ws for ws in workspaces if primaries[ws] is down]
+        elsewhere = [ws for ws in workspaces if primaries[ws] is not down]
+        assert elsewhere
+        for ws in workspaces:
+            await meter.reserve(ws, 2, f"hold-{ws}")
+        assert await meter.count_holds() == len(workspaces)
+
+        replica = own_cluster.replica_of(down)
+        assert replica is not None
+        replica.kill()
+        down.kill()
+
+        assert await meter.count_holds() == len(elsewhere)  # the shards that answer
+        assert not await meter.charged("never-seen", elsewhere[0])
+        with pytest.raises(ServiceUnavailable):
+            await meter.charged("never-seen", on_down[0])
+        clock.advance(HOLD_TTL + 1)
+        with pytest.raises(ServiceUnavailable):  # reported, after the other shards were swept
+            await meter.sweep()
+        for ws in elsewhere:
+            balance = await meter.balance(ws)
+            assert (balance.reserved, balance.available) == (0, 10), ws
+        assert await meter.count_holds() == 0
+    finally:
+        await backend.close()
+
+
 # --- failover: a new epoch ----------------------------------------------------------------
 
 

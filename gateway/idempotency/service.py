@@ -70,7 +70,7 @@ MAX_KEY_LENGTH = 255
 REPLAYED_HEADER = "idempotent-replayed"
 ORIGINAL_ID_HEADER = "x-bookbag-original-request-id"
 REPLAYED_HEADERS = ("x-bookbag-credits-charged", "x-bookbag-credits-reserved")
-Charged = Callable[[str], Awaitable[bool]]
+Charged = Callable[[str, str], Awaitable[bool]]  # (request id, workspace id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +219,7 @@ class Idempotency:
         if record.lease_ms > now:
             raise _in_progress()
         # The process that claimed it died. Its charge, if any, is in the ledger.
-        if await self.charged(record.request_id):
+        if await self.charged(record.request_id, workspace_id):
             await self.store.finish(workspace_id, key.key, record.request_id,
                                     expires_ms=now + int(self.retention * 1000))
             return _replay_of(record)

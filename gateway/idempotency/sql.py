@@ -156,7 +156,7 @@ class LedgerCheck:
             cur.execute(sql("SELECT 1 FROM ledger WHERE request_id = ?"), (request_id,))
             return cur.fetchone() is not None
 
-    async def __call__(self, request_id: str) -> bool:
+    async def __call__(self, request_id: str, workspace_id: str | None = None) -> bool:
         try:
             return await asyncio.to_thread(self._lookup, request_id)
         except Exception as exc:

@@ -96,7 +96,9 @@ class KnowsCharges(Protocol):
     """A meter whose charges reach SQL later (an outbox): only it can say whether a request was
     charged (idempotency's crash recovery asks it instead of the ledger)."""
 
-    async def charged(self, request_id: str) -> bool: ...
+    async def charged(self, request_id: str, workspace_id: str | None = None) -> bool:
+        """With the workspace, only its shard is asked (a shard down elsewhere does not matter)."""
+        ...
 
 
 @runtime_checkable

@@ -33,7 +33,7 @@ from gateway.metering.base import charge, insufficient
 from gateway.metering.outbox import OutboxConsumer
 from gateway.metering.redis_client import advise
 from gateway.metering.redis_core import RedisCore
-from gateway.metering.redis_keys import SHARDS, encode_entry
+from gateway.metering.redis_keys import SHARDS, ShardKeys, encode_entry
 from gateway.metering.redis_sync import (
     Grant,
     GrantFeed,
@@ -220,13 +220,16 @@ class RedisMeter(RedisCore):
             log.warning("grant %s is in SQL; Redis gets it from the sync", entry.request_id)
         return inserted
 
-    async def charged(self, request_id: str) -> bool:
+    async def charged(self, request_id: str, workspace_id: str | None = None) -> bool:
         """Whether a reply was charged: its entry is on its way to SQL, or in SQL (idempotency's
-        crash recovery asks; asking Redis first leaves no window between the two)."""
+        crash recovery asks; asking Redis first leaves no window between the two). With the
+        workspace only its shard is asked, so a shard down elsewhere does not matter."""
+        shards = [self.layout.of(workspace_id)] if workspace_id is not None \
+            else [self.layout.shard(i) for i in range(SHARDS)]
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for i in range(SHARDS):
-                    pipe.hexists(self.layout.shard(i).pending, request_id)
+                for shard in shards:
+                    pipe.hexists(shard.pending, request_id)
                 if any(await pipe.execute()):
                     return True
         except ERRORS as exc:
@@ -251,11 +254,24 @@ class RedisMeter(RedisCore):
         return self._outbox
 
     async def count_holds(self) -> int:
-        """Holds in flight, every gateway's: the entries of the shards' holds hashes."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for i in range(SHARDS):
-                pipe.hlen(self.layout.shard(i).holds)
-            return sum(int(n) for n in await pipe.execute())
+        """Holds in flight, every gateway's: the entries of the shards' holds hashes. On a
+        Cluster the shards are asked one by one and a shard that is down is left out (the
+        figure is a gauge; the other shards' holds still count)."""
+        shards = [self.layout.shard(i) for i in range(SHARDS)]
+        if not self._cluster:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for shard in shards:
+                    pipe.hlen(shard.holds)
+                return sum(int(n) for n in await pipe.execute())
+        total, down = 0, 0
+        for shard in shards:
+            try:
+                total += int(await self._redis.hlen(shard.holds))
+            except ERRORS:
+                down += 1
+        if down == len(shards):
+            raise unavailable(ConnectionError("no shard answered"))
+        return total
 
     async def sweep(self) -> None:
         """Void every hold past its expiry: its request never settled or voided it."""
@@ -266,24 +282,29 @@ class RedisMeter(RedisCore):
             if not await self._void(workspace_id, request_id):
                 break  # Redis is still away: the next sweep tries again
             del self._doubtful[request_id]
-        shards = [self.layout.shard(i) for i in range(SHARDS)]
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for shard in shards:
-                    pipe.zrangebyscore(shard.exp, "-inf", int(now * 1000), start=0, num=500)
-                expired: list[list[str]] = await pipe.execute()
-            for shard, request_ids in zip(shards, expired, strict=True):
-                if not request_ids:
-                    continue
-                held = await self._redis.hmget(shard.holds, request_ids)
-                for request_id, value in zip(request_ids, held, strict=True):
-                    if value is None:
-                        await self._redis.zrem(shard.exp, request_id)
-                        continue
-                    log.warning("voiding expired hold %s", request_id)
-                    await self._void(str(value).split("|", 1)[0], request_id)
-        except ERRORS as exc:
-            raise unavailable(exc) from exc
+        failed: BaseException | None = None
+        for i in range(SHARDS):  # shard by shard: one shard down leaves the others swept
+            try:
+                await self._sweep_shard(self.layout.shard(i), now)
+            except ERRORS as exc:
+                failed = exc
+                if not self._cluster:
+                    break  # one node: every shard is on it
+        if failed is not None:
+            raise unavailable(failed) from failed
+
+    async def _sweep_shard(self, shard: ShardKeys, now: float) -> None:
+        request_ids: list[str] = await self._redis.zrangebyscore(
+            shard.exp, "-inf", int(now * 1000), start=0, num=500)
+        if not request_ids:
+            return
+        held = await self._redis.hmget(shard.holds, request_ids)
+        for request_id, value in zip(request_ids, held, strict=True):
+            if value is None:
+                await self._redis.zrem(shard.exp, request_id)
+                continue
+            log.warning("voiding expired hold %s", request_id)
+            await self._void(str(value).split("|", 1)[0], request_id)
 
     async def sync(self) -> None:
         """Apply the grants written straight to SQL since the last poll, once each."""
