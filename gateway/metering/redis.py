@@ -14,6 +14,7 @@ A workspace missing from Redis is seeded from SQL, set-if-absent. The period
 is computed here from the anchor and the injected clock and passed in, so
 the scripts never read a clock. Only metered requests reach this module.
 Key layout: `redis_keys.py`; scripts: `redis_scripts.py`; running them: `redis_core.py`;
+the sweep, the holds gauge and the sync: `redis_background.py`;
 the SQL side: `redis_sync.py`.
 The scripts run over one pipelined connection (`resp.py`); redis-py does the rest (sweep,
 sync, ping).
@@ -30,13 +31,10 @@ from typing import Any
 from gateway.accounts.spend_caps import ledger_cap_used, refusal
 from gateway.errors import ServiceUnavailable
 from gateway.metering.base import charge, insufficient
-from gateway.metering.outbox import OutboxConsumer
+from gateway.metering.redis_background import RedisBackground
 from gateway.metering.redis_client import advise
-from gateway.metering.redis_core import RedisCore
-from gateway.metering.redis_keys import SHARDS, ShardKeys, encode_entry
+from gateway.metering.redis_keys import SHARDS, encode_entry
 from gateway.metering.redis_sync import (
-    Grant,
-    GrantFeed,
     in_ledger,
     write_entry,
 )
@@ -50,7 +48,7 @@ log = logging.getLogger("bookbag.meter")
 SETTLE_ATTEMPTS = 3  # settle is idempotent, so a transport failure is retried
 
 
-class RedisMeter(RedisCore):
+class RedisMeter(RedisBackground):
     # --- lifecycle ----------------------------------------------------------
 
     async def start(self) -> None:
@@ -175,17 +173,6 @@ class RedisMeter(RedisCore):
         self._epochs.pop(hold.request_id, None)
         await self._void(hold.workspace_id, hold.request_id)
 
-    async def _void(self, workspace_id: str, request_id: str) -> bool:
-        shard = self.layout.of(workspace_id)
-        try:
-            await self._run("void", [self.layout.bal(workspace_id), shard.holds, shard.exp],
-                            [request_id])
-        except ServiceUnavailable:
-            # The hold stays until it expires; the sweep then gives its credits back.
-            log.warning("could not void hold %s now; the sweep will after it expires", request_id)
-            return False
-        return True
-
     async def cap_usage(self, workspace_id: str, caps: tuple[Cap, ...]) -> dict[str, int]:
         """Each cap's usage this period from Redis (charged + held); SQL's charges if absent."""
         period = (await self.balance(workspace_id)).period_start
@@ -235,105 +222,3 @@ class RedisMeter(RedisCore):
         except ERRORS as exc:
             raise unavailable(exc) from exc
         return await run_db(in_ledger, self._engine, request_id)
-
-    async def _apply(self, request_id: str, workspace_id: str, kind: str, allotment_delta: int,
-                     topup_delta: int, period: str | None, renewal: list[Any] | None) -> int:
-        """-1: the workspace is not in Redis (a seed will include the entry); 0: applied before."""
-        shard = self.layout.of(workspace_id)
-        result = await self._run("apply", [
-            self.layout.bal(workspace_id), self.layout.applied(workspace_id), shard.outbox], [
-            request_id, kind, allotment_delta, topup_delta, period or "",
-            *(renewal or ["", "", "", ""])])
-        return int(result)
-
-    # --- background -------------------------------------------------------------
-
-    @property
-    def outbox(self) -> OutboxConsumer | None:
-        """The consumer moving this meter's entries to SQL (`/metrics` counts its commits)."""
-        return self._outbox
-
-    async def count_holds(self) -> int:
-        """Holds in flight, every gateway's: the entries of the shards' holds hashes. On a
-        Cluster the shards are asked one by one and a shard that is down is left out (the
-        figure is a gauge; the other shards' holds still count)."""
-        shards = [self.layout.shard(i) for i in range(SHARDS)]
-        if not self._cluster:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for shard in shards:
-                    pipe.hlen(shard.holds)
-                return sum(int(n) for n in await pipe.execute())
-        total, down = 0, 0
-        for shard in shards:
-            try:
-                total += int(await self._redis.hlen(shard.holds))
-            except ERRORS:
-                down += 1
-        if down == len(shards):
-            raise unavailable(ConnectionError("no shard answered"))
-        return total
-
-    async def sweep(self) -> None:
-        """Void every hold past its expiry: its request never settled or voided it."""
-        now = self._clock.now()
-        for request_id in [r for r, (_, exp) in self._epochs.items() if exp <= now]:
-            del self._epochs[request_id]
-        for request_id, workspace_id in list(self._doubtful.items()):
-            if not await self._void(workspace_id, request_id):
-                break  # Redis is still away: the next sweep tries again
-            del self._doubtful[request_id]
-        failed: BaseException | None = None
-        for i in range(SHARDS):  # shard by shard: one shard down leaves the others swept
-            try:
-                await self._sweep_shard(self.layout.shard(i), now)
-            except ERRORS as exc:
-                failed = exc
-                if not self._cluster:
-                    break  # one node: every shard is on it
-        if failed is not None:
-            raise unavailable(failed) from failed
-
-    async def _sweep_shard(self, shard: ShardKeys, now: float) -> None:
-        request_ids: list[str] = await self._redis.zrangebyscore(
-            shard.exp, "-inf", int(now * 1000), start=0, num=500)
-        if not request_ids:
-            return
-        held = await self._redis.hmget(shard.holds, request_ids)
-        for request_id, value in zip(request_ids, held, strict=True):
-            if value is None:
-                await self._redis.zrem(shard.exp, request_id)
-                continue
-            log.warning("voiding expired hold %s", request_id)
-            await self._void(str(value).split("|", 1)[0], request_id)
-
-    async def sync(self) -> None:
-        """Apply the grants written straight to SQL since the last poll, once each."""
-        if self._feed is None:  # resume where the gateways left off (the mark is in Redis)
-            try:
-                low = int(await self._redis.get(self.layout.sync_mark) or 0)
-            except ERRORS as exc:
-                raise unavailable(exc) from exc
-            self._feed = GrantFeed(self._engine, low, lag=max(5.0, 3 * self._sync_interval))
-        grants, facts = await run_db(self._feed.read, list(self._facts))
-        self._facts.update(facts)
-        shards_down: ServiceUnavailable | None = None
-        for grant in grants:
-            try:
-                if await self._apply_grant(grant) >= 0:  # -1: not in Redis; its seed has it
-                    self._feed.done(grant)
-            except ServiceUnavailable as exc:
-                if not self._cluster:
-                    raise
-                shards_down = exc  # its shard is down: the other workspaces' grants go on
-        if shards_down is not None:
-            raise shards_down  # no advance: the grants not applied are read again next time
-        await self._run("mark", [self.layout.sync_mark], [self._feed.advance()])
-
-    async def _apply_grant(self, grant: Grant) -> int:
-        applied = await self._apply(grant.request_id, grant.workspace_id, grant.kind,
-                                    grant.allotment_delta, grant.topup_delta, grant.period_start,
-                                    None)
-        if applied == 1:
-            log.info("applied %s from SQL to Redis", grant.request_id)
-        return applied
-

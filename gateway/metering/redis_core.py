@@ -204,3 +204,26 @@ class RedisCore:
         entry = renewal_entry(workspace_id, start, self._allotment_of(*facts.plan_at(start)),
                               int(now * 1000))
         return [start, entry.credits, entry.request_id, encode_entry(entry)], start, end
+
+    # --- the scripts the meter and its background share ----------------------------
+
+    async def _void(self, workspace_id: str, request_id: str) -> bool:
+        shard = self.layout.of(workspace_id)
+        try:
+            await self._run("void", [self.layout.bal(workspace_id), shard.holds, shard.exp],
+                            [request_id])
+        except ServiceUnavailable:
+            # The hold stays until it expires; the sweep then gives its credits back.
+            log.warning("could not void hold %s now; the sweep will after it expires", request_id)
+            return False
+        return True
+
+    async def _apply(self, request_id: str, workspace_id: str, kind: str, allotment_delta: int,
+                     topup_delta: int, period: str | None, renewal: list[Any] | None) -> int:
+        """-1: the workspace is not in Redis (a seed will include the entry); 0: applied before."""
+        shard = self.layout.of(workspace_id)
+        result = await self._run("apply", [
+            self.layout.bal(workspace_id), self.layout.applied(workspace_id), shard.outbox], [
+            request_id, kind, allotment_delta, topup_delta, period or "",
+            *(renewal or ["", "", "", ""])])
+        return int(result)
