@@ -33,7 +33,7 @@ Json = dict[str, Any]
 
 # The Responses fields the translator carries, or refuses by value (request.py `_REFUSED`).
 RESPONSES_TO_CHAT = frozenset({
-    "model", "input", "instructions", "stream", "temperature", "top_p",
+    "model", "input", "instructions", "stream", "stream_options", "temperature", "top_p",
     "parallel_tool_calls", "user", "service_tier", "metadata", "safety_identifier",
     "prompt_cache_key", "max_output_tokens", "reasoning", "store", "tools", "tool_choice",
     "text", "previous_response_id", "conversation", "prompt", "background", "include",

@@ -67,7 +67,7 @@ def test_previous_response_id_of_another_workspace_is_refused(
     assert len(gateway.ledger(theirs_ws)) == 1
 
 
-@pytest.mark.parametrize("field,value", [("prompt", {"id": "pmpt_123"}),
+@pytest.mark.parametrize(("field", "value"), [("prompt", {"id": "pmpt_123"}),
                                          ("conversation", "conv_123")])
 def test_stored_prompts_and_conversations_are_refused(
         gateway: RunningGateway, provider: FakeProvider, field: str, value: Any) -> None:
