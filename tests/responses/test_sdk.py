@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -149,3 +150,13 @@ def test_bookbag_local_refuses_tools_in_openais_shape(gateway: RunningGateway) -
     body: Any = caught.value.body
     assert body["type"] == "invalid_request_error" and body["param"] == "tools"
     assert gateway.ledger(ws) == []
+
+
+def test_the_route_has_its_own_metrics(gateway: RunningGateway) -> None:
+    _, key = gateway.workspace("free")
+    sdk(gateway, key).responses.create(model=RELAYED, input="hi")
+    with httpx.Client(base_url=gateway.url, timeout=10) as c:
+        text = c.get("/metrics").text
+    assert ('bookbag_requests_total{billing_mode="metered",model="gpt-4o-mini",'
+            'route="/v1/responses",status="200"}') in text
+    assert 'bookbag_gateway_overhead_seconds_count{route="/v1/responses"}' in text
