@@ -41,6 +41,7 @@ from gateway.idempotency.sql import LedgerCheck, SqlIdempotencyStore
 from gateway.idempotency.store import IdempotencyStore
 from gateway.ledger.export import LedgerExport
 from gateway.ledger.recorder import Recorder
+from gateway.ledger.responses import LedgerResponses
 from gateway.ledger.spool import Spool, keep_replaying, ledger_sink
 from gateway.ledger.usage import Usage
 from gateway.ledger.writer import GroupWriter
@@ -218,6 +219,7 @@ async def build_gateway(settings: Settings, clock: Clock | None = None,
                         recorder=Recorder(writer, spool=spool), providers=providers,
                         limiter=limiter, idempotency=idempotency, stored_byo_key=byo.lookup,
                         after_charge=thresholds.after_charge,
+                        responses=LedgerResponses(engine),
                         crash=crasher(settings.crash_at))  # test-only; a no-op unless set
     metrics = Metrics(holds_counter(meter, engine))
     metrics.feed_from("embedded", writer)

@@ -112,6 +112,10 @@ class Settings:
     # Webhook URLs at private, loopback, link-local, unspecified or multicast addresses
     # are refused (at create and at delivery) unless the operator allows them.
     webhook_allow_private: bool = False
+    # --- the Responses API (issue 14): `store` on the house's provider keys ---------------
+    # Off: `store` is forced false there (stored responses would sit in one provider
+    # account shared by every workspace); on: the client's `store` is passed on.
+    responses_store: bool = False
 
     def __post_init__(self) -> None:
         if self.hold_ttl <= self.provider_timeouts.total:
@@ -185,6 +189,7 @@ class Settings:
             "webhook_timeout": _float(env, "BOOKBAG_WEBHOOK_TIMEOUT", 10.0),
             "spool_path": Path(env["BOOKBAG_SPOOL_PATH"]) if env.get("BOOKBAG_SPOOL_PATH") else None,
             "litellm_preload": (env.get("BOOKBAG_LITELLM_PRELOAD") or "").lower() in ("1", "true", "on"),
+            "responses_store": (env.get("BOOKBAG_RESPONSES_STORE") or "").lower() in ("1", "true", "on"),
             # stalls (issue 12 points 4-6): per-workspace in-flight cap
             "max_inflight_per_workspace": _int(env, "BOOKBAG_MAX_INFLIGHT_PER_WORKSPACE", 64),
             "max_header_bytes": _int(env, "BOOKBAG_MAX_HEADER_BYTES", 64 * 1024),

@@ -292,7 +292,7 @@ def test_suspended_workspace(gateway: RunningGateway, provider: FakeProvider) ->
 
 # ---- 404 / 405: routes
 
-@pytest.mark.parametrize("path", ["/v1/responses", "/v1/completions", "/v1/audio/speech",
+@pytest.mark.parametrize("path", ["/v1/images/generations", "/v1/completions", "/v1/audio/speech",
                                   "/v1/chat/completions/extra", "/v1/"])
 def test_unknown_v1_route(gateway: RunningGateway, account: tuple[str, str],
                           untouched: Untouched, path: str) -> None:
@@ -304,7 +304,7 @@ def test_unknown_v1_route(gateway: RunningGateway, account: tuple[str, str],
 
 def test_unknown_route_without_a_key_is_404(gateway: RunningGateway, untouched: Untouched) -> None:
     with gateway.client() as c:
-        assert_error(c.get("/v1/responses"), 404, "not_found")
+        assert_error(c.get("/v1/images/generations"), 404, "not_found")
 
 
 @pytest.mark.parametrize(("method", "path"), [

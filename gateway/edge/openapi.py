@@ -99,6 +99,15 @@ def _v1() -> dict[str, dict[str, Any]]:
                     _param("X-Bookbag-Conversation-Id", "header", "Conversation to attribute it to."),
                     _param("X-Bookbag-Provider-Key", "header", "Bring-your-own provider key."),
                     ))},
+        "/v1/responses": {"post": op(
+            "Create a response (OpenAI Responses; `stream: true` answers with its typed SSE "
+            "events)", "inference", security=KEY, body="ResponseRequest", ok="Response",
+            errors=chat_errors,
+            params=(_param("Idempotency-Key", "header", "Replays the first success of this key "
+                           "on this route."),
+                    _param("X-Bookbag-Agent-Id", "header", "Agent to attribute the reply to."),
+                    _param("X-Bookbag-Conversation-Id", "header", "Conversation to attribute it to."),
+                    _param("X-Bookbag-Provider-Key", "header", "Bring-your-own provider key.")))},
         "/v1/chat/completions/preview": {"post": op(
             "What a completion would cost, without calling the model", "inference", security=KEY,
             body="ChatCompletionRequest", ok="Preview", errors=(400, 408, 413))},

@@ -74,6 +74,22 @@ SCHEMAS: dict[str, Any] = {
                                 "`hosted_tools` list web_search (else 400 unsupported_parameter)."},
          "metadata": obj({"agent_id": STR, "conversation_id": STR}, extra=True)},
         ["model", "messages"], extra=True),  # every OpenAI parameter passes through
+    "ResponseRequest": obj(
+        {"model": STR, "input": {"type": ["string", "array"], "items": {"type": "object"}},
+         "instructions": STR, "stream": BOOL,
+         "tools": {"type": "array", "items": {"type": "object"}, "description": BILLED_TOOLS},
+         "max_output_tokens": {**BUDGET, "minimum": 16},
+         "store": {**BOOL, "description": "Forced false on the house's key unless the operator "
+                   "sets BOOKBAG_RESPONSES_STORE=1."},
+         "previous_response_id": {**STR, "description": "Only an id this gateway returned to "
+                                  "the same workspace (else 400 previous_response_not_found); "
+                                  "relayed routes only."},
+         "background": {"const": False, "description": "`true` is refused (400)."},
+         "metadata": obj({"agent_id": STR, "conversation_id": STR}, extra=True)},
+        ["model"], extra=True),  # relayed: OpenAI judges the rest; translated: 400 if unknown
+    "Response": {"description": "The OpenAI Response object (with `stream`: text/event-stream "
+                                "of its typed events, `response.completed` carrying "
+                                "`usage.credits`).", "type": "object"},
     "ChatCompletion": {"description": "The OpenAI chat.completion object (with `stream`: "
                                       "text/event-stream of chat.completion.chunk).",
                        "type": "object"},

@@ -23,6 +23,7 @@ from gateway.edge.endpoints import (
     metrics,
     models,
     openapi,
+    responses,
     usage,
 )
 
@@ -68,6 +69,7 @@ ADMIN_ROUTES = [
 ROUTES = [
     Route("/v1/chat/completions", chat.completions, methods=["POST"]),
     Route("/v1/chat/completions/preview", chat.preview, methods=["POST"]),
+    Route("/v1/responses", responses.create, methods=["POST"]),
     Route("/v1/messages", messages.create, methods=["POST"]),
     Route("/v1/messages/count_tokens", messages.count_tokens, methods=["POST"]),
     Route("/v1/models", models.list_models, methods=["GET"]),

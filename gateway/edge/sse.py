@@ -8,6 +8,9 @@
    told the reply was delivered.
 3. The usage payload (the gateway always asks for it) is passed on only when
    the client asked, with `credits` added by the dialect.
+3b. A dialect whose provider ends a failed stream in-band and then closes cleanly
+   (Responses: `response.failed`) says so through `failure()` once the provider's
+   iterator ends: that stream is a provider failure, never a completion.
 4. When the stream ends -- completed, provider error, the gateway's deadline,
    or the client leaving (a watcher task reads `receive` and cancels the
    relay) -- the settlement decides charge or void (gateway/flow/settlement.py),
@@ -20,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -56,6 +59,15 @@ class StreamDialect(Protocol):
         """The in-band error that ends a failed stream."""
 
 
+@runtime_checkable
+class EndsInBand(Protocol):
+    """A dialect whose provider reports a failed stream as an event and a clean end
+    (gateway/dialects/responses/stream.py): asked how the stream ended."""
+
+    def failure(self) -> GatewayError | None:
+        """None after the provider's terminal success, else the provider's failure."""
+
+
 class SseResponse(Response):
     media_type = "text/event-stream"
 
@@ -68,6 +80,7 @@ class SseResponse(Response):
         self._reply = reply
         self._settlement = reply.settlement
         self._dialect = dialect
+        self._in_band = dialect if isinstance(dialect, EndsInBand) else None
         self.delivered = False
         self.completed = False
         self.client_gone = False
@@ -144,6 +157,9 @@ class SseResponse(Response):
                     await self._flush(send, held, held_content)  # what came before the failure
                     raise
             await self._flush(send, held, held_content)
+            failed = self._in_band.failure() if self._in_band is not None else None
+            if failed is not None:
+                raise failed
             self.completed = True
             self.usage = usage
         except GatewayError as exc:

@@ -4,6 +4,7 @@
     1. resolve the model in the catalog                400 model_not_found
     2. billing decision: local | byo | unmetered | metered   (400 byo_not_allowed)
        metered with the rate limit unchecked            503 (ratelimit.fail_closed)
+    2b. Responses: tenancy (a previous_response_id looked up) 400
     3. the route's parameter check                      400 unsupported_parameter
     3b. with an Idempotency-Key: claim it               Replay | 409 | 422
     4. the in-flight cap, then metered only: reserve    429 / 402 / 503
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from gateway.errors import GatewayError, UpstreamError
 from gateway.flow import billed_features
+from gateway.flow import responses as responses_flow
 from gateway.flow.call import ChatCall
 from gateway.flow.outcome import JsonReply, Outcome, StreamReply
 from gateway.flow.ratelimit import fail_closed
@@ -37,7 +39,7 @@ from gateway.idempotency.service import (
     key_of,
 )
 from gateway.providers.base import Provider
-from gateway.types import CHAT, Caller, ProviderCall
+from gateway.types import CHAT, RESPONSES, Caller, ProviderCall
 
 if TYPE_CHECKING:
     from gateway.flow.pipeline import Pipeline
@@ -70,8 +72,13 @@ async def chat(p: Pipeline, caller: Caller, call: ChatCall) -> Outcome:
     call.report.model = model.id  # the log line names it even if the request fails here
     decision = await p.decider.decide(model, caller, call.provider_key)
     fail_closed(caller, metered=decision.metered)
-    billed_features.check(model, req.body, house_pays=decision.house_pays,
-                          dialect=req.dialect, betas=req.betas)
+    if req.dialect == RESPONSES:
+        await responses_flow.prepare(p.responses, model, caller, req.body,
+                                     house_pays=decision.house_pays,
+                                     stores=p.settings.responses_store)
+    else:
+        billed_features.check(model, req.body, house_pays=decision.house_pays,
+                              dialect=req.dialect, betas=req.betas)
     await p.providers.check(model, req.body, req.dialect)
     p.decider.own_key_required(model, decision)
     request_id = call.request_id
@@ -98,7 +105,7 @@ async def chat(p: Pipeline, caller: Caller, call: ChatCall) -> Outcome:
         provider_call = p.decider.chat_call(model, req, decision)
         provider = p.providers.for_model(model, req.dialect)
         if req.stream:
-            return await _stream(provider, provider_call, call, settlement, cost, release)
+            return await _stream(p, provider, provider_call, call, settlement, cost, release)
         try:
             return await _complete(p, provider, provider_call, settlement, cost, started)
         finally:
@@ -116,6 +123,8 @@ async def _complete(p: Pipeline, provider: Provider, call: ProviderCall,
     p.crash("after_provider")
     provider_ms = (time.perf_counter() - provider_started) * 1000
     entry = settlement.entry
+    if call.dialect == RESPONSES:
+        responses_flow.record_reply(p.responses, entry, completion.body)
     entry.prompt_tokens = completion.prompt_tokens
     entry.completion_tokens = completion.completion_tokens
     entry.latency_ms = int(provider_ms)
@@ -137,7 +146,7 @@ async def _complete(p: Pipeline, provider: Provider, call: ProviderCall,
     return JsonReply(completion.body, headers)
 
 
-async def _stream(provider: Provider, call: ProviderCall, chat_call: ChatCall,
+async def _stream(p: Pipeline, provider: Provider, call: ProviderCall, chat_call: ChatCall,
                   settlement: Settlement, cost: int, release: Callable[[], None]) -> StreamReply:
     provider_started = time.perf_counter()
     chunks = provider.stream(call)
@@ -145,6 +154,8 @@ async def _stream(provider: Provider, call: ProviderCall, chat_call: ChatCall,
         first = await anext(chunks)
     except StopAsyncIteration:
         raise UpstreamError("The provider ended the stream without sending anything.") from None
+    if call.dialect == RESPONSES:
+        responses_flow.record_stream(p.responses, settlement.entry, first)
     headers = {"x-bookbag-credits-reserved": str(cost)}
     settlement.streaming(headers, started=provider_started, on_end=release)
     return StreamReply(first, chunks, settlement, headers,

@@ -25,6 +25,7 @@ from gateway.flow.call import ChatCall
 from gateway.flow.decide import Decider, StoredKey, no_stored_key
 from gateway.flow.inflight import InFlight
 from gateway.flow.outcome import Outcome
+from gateway.flow.responses import RecentResponses, ResponseOwners
 from gateway.idempotency.service import Idempotency
 from gateway.ledger.recorder import Recorder
 from gateway.metering.base import Meter
@@ -64,6 +65,7 @@ class Pipeline:
         idempotency: Idempotency | None = None,
         after_charge: AfterCharge | None = None,
         crash: Crash = no_crash,
+        responses: ResponseOwners | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -74,6 +76,8 @@ class Pipeline:
         self.limiter = limiter
         self.idempotency = idempotency
         self.crash = crash  # test-only crash points (crashpoints.py); a no-op in production
+        # Who was given which Response id (the ledger's; in-process tests: memory only).
+        self.responses: ResponseOwners = responses or RecentResponses()
         self.decider = Decider(settings, catalog, clock, stored_byo_key)
         self.books = Books(meter, recorder, after_charge, crash)
         self.inflight = InFlight(settings.max_inflight_per_workspace)

@@ -5,11 +5,15 @@ Each upstream speaks some dialects natively (the catalog's `dialects`): a call
 in one of them goes to that dialect's native provider; any other is
 translated (`TranslatingProvider`) onto the upstream's first dialect that has
 a native provider here. Native providers:
-  chat      local -> LocalProvider; openai -> RelayProvider (bytes); else litellm
-  messages  AnthropicProvider (bytes)
+  chat       local -> LocalProvider; openai -> RelayProvider (bytes); else litellm
+  messages   AnthropicProvider (bytes)
+  responses  openai -> RelayProvider (bytes, `/responses`)
 So a chat request to an Anthropic model goes chat -> Messages -> the Anthropic
 relay (litellm stays for providers without a native translation), and a
 Messages request to an OpenAI model goes Messages -> chat -> the relay.
+A Responses request is always translated onto chat, whatever serves chat for
+the model: Responses -> chat -> Messages for Anthropic, Responses -> chat ->
+litellm or the relay for the others.
 `bookbag-local` answers text in every dialect: natively in chat, the others
 through the chat translation.
 """
@@ -24,12 +28,12 @@ from gateway.providers.base import Provider
 from gateway.providers.local import LocalProvider
 from gateway.providers.relay import RelayProvider
 from gateway.providers.translating import TranslatingProvider
-from gateway.types import CHAT, MESSAGES, ModelEntry, ProviderCall
+from gateway.types import CHAT, MESSAGES, RESPONSES, ModelEntry, ProviderCall
 
 if TYPE_CHECKING:
     from gateway.providers.litellm_provider import LitellmProvider
 
-NATIVE = (CHAT, MESSAGES)  # the dialects some provider here speaks as an upstream
+NATIVE = (CHAT, MESSAGES, RESPONSES)  # the dialects some provider here speaks as an upstream
 
 
 class Providers:
@@ -45,7 +49,9 @@ class Providers:
         """The dialects this model's upstream is called in natively."""
         if model.provider == "local":
             return (CHAT,)
-        return tuple(d for d in model.dialects if d in NATIVE) or (CHAT,)
+        # Responses is relayed as bytes only: an upstream reached otherwise is translated.
+        return tuple(d for d in model.dialects if d in NATIVE
+                     and (d != RESPONSES or model.relayed)) or (CHAT,)
 
     def uses_litellm(self, model: ModelEntry) -> bool:
         """Some call to this model goes through litellm (its upstream is called in chat and
@@ -66,8 +72,11 @@ class Providers:
         speaks = self.speaks(model)
         if dialect in speaks:
             return self.native(model, dialect)
-        upstream = CHAT if CHAT in speaks else speaks[0]
-        inner = self.native(model, upstream)
+        if dialect == RESPONSES:  # onto chat, however chat reaches the upstream
+            upstream, inner = CHAT, self.for_model(model, CHAT)
+        else:
+            upstream = MESSAGES if MESSAGES in speaks and CHAT not in speaks else CHAT
+            inner = self.native(model, upstream)
         key = (id(inner), dialect, upstream)
         found = self._translating.get(key)
         if found is None:

@@ -2,10 +2,14 @@
 
 The reply body is passed on unchanged; only what metering needs is read
 (the number of choices, usage). Streams are split into SSE events and each
-event's payload handed on as bytes. The HTTP client is `upstream/` (pooled
-keep-alive connections on httptools; cheaper than aiohttp per request); its
-timeouts and failures become UpstreamTimeout / UpstreamError here; the request's total
-deadline passing mid-stream becomes DeadlineExceeded (a delivered stream is charged).
+event's payload handed on as bytes. Two dialects: chat (`/chat/completions`,
+ended by `[DONE]`) and, for upstreams that speak it, Responses (`/responses`, a
+Response with `usage.input_tokens`/`output_tokens`; its stream ends at the
+terminal event, which is passed on: the Responses dialect tells success from failure).
+The HTTP client is `upstream/` (pooled keep-alive connections on httptools; cheaper
+than aiohttp per request); its timeouts and failures become UpstreamTimeout /
+UpstreamError here; the request's total deadline passing mid-stream becomes
+DeadlineExceeded (a delivered stream is charged).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from gateway.dialects.responses.stream import FAILURE, SUCCESS, event_type
 from gateway.errors import (
     GatewayError,
     UpstreamError,
@@ -29,9 +34,35 @@ from gateway.providers.relay_common import (
     upstream_status_error,
 )
 from gateway.providers.upstream import DeadlineReached, Response, UpstreamClient
-from gateway.types import Completion, ModelEntry, ProviderCall
+from gateway.types import RESPONSES, Completion, ModelEntry, ProviderCall
 
 OPENAI_BASE = "https://api.openai.com/v1"
+_TERMINAL = SUCCESS | FAILURE
+_FAILED = ("failed", "cancelled")
+
+
+def _path(call: ProviderCall) -> str:
+    return "/responses" if call.dialect == RESPONSES else "/chat/completions"
+
+
+def _response_completion(body: bytes) -> Completion:
+    """A Response as JSON: one reply; a Response that failed is a provider failure."""
+    try:
+        parsed = orjson.loads(body)
+        if parsed.get("object") != "response":
+            raise ValueError("not a response")
+        status = parsed.get("status")
+        usage = parsed.get("usage") or {}
+        prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
+    except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
+        raise UpstreamError("The provider sent a reply that is not a Response.") from exc
+    if status in _FAILED:
+        error = parsed.get("error")
+        message = error.get("message") if isinstance(error, dict) else None
+        raise UpstreamError(f"The provider's response {status}: {message or status}"[:1000])
+    return Completion(body, 1, prompt, completion)
+
+
 class RelayProvider:
     def __init__(self, *, connections: int = 1024) -> None:
         self._upstream = UpstreamClient(connections=connections)
@@ -73,6 +104,8 @@ class RelayProvider:
         return body
 
     async def complete(self, call: ProviderCall) -> Completion:
+        if call.dialect == RESPONSES:
+            return _response_completion(await self._post(call, "/responses"))
         body = await self._post(call, "/chat/completions")
         try:
             parsed = orjson.loads(body)
@@ -92,7 +125,8 @@ class RelayProvider:
         return SsePayloads(self._events, call)
 
     async def _events(self, call: ProviderCall, out: SsePayloads) -> AsyncGenerator[bytes, None]:
-        url, headers = self._request(call, "/chat/completions", stream=True)
+        url, headers = self._request(call, _path(call), stream=True)
+        responses = call.dialect == RESPONSES
         resp: Response | None = None
         try:
             resp = await self._upstream.post(url, orjson.dumps(call.body), headers, call.timeouts)
@@ -109,6 +143,12 @@ class RelayProvider:
                 for i, payload in enumerate(payloads):
                     if payload == b"[DONE]":
                         return
+                    if responses:  # its terminal event is the end, passed on
+                        out.ready = len(payloads) - 1 - i
+                        yield payload
+                        if event_type(payload) in _TERMINAL:
+                            return
+                        continue
                     if payload.startswith(b'{"error"'):
                         raise _inband(payload, call)
                     out.ready = len(payloads) - 1 - i  # payloads of this read still to come

@@ -36,9 +36,16 @@ from gateway.dialects.translate.chat_messages.stream import (
     StreamFailed,
 )
 from gateway.dialects.translate.common import Untranslatable
+from gateway.dialects.translate.responses_chat.request import responses_request_to_chat
 from gateway.errors import InvalidRequest, UnsupportedParameter, UpstreamError
 from gateway.providers.base import Provider
-from gateway.types import CHAT, MESSAGES, Completion, ModelEntry, ProviderCall
+from gateway.providers.responses_via_chat import (
+    RESPONSES_TO_CHAT,
+    chat_side,
+    response_body,
+    response_events,
+)
+from gateway.types import CHAT, MESSAGES, RESPONSES, Completion, ModelEntry, ProviderCall
 
 Json = dict[str, Any]
 DEFAULT_MAX_TOKENS = 4096  # Anthropic needs max_tokens; the entry's cap when it has one
@@ -80,10 +87,17 @@ def _translated(build: Callable[[], Json]) -> Json:
                              f"is missing or has the wrong type ({type(exc).__name__}).") from None
 
 
+def _max_tokens(model: ModelEntry, chat: Json) -> Json:
+    """OpenAI-compatible servers (and litellm's providers) know the older `max_tokens`."""
+    if (model.provider != "openai" or model.api_base) and "max_completion_tokens" in chat:
+        chat["max_tokens"] = chat.pop("max_completion_tokens")
+    return chat
+
+
 class TranslatingProvider:
     def __init__(self, inner: Provider, client: str, upstream: str, *,
                  clock: Callable[[], float] = time.time) -> None:
-        if (client, upstream) not in ((CHAT, MESSAGES), (MESSAGES, CHAT)):
+        if (client, upstream) not in ((CHAT, MESSAGES), (MESSAGES, CHAT), (RESPONSES, CHAT)):
             raise ValueError(f"no translation from {client} to {upstream}")
         self.inner, self.client, self.upstream = inner, client, upstream
         self._clock = clock
@@ -92,6 +106,11 @@ class TranslatingProvider:
 
     def request(self, model: ModelEntry, body: Json) -> Json:
         """The body in the upstream's dialect (400 for what it cannot express)."""
+        if self.client == RESPONSES:
+            _refuse_unknown(body, RESPONSES_TO_CHAT, {}, model)
+            side = chat_side(body)
+            chat = _translated(lambda: responses_request_to_chat(side))
+            return _max_tokens(model, chat)
         if self.client == CHAT:
             _refuse_unknown(body, CHAT_TO_MESSAGES, _CHAT_NEUTRAL, model)
             cap = model.max_output_tokens or DEFAULT_MAX_TOKENS
@@ -103,10 +122,7 @@ class TranslatingProvider:
                 raise UnsupportedParameter(
                     f"the server tool `{str(kind)[:64]}` is not available on '{model.id}'",
                     param=f"tools.{i}.type")
-        out = _translated(lambda: messages_request_to_chat(body))
-        if model.provider != "openai" or model.api_base:  # OpenAI-compatible servers
-            out["max_tokens"] = out.pop("max_completion_tokens")
-        return out
+        return _max_tokens(model, _translated(lambda: messages_request_to_chat(body)))
 
     async def check(self, model: ModelEntry, body: Json) -> None:
         await self.inner.check(model, self.request(model, body))
@@ -118,6 +134,9 @@ class TranslatingProvider:
 
     async def complete(self, call: ProviderCall) -> Completion:
         done = await self.inner.complete(self._call(call))
+        if self.client == RESPONSES:
+            return Completion(response_body(done.body, call.body), 1, done.prompt_tokens,
+                              done.completion_tokens)
         try:
             reply = orjson.loads(done.body)
             out = messages_reply_to_chat(reply, created=int(self._clock())) \
@@ -129,6 +148,8 @@ class TranslatingProvider:
 
     def stream(self, call: ProviderCall) -> AsyncIterator[bytes]:
         inner_call = self._call(call)  # refusals raise here, before the first read
+        if self.client == RESPONSES:
+            return response_events(self.inner.stream(inner_call), call.body)
         if self.client == CHAT:
             return self._to_chat(inner_call)
         return self._to_messages(inner_call, call.model.id)

@@ -33,6 +33,7 @@ from tests.relay_pricing import relay_only_pricing
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
+RESPONSES = "/v1/responses"
 HELLO = [{"role": "user", "content": "hello"}]
 LIMIT = 1024 * 1024
 ADMIN = "admin-test-token"  # sqlite_settings' admin token
@@ -155,7 +156,7 @@ CASES = [
          raw=_raw(b"Idempotency-Key:  \t \r\n", body=chat())),
     Case("GET on completions", 405, "method_not_allowed", None, method="GET"),
     Case("DELETE on completions", 405, "method_not_allowed", None, method="DELETE"),
-    Case("unsupported /v1 route", 404, "not_found", chat(), path="/v1/responses"),
+    Case("unsupported /v1 route", 404, "not_found", chat(), path="/v1/completions"),
     # --- framing, on a raw socket
     Case("bare CR in a header (injection)", 400, "invalid_request",
          raw=_raw(b"X-Request-Id: abc\rSet-Cookie: x=1\r\n")),
@@ -418,8 +419,10 @@ def run_fuzzer(gw: RunningGateway, examples: int, success_examples: int, *, admi
                  {CHAT}, fixed)
     for op, statuses in more.items():
         seen.setdefault(op, []).extend(statuses)
-    # A reply is a 200 on either reply route (a fuzzed /v1/messages can succeed too).
-    oks = sum(1 for route in (CHAT, MESSAGES) for s in seen.get(("POST", route), []) if s == 200)
+    # A reply is a 200 on any reply route (a fuzzed /v1/messages or /v1/responses can
+    # succeed too).
+    oks = sum(1 for route in (CHAT, MESSAGES, RESPONSES)
+              for s in seen.get(("POST", route), []) if s == 200)
     replayed = len(seen[("replayed", CHAT)])
     rows = gw.wait_ledger(ws, oks - replayed) if oks else []
     all_rows = gw.ledger(None)

@@ -36,7 +36,7 @@ from gateway.dialects.responses.items import (
     check_tools,
 )
 from gateway.errors import InvalidRequest, UnsupportedParameter
-from gateway.types import Caller, ChatRequest
+from gateway.types import RESPONSES, Caller, ChatRequest
 
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 SUMMARIES = ("auto", "concise", "detailed")
@@ -144,4 +144,4 @@ def responses_request(body: dict[str, Any], headers: Mapping[str, str],
     conversation = _id(headers.get(CONVERSATION_HEADER),
                        "X-Bookbag-Conversation-Id") or meta_conversation
     return ChatRequest(model, body, stream, 1, stream, bound_agent(caller, agent),
-                       conversation)
+                       conversation, dialect=RESPONSES)

@@ -1,0 +1,43 @@
+"""One gateway for the Responses tests, on the test catalog with gpt-4o-mini marked as
+OpenAI itself (it speaks Responses: relayed), and the openai SDK at it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from tests import harness
+from tests.fake_provider import FakeProvider
+from tests.harness import RunningGateway, running, sqlite_settings
+
+COST = {"gpt-4o-mini": 1, "claude-haiku-4-5": 2, "custom-llm": 3, "bookbag-local": 1}
+RELAYED = "gpt-4o-mini"
+TOOLS: list[Any] = [{"type": "function", "name": "lookup", "description": "Look something up",
+                     "parameters": {"type": "object",
+                                    "properties": {"input": {"type": "string"}},
+                                    "required": ["input"]}}]
+
+
+def pricing_text(fake: FakeProvider) -> str:
+    text = harness.test_pricing(fake)
+    mini = 'aliases = ["GPT-4o mini", "gpt-4o-mini-2024-07-18"]\n'
+    assert mini in text
+    return text.replace(mini, mini + 'dialects = ["chat", "responses"]\n')
+
+
+@pytest.fixture(scope="package")
+def gateway(tmp_path_factory: pytest.TempPathFactory, fake: FakeProvider
+            ) -> Iterator[RunningGateway]:
+    """One gateway for the package: every test works in its own workspace."""
+    tmp = tmp_path_factory.mktemp("responses-api")
+    pricing = tmp / "pricing.toml"
+    pricing.write_text(pricing_text(fake))
+    with running(sqlite_settings(tmp, pricing)) as gw:
+        yield gw
+
+
+def sdk(gateway: RunningGateway, key: str, **kwargs: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, **kwargs)
