@@ -10,6 +10,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench.dialects import table as dialect_table
 from bench.load import Probe, Result
 
 Scenario = tuple[str, int, int]  # mode, provider delay ms, in flight
@@ -202,6 +203,9 @@ def render(run: Run) -> str:
              f"{run.seconds:g} s per run, {run.elapsed_s:.0f} s in all)", ""]
     lines += [f"- {k}: {v}" for k, v in run.machine.items()]
     lines += ["", "## Throughput and latency (wrk)", "", *_throughput(run)]
+    if dialect_rows := dialect_table(run):
+        lines += ["", "## Dialects and the Claude route (issues 14, 15; CPU per request against "
+                  "the chat relay of the same gateway)", "", *dialect_rows]
     lines += ["", "## One request at a time: p50 ms to first / last byte (socket probe)", "",
               *_probes(run)]
     lines += ["", "## Processes", "", "| process | first reply after start s | RSS MB | peak RSS MB |",

@@ -10,7 +10,10 @@ embedded (metering on, SQLite memory meter, synchronous=FULL), metering off,
 Redis (when the Redis meter exists and BOOKBAG_REDIS_URL answers), Redis cluster
 (`--cluster`: three primaries with a replica each, started here). Scenarios:
 JSON / stream x 1 / 16 / 64 in flight x 0 ms / 50 ms provider, each run back
-to back for every variant so that ratios come from the same minute.
+to back for every variant so that ratios come from the same minute. Then the
+dialects (bench/dialects.py; `--no-dialects` skips them): the Messages and Responses
+relays, the Claude route and a Messages request to an OpenAI model, each beside the
+chat relay of the same gateway.
 See bench/README.md for how to read the table.
 """
 
@@ -27,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import dialects
 from bench.load import Result, Target, ensure_wrk, probe, wrk
 from bench.procs import Proc
 from bench.report import Run, machine, render
@@ -145,6 +149,8 @@ def main() -> None:
     parser.add_argument("--cluster", action="store_true",
                         help="also run the Redis meter on a Redis Cluster this script starts "
                              "(six redis-server processes: 3 primaries + 1 replica each)")
+    parser.add_argument("--no-dialects", action="store_true",
+                        help="skip the dialect scenarios (Messages, Responses, the Claude route)")
     parser.add_argument("--no-litellm", action="store_true", help="skip the Anthropic route")
     parser.add_argument("--source", action="append", default=[], metavar="LABEL=DIR",
                         help="also run an embedded gateway importing gateway/ from DIR "
@@ -216,6 +222,13 @@ def main() -> None:
                     for name, target, proc in targets(mode, delay)}
             for name, proc in [("reference relay", relay)] + [(g.name, g.proc) for g in gateways]:
                 run.memory[name] = (proc.rss_mb(), proc.peak_rss_mb())
+            if not args.no_dialects:
+                print("dialects ...", flush=True)
+                dialect_gateways = dialects.start(run, workdir, fast, slow, args.source)
+                procs += [g.proc for g in dialect_gateways]
+                dialects.measure_all(run, workdir, dialect_gateways, relay, relay_url, seconds)
+                for gw in dialect_gateways:
+                    gw.proc.stop()
             if not args.no_litellm:
                 print("litellm route ...", flush=True)
                 try:
