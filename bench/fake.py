@@ -6,7 +6,9 @@ the bottleneck: each request is answered with a prebuilt byte string.
 
     POST /v1/chat/completions   JSON (~800 B with usage), or with "stream": true
                                 22 SSE events (role, 19 content, finish, usage) + [DONE]
-    POST /v1/messages           an Anthropic Messages reply (JSON or SSE), for litellm routes
+    POST /v1/messages           an Anthropic Messages reply (JSON or SSE): the Claude routes
+    POST /v1/responses          a Responses reply (JSON, or the typed SSE events with the
+                                same 19 text deltas and usage in `response.completed`)
 
 HTTP/1.1 keep-alive, requests with a Content-Length body (chunked request bodies
 are refused with 411). `--delay-ms` answers after a fixed delay on a second port.
@@ -97,6 +99,51 @@ def anthropic_stream() -> bytes:
     return b"".join(events)
 
 
+def responses_object() -> dict[str, Any]:
+    """A completed Response (the shape tests/fakes/responses_reply.py validates)."""
+    part = {"type": "output_text", "text": TEXT, "annotations": [], "logprobs": []}
+    item = {"type": "message", "id": "msg_bench0001", "status": "completed",
+            "role": "assistant", "content": [part]}
+    usage = {"input_tokens": 24, "output_tokens": len(PIECES), "total_tokens": 24 + len(PIECES),
+             "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+             "output_tokens_details": {"reasoning_tokens": 0}}
+    return {"id": "resp_bench0001", "object": "response", "created_at": 1764000000,
+            "status": "completed", "background": False, "error": None,
+            "incomplete_details": None, "instructions": None, "max_output_tokens": None,
+            "model": MODEL, "output": [item], "parallel_tool_calls": True,
+            "previous_response_id": None, "reasoning": {"effort": None, "summary": None},
+            "service_tier": "default", "store": False, "temperature": 1.0,
+            "text": {"format": {"type": "text"}, "verbosity": "medium"},
+            "tool_choice": "auto", "tools": [], "top_p": 1.0, "truncation": "disabled",
+            "usage": usage, "user": None, "metadata": {}}
+
+
+def responses_stream() -> bytes:
+    """The typed events of the real stream, numbered, usage only in `response.completed`."""
+    final = responses_object()
+    item = final["output"][0]
+    part = item["content"][0]
+    pending = {**final, "status": "in_progress", "output": [], "usage": None}
+    at = {"output_index": 0, "item_id": item["id"]}
+    payloads: list[dict[str, Any]] = [
+        {"type": "response.created", "response": pending},
+        {"type": "response.in_progress", "response": pending},
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {**item, "status": "in_progress", "content": []}},
+        {"type": "response.content_part.added", **at, "content_index": 0,
+         "part": {**part, "text": ""}}]
+    payloads += [{"type": "response.output_text.delta", **at, "content_index": 0, "delta": p,
+                  "logprobs": []} for p in PIECES]
+    payloads += [
+        {"type": "response.output_text.done", **at, "content_index": 0, "text": TEXT,
+         "logprobs": []},
+        {"type": "response.content_part.done", **at, "content_index": 0, "part": part},
+        {"type": "response.output_item.done", "output_index": 0, "item": item},
+        {"type": "response.completed", "response": final}]
+    return b"".join(_sse({"type": data["type"], "sequence_number": n, **data}, data["type"])
+                    for n, data in enumerate(payloads))
+
+
 def _json_response(body: bytes) -> bytes:
     return (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
             b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
@@ -113,6 +160,8 @@ REPLIES = {
     (b"/v1/chat/completions", True): _sse_response(openai_stream()),
     (b"/v1/messages", False): _json_response(orjson.dumps(anthropic_message())),
     (b"/v1/messages", True): _sse_response(anthropic_stream()),
+    (b"/v1/responses", False): _json_response(orjson.dumps(responses_object())),
+    (b"/v1/responses", True): _sse_response(responses_stream()),
 }
 NOT_FOUND = _json_response(b'{"error":{"message":"not found","type":"invalid_request_error"}}') \
     .replace(b"200 OK", b"404 Not Found", 1)

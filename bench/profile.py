@@ -2,6 +2,7 @@
 
     pip install py-spy
     python bench/profile.py --mode json --conns 16 --seconds 10 [--variant embedded] [--svg]
+    python bench/profile.py --mode stream --route "claude route"   # a dialect scenario
 
 Starts the fake provider and one gateway exactly as bench/run.py does, drives
 it with wrk, and samples the gateway process (`py-spy record --nonblocking`,
@@ -27,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.dialects import ROUTES, dialect_pricing
 from bench.load import Target, ensure_wrk, wrk
 from bench.stack import LOAD_CORE, body, pricing, start_fake, start_gateway, start_relay
 
@@ -107,31 +109,41 @@ def main() -> None:
     parser.add_argument("--svg", action="store_true", help="also record a flame graph")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--anthropic", action="store_true",
-                        help="request the Anthropic route (litellm) instead of the relayed one")
+                        help="request claude-haiku-4-5 on chat (the Claude route) instead of "
+                             "gpt-4o-mini")
+    parser.add_argument("--route", choices=[r.name for r in ROUTES],
+                        help="a dialect scenario of bench/dialects.py (its catalog, path, "
+                             "model and body) instead of the chat relay")
     parser.add_argument("--gil", action="store_true",
                         help="only samples holding the GIL (Python CPU time, not waits)")
     args = parser.parse_args()
     ensure_wrk()
     os.sched_setaffinity(0, {LOAD_CORE})
     args.out.mkdir(parents=True, exist_ok=True)
-    name = f"{args.variant.replace(' ', '-')}-{'anthropic-' if args.anthropic else ''}{args.mode}"
-    model = "claude-haiku-4-5" if args.anthropic else "gpt-4o-mini"
+    route = next((r for r in ROUTES if r.name == args.route), None)
+    what = f"{route.name.replace(' ', '-').replace('>', '')}-" if route else \
+        "anthropic-" if args.anthropic else ""
+    name = f"{args.variant.replace(' ', '-')}-{what}{args.mode}"
+    model = route.model if route else "claude-haiku-4-5" if args.anthropic else "gpt-4o-mini"
     with tempfile.TemporaryDirectory(prefix="bookbag-profile-") as tmp:
         workdir = Path(tmp)
         fake, fast, slow = start_fake(workdir)
         proc = None
         try:
             path = workdir / "body.json"
-            path.write_bytes(body(model, args.mode == "stream"))
+            make_body = route.make_body if route else body
+            path.write_bytes(make_body(model, args.mode == "stream"))
             if args.variant == "reference":
                 proc, url = start_relay(workdir, fast, slow)
                 target = Target(url + "/v1/chat/completions", path)
             else:
-                gw = start_gateway(args.variant.replace(" ", "-"), workdir,
-                                   pricing(fast, slow, anthropic=args.anthropic),
+                text = dialect_pricing(fast, slow) if route else \
+                    pricing(fast, slow, anthropic=args.anthropic)
+                gw = start_gateway(args.variant.replace(" ", "-"), workdir, text,
                                    VARIANTS[args.variant])
                 proc = gw.proc
-                target = Target(gw.url + "/v1/chat/completions", path, gw.auth)
+                target = Target(gw.url + (route.path if route else "/v1/chat/completions"),
+                                path, gw.auth)
             wrk(target, args.conns, 2)
             formats = [("raw", args.out / f"profile-{name}.txt")]
             if args.svg:

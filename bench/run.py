@@ -10,7 +10,10 @@ embedded (metering on, SQLite memory meter, synchronous=FULL), metering off,
 Redis (when the Redis meter exists and BOOKBAG_REDIS_URL answers), Redis cluster
 (`--cluster`: three primaries with a replica each, started here). Scenarios:
 JSON / stream x 1 / 16 / 64 in flight x 0 ms / 50 ms provider, each run back
-to back for every variant so that ratios come from the same minute.
+to back for every variant so that ratios come from the same minute. Then the
+dialects (bench/dialects.py; `--no-dialects` skips them): the Messages and Responses
+relays, the Claude route and a Messages request to an OpenAI model, each beside the
+chat relay of the same gateway.
 See bench/README.md for how to read the table.
 """
 
@@ -27,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import dialects
 from bench.load import Result, Target, ensure_wrk, probe, wrk
 from bench.procs import Proc
 from bench.report import Run, machine, render
@@ -59,30 +63,30 @@ def measure(target: Target, proc: Proc, conns: int, seconds: float) -> Result:
     return result
 
 
-def litellm_figures(run: Run, workdir: Path, fast: int, slow: int, seconds: float) -> None:
-    """A gateway whose catalog has an Anthropic (litellm) route: start, RSS, one call, load."""
-    gw = start_gateway("litellm-route", workdir, pricing(fast, slow, anthropic=True))
+def claude_figures(run: Run, workdir: Path, fast: int, slow: int, seconds: float) -> None:
+    """A gateway whose catalog has a Claude model: start, RSS, one call, load. The route was
+    litellm's until the native Anthropic relay; the figures show that litellm stays unloaded."""
+    gw = start_gateway("claude-route", workdir, pricing(fast, slow, anthropic=True))
     try:
-        run.cold_start["embedded + litellm route in catalog"] = gw.proc.cold_start_s or 0.0
+        run.cold_start["embedded + Claude in catalog"] = gw.proc.cold_start_s or 0.0
         time.sleep(1.0)
-        run.memory["litellm: before any Anthropic call"] = (gw.proc.rss_mb(), gw.proc.peak_rss_mb())
+        run.memory["Claude: before any Claude call"] = (gw.proc.rss_mb(), gw.proc.peak_rss_mb())
         started = time.perf_counter()
         from bench.procs import post
 
         status, reply = post(gw.url + "/v1/chat/completions", body("claude-haiku-4-5", False),
                              {"Authorization": gw.auth}, timeout=60)
         if status != 200:
-            raise RuntimeError(f"the Anthropic route failed: HTTP {status} {reply[:300]!r}")
-        run.notes.append(f"first Anthropic call (waits for the litellm import if still running): "
-                         f"{(time.perf_counter() - started) * 1000:.0f} ms")
-        run.memory["litellm: after one Anthropic call"] = (gw.proc.rss_mb(), gw.proc.peak_rss_mb())
+            raise RuntimeError(f"the Claude route failed: HTTP {status} {reply[:300]!r}")
+        run.notes.append(f"first Claude call: {(time.perf_counter() - started) * 1000:.0f} ms")
+        run.memory["Claude: after one Claude call"] = (gw.proc.rss_mb(), gw.proc.peak_rss_mb())
         for mode in MODES:
             path = workdir / f"anthropic-{mode}.json"
             path.write_bytes(body("claude-haiku-4-5", mode == "stream"))
             target = Target(gw.url + "/v1/chat/completions", path, gw.auth)
-            run.rows[(f"anthropic-{mode}", 0, 16)] = {
-                "anthropic route (litellm)": measure(target, gw.proc, 16, seconds)}
-        run.memory["litellm: after load"] = (gw.proc.rss_mb(), gw.proc.peak_rss_mb())
+            run.rows[(f"claude-{mode}", 0, 16)] = {
+                "claude route (own gateway)": measure(target, gw.proc, 16, seconds)}
+        run.memory["Claude: after load"] = (gw.proc.rss_mb(), gw.proc.peak_rss_mb())
     finally:
         gw.proc.stop()
 
@@ -145,7 +149,10 @@ def main() -> None:
     parser.add_argument("--cluster", action="store_true",
                         help="also run the Redis meter on a Redis Cluster this script starts "
                              "(six redis-server processes: 3 primaries + 1 replica each)")
-    parser.add_argument("--no-litellm", action="store_true", help="skip the Anthropic route")
+    parser.add_argument("--no-dialects", action="store_true",
+                        help="skip the dialect scenarios (Messages, Responses, the Claude route)")
+    parser.add_argument("--no-litellm", action="store_true",
+                        help="skip the gateway with Claude in its catalog (start, memory, load)")
     parser.add_argument("--source", action="append", default=[], metavar="LABEL=DIR",
                         help="also run an embedded gateway importing gateway/ from DIR "
                              "(A/B a change in the same run); repeatable")
@@ -216,12 +223,19 @@ def main() -> None:
                     for name, target, proc in targets(mode, delay)}
             for name, proc in [("reference relay", relay)] + [(g.name, g.proc) for g in gateways]:
                 run.memory[name] = (proc.rss_mb(), proc.peak_rss_mb())
+            if not args.no_dialects:
+                print("dialects ...", flush=True)
+                dialect_gateways = dialects.start(run, workdir, fast, slow, args.source)
+                procs += [g.proc for g in dialect_gateways]
+                dialects.measure_all(run, workdir, dialect_gateways, relay, relay_url, seconds)
+                for gw in dialect_gateways:
+                    gw.proc.stop()
             if not args.no_litellm:
-                print("litellm route ...", flush=True)
+                print("Claude in the catalog ...", flush=True)
                 try:
-                    litellm_figures(run, workdir, fast, slow, seconds)
+                    claude_figures(run, workdir, fast, slow, seconds)
                 except RuntimeError as exc:
-                    run.notes.append(f"litellm route failed: {str(exc)[-600:]}")
+                    run.notes.append(f"the Claude route failed: {str(exc)[-600:]}")
         except (RuntimeError, OSError) as exc:
             run.notes.append(f"the run stopped early: {str(exc)[-2000:]}")
         finally:
