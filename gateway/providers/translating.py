@@ -45,6 +45,7 @@ from gateway.providers.responses_via_chat import (
     response_body,
     response_events,
 )
+from gateway.providers.translated_stream import TranslatedStream
 from gateway.types import CHAT, MESSAGES, RESPONSES, Completion, ModelEntry, ProviderCall
 
 Json = dict[str, Any]
@@ -154,55 +155,46 @@ class TranslatingProvider:
             return self._to_chat(inner_call)
         return self._to_messages(inner_call, call.model.id)
 
-    async def _to_chat(self, call: ProviderCall) -> AsyncIterator[bytes]:
+    def _to_chat(self, call: ProviderCall) -> AsyncIterator[bytes]:
         """Messages events -> chat chunks (the usage chunk always: the meter reads it)."""
         translator = MessagesToChatStream(created=int(self._clock()), include_usage=True)
-        events = self.inner.stream(call)
-        try:
-            async for event in events:
-                data = data_of(event)
-                if not isinstance(data, dict):
-                    continue
-                try:
-                    chunks = translator.feed(data)
-                except StreamFailed as exc:
-                    raise UpstreamError(
-                        f"The provider reported an error mid-stream: {exc}"[:1000]) from None
-                except (KeyError, TypeError, AttributeError) as exc:
-                    raise UpstreamError("The provider sent an event that could not be "
-                                        "translated.") from exc
-                for chunk in chunks:
-                    yield orjson.dumps(chunk)
-        finally:
-            await _close(events)
 
-    async def _to_messages(self, call: ProviderCall, model: str) -> AsyncIterator[bytes]:
+        def feed(event: bytes) -> list[bytes]:
+            data = data_of(event)
+            if not isinstance(data, dict):
+                return []
+            try:
+                chunks = translator.feed(data)
+            except StreamFailed as exc:
+                raise UpstreamError(
+                    f"The provider reported an error mid-stream: {exc}"[:1000]) from None
+            except (KeyError, TypeError, AttributeError) as exc:
+                raise UpstreamError("The provider sent an event that could not be "
+                                    "translated.") from exc
+            return [orjson.dumps(chunk) for chunk in chunks]
+
+        return TranslatedStream(self.inner.stream(call), feed)
+
+    def _to_messages(self, call: ProviderCall, model: str) -> AsyncIterator[bytes]:
         """Chat chunks -> Messages events; the usage chunk's counts go in `message_delta`."""
         translator = ChatToMessagesStream(message_id="msg_" + os.urandom(12).hex(), model=model)
-        chunks = self.inner.stream(call)
-        try:
-            async for payload in chunks:
-                try:
-                    chunk = orjson.loads(payload)
-                    events = translator.feed(chunk) if isinstance(chunk, dict) else []
-                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-                    raise UpstreamError("The provider sent a chunk that could not be "
-                                        "translated.") from exc
-                for name, data in events:
-                    yield frame(name, data)
-            for name, data in translator.finish():
-                yield frame(name, data)
-        finally:
-            await _close(chunks)
+
+        def feed(payload: bytes) -> list[bytes]:
+            try:
+                chunk = orjson.loads(payload)
+                events = translator.feed(chunk) if isinstance(chunk, dict) else []
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                raise UpstreamError("The provider sent a chunk that could not be "
+                                    "translated.") from exc
+            return [frame(name, data) for name, data in events]
+
+        def finish() -> list[bytes]:
+            return [frame(name, data) for name, data in translator.finish()]
+
+        return TranslatedStream(self.inner.stream(call), feed, finish)
 
     async def embed(self, call: ProviderCall) -> bytes:
         return await self.inner.embed(call)
 
     async def close(self) -> None:
         return None  # the inner provider is the registry's to close
-
-
-async def _close(stream: AsyncIterator[bytes]) -> None:
-    close = getattr(stream, "aclose", None)
-    if close is not None:
-        await close()
