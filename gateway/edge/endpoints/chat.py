@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from gateway.dialects.chat.parse import chat_request, parse_json
 from gateway.dialects.chat.stream import CHAT_STREAM
-from gateway.edge.render import render
+from gateway.edge.completion import complete
 from gateway.edge.request import (
     authenticate,
     endpoint,
@@ -18,32 +18,13 @@ from gateway.edge.request import (
     services,
 )
 from gateway.flow.admission import dry_run
-from gateway.flow.call import ChatCall
 from gateway.flow.decide import PROVIDER_KEY_HEADER
-from gateway.idempotency.service import HEADER as IDEMPOTENCY_HEADER
-from gateway.observability.logs import record_of
 
 
 @endpoint
 async def completions(request: Request, headers: dict[str, str]) -> Response:
     caller = await authenticate(request, "inference")  # from the headers, before the body
-    raw = await read_body(request)
-    body = parse_json(raw)
-    given = headers_of(request)
-    idempotency_key = given.get(IDEMPOTENCY_HEADER)
-    # The key's hash covers the body as sent: a shallow copy keeps it, since parsing
-    # replaces (never edits) the top-level `metadata` it takes Bookbag's fields out of.
-    sent = dict(body) if idempotency_key is not None else None
-    req = chat_request(body, given, caller)
-    call = ChatCall(req, headers["x-request-id"], given.get(PROVIDER_KEY_HEADER),
-                    idempotency_key, sent)
-    try:
-        outcome = await services(request).inference.pipeline.chat(caller, call)
-    finally:
-        record = record_of(request)
-        if record is not None:  # the log line is the edge's: it copies what the flow learnt
-            record.model, record.entry = call.report.model, call.report.entry
-    return render(outcome, headers, CHAT_STREAM)
+    return await complete(request, headers, caller, chat_request, lambda _: CHAT_STREAM)
 
 
 @endpoint

@@ -23,7 +23,7 @@ from gateway.dialects.chat.parse import parse_json
 from gateway.dialects.messages.errors import error_body
 from gateway.dialects.messages.parse import messages_request
 from gateway.dialects.messages.stream import MessagesStream
-from gateway.edge.render import render
+from gateway.edge.completion import complete
 from gateway.edge.request import (
     Handler,
     authenticate,
@@ -34,9 +34,7 @@ from gateway.edge.request import (
     services,
 )
 from gateway.errors import GatewayError, InvalidApiKey
-from gateway.flow.call import ChatCall
 from gateway.flow.decide import PROVIDER_KEY_HEADER
-from gateway.idempotency.service import HEADER as IDEMPOTENCY_HEADER
 from gateway.observability.logs import record_of
 from gateway.types import Caller
 
@@ -76,21 +74,7 @@ async def anthropic_caller(request: Request, *, count_tokens: bool = False) -> C
 @messages_endpoint
 async def create(request: Request, headers: dict[str, str]) -> Response:
     caller = await anthropic_caller(request)  # from the headers, before the body
-    body = parse_json(await read_body(request))
-    given = headers_of(request)
-    idempotency_key = given.get(IDEMPOTENCY_HEADER)
-    # The key's hash covers the body as sent (parsing replaces `metadata`, never edits it).
-    sent = dict(body) if idempotency_key is not None else None
-    req = messages_request(body, given, caller)
-    call = ChatCall(req, headers["x-request-id"], given.get(PROVIDER_KEY_HEADER),
-                    idempotency_key, sent)
-    try:
-        outcome = await services(request).inference.pipeline.chat(caller, call)
-    finally:
-        record = record_of(request)
-        if record is not None:
-            record.model, record.entry = call.report.model, call.report.entry
-    return render(outcome, headers, MessagesStream())
+    return await complete(request, headers, caller, messages_request, lambda _: MessagesStream())
 
 
 @messages_endpoint
