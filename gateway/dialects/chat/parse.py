@@ -7,20 +7,23 @@ to the route, which honours it or refuses it with 400.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
-from gateway.errors import Forbidden, InvalidRequest
+from gateway.dialects.attribution import (  # noqa: F401  (re-exported)
+    AGENT_HEADER,
+    CONVERSATION_HEADER,
+    ID_RE,
+    attribute,
+    bound_agent,
+    take_metadata,
+)
+from gateway.errors import InvalidRequest
 from gateway.types import Caller, ChatRequest
 
-ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-AGENT_HEADER = "x-bookbag-agent-id"
-CONVERSATION_HEADER = "x-bookbag-conversation-id"
-_BOOKBAG_METADATA = ("agent_id", "conversation_id")
 # orjson parses up to 1024 levels but serialises only 254: a body between the two could be
 # read, then not forwarded (or hashed for its Idempotency-Key).
 MAX_DEPTH = 254
@@ -88,14 +91,6 @@ def _messages(value: Any) -> None:
             )
 
 
-def _attribution_id(value: Any, name: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not ID_RE.match(value):
-        raise InvalidRequest(f"`{name}` must match ^[A-Za-z0-9._-]{{1,128}}$.", param=name)
-    return value
-
-
 def chat_request(body: dict[str, Any], headers: Mapping[str, str], caller: Caller) -> ChatRequest:
     """Validate a chat completion body and take Bookbag's attribution out of it."""
     model = _model(body)
@@ -130,33 +125,6 @@ def chat_request(body: dict[str, Any], headers: Mapping[str, str], caller: Calle
     if metadata is not None:
         if not isinstance(metadata, dict):
             raise InvalidRequest("`metadata` must be an object.", param="metadata")
-        meta_agent = _attribution_id(metadata.get("agent_id"), "metadata.agent_id")
-        meta_conversation = _attribution_id(
-            metadata.get("conversation_id"), "metadata.conversation_id"
-        )
-        if any(k in metadata for k in _BOOKBAG_METADATA):
-            rest = {k: v for k, v in metadata.items() if k not in _BOOKBAG_METADATA}
-            if rest:
-                body["metadata"] = rest
-            else:
-                del body["metadata"]
-
-    agent = _attribution_id(headers.get(AGENT_HEADER), "X-Bookbag-Agent-Id") or meta_agent
-    conversation = (
-        _attribution_id(headers.get(CONVERSATION_HEADER), "X-Bookbag-Conversation-Id")
-        or meta_conversation
-    )
-    agent = bound_agent(caller, agent)
+        meta_agent, meta_conversation = take_metadata(body, metadata)
+    agent, conversation = attribute(headers, caller, meta_agent, meta_conversation)
     return ChatRequest(model, body, bool(stream), n, include_usage, agent, conversation)
-
-
-def bound_agent(caller: Caller, requested: str | None) -> str | None:
-    """A key bound to an agent fixes the agent; another agent in the request is a 403."""
-    if caller.agent_id is None:
-        return requested
-    if requested is not None and requested != caller.agent_id:
-        raise Forbidden(
-            f"This key is bound to agent `{caller.agent_id}` and cannot act as `{requested}`.",
-            code="agent_mismatch",
-        )
-    return caller.agent_id

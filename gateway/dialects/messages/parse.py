@@ -11,19 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.dialects.chat.parse import (
-    AGENT_HEADER,
-    CONVERSATION_HEADER,
-    _attribution_id,
-    bound_agent,
-)
+from gateway.dialects.attribution import attribute, take_metadata
 from gateway.errors import InvalidRequest
 from gateway.types import MESSAGES, Caller, ChatRequest
 
 ROLES = ("user", "assistant")
 BETA_HEADER = "anthropic-beta"
 VERSION_HEADER = "anthropic-version"
-_BOOKBAG_METADATA = ("agent_id", "conversation_id")
 
 
 def _model(body: Mapping[str, Any]) -> str:
@@ -74,19 +68,8 @@ def _attribution(body: dict[str, Any], headers: Mapping[str, str],
     if metadata is not None:
         if not isinstance(metadata, dict):
             raise InvalidRequest("metadata: Input should be an object", param="metadata")
-        meta_agent = _attribution_id(metadata.get("agent_id"), "metadata.agent_id")
-        meta_conversation = _attribution_id(metadata.get("conversation_id"),
-                                            "metadata.conversation_id")
-        if any(k in metadata for k in _BOOKBAG_METADATA):
-            rest = {k: v for k, v in metadata.items() if k not in _BOOKBAG_METADATA}
-            if rest:
-                body["metadata"] = rest
-            else:
-                del body["metadata"]
-    agent = _attribution_id(headers.get(AGENT_HEADER), "X-Bookbag-Agent-Id") or meta_agent
-    conversation = _attribution_id(headers.get(CONVERSATION_HEADER),
-                                   "X-Bookbag-Conversation-Id") or meta_conversation
-    return bound_agent(caller, agent), conversation
+        meta_agent, meta_conversation = take_metadata(body, metadata)
+    return attribute(headers, caller, meta_agent, meta_conversation)
 
 
 def betas_of(headers: Mapping[str, str]) -> tuple[str, ...]:

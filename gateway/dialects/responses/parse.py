@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.dialects.chat.parse import AGENT_HEADER, CONVERSATION_HEADER, ID_RE, bound_agent
+from gateway.dialects.attribution import BOOKBAG_METADATA, attribute, attribution_id
 from gateway.dialects.responses.checks import (
     boolean,
     choice,
@@ -41,7 +41,6 @@ from gateway.types import RESPONSES, Caller, ChatRequest
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 SUMMARIES = ("auto", "concise", "detailed")
 METADATA_PAIRS, METADATA_KEY, METADATA_VALUE = 16, 64, 512
-_BOOKBAG_METADATA = ("agent_id", "conversation_id")
 # What may stand in for `input`: the conversation is elsewhere (tenancy.py rules on each).
 _CONTEXT = ("previous_response_id", "prompt", "conversation")
 
@@ -92,9 +91,9 @@ def _metadata(body: dict[str, Any]) -> tuple[str | None, str | None]:
     metadata = obj(body, "metadata")
     if metadata is None:
         return None, None
-    agent = _id(metadata.get("agent_id"), "metadata.agent_id")
-    conversation = _id(metadata.get("conversation_id"), "metadata.conversation_id")
-    rest = {k: v for k, v in metadata.items() if k not in _BOOKBAG_METADATA}
+    agent = attribution_id(metadata.get("agent_id"), "metadata.agent_id")
+    conversation = attribution_id(metadata.get("conversation_id"), "metadata.conversation_id")
+    rest = {k: v for k, v in metadata.items() if k not in BOOKBAG_METADATA}
     if len(rest) > METADATA_PAIRS:
         raise InvalidRequest(f"Invalid 'metadata': too many properties. Expected an object "
                              f"with at most {METADATA_PAIRS} properties, but got an object "
@@ -117,14 +116,6 @@ def _metadata(body: dict[str, Any]) -> tuple[str | None, str | None]:
     return agent, conversation
 
 
-def _id(value: Any, name: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not ID_RE.match(value):
-        raise InvalidRequest(f"`{name}` must match ^[A-Za-z0-9._-]{{1,128}}$.", param=name)
-    return value
-
-
 def responses_request(body: dict[str, Any], headers: Mapping[str, str],
                       caller: Caller) -> ChatRequest:
     """Validate a Responses body (in place: Bookbag's metadata removed) into the request
@@ -140,8 +131,5 @@ def responses_request(body: dict[str, Any], headers: Mapping[str, str],
     check_tool_choice(body.get("tool_choice"))
     check_text(body.get("text"))
     meta_agent, meta_conversation = _metadata(body)
-    agent = _id(headers.get(AGENT_HEADER), "X-Bookbag-Agent-Id") or meta_agent
-    conversation = _id(headers.get(CONVERSATION_HEADER),
-                       "X-Bookbag-Conversation-Id") or meta_conversation
-    return ChatRequest(model, body, stream, 1, stream, bound_agent(caller, agent),
-                       conversation, dialect=RESPONSES)
+    agent, conversation = attribute(headers, caller, meta_agent, meta_conversation)
+    return ChatRequest(model, body, stream, 1, stream, agent, conversation, dialect=RESPONSES)
