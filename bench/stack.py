@@ -99,22 +99,26 @@ class Gateway:
         return f"Bearer {self.key}"
 
 
-def create_workspace(db_url: str, pricing_path: Path, source: Path | None = None) -> str:
-    """A workspace with 10^12 credits and its key, made by the gateway's own `Accounts`.
+def create_workspace(db_url: str, pricing_path: Path, source: Path | None = None,
+                     caps: bool = False) -> str:
+    """A workspace with 10^12 credits and its key, made by the gateway's own `Accounts`;
+    with `caps`, the key is bound to an agent and both have a spend cap (never reached: the
+    hot path pays for checking them, bench/README.md).
 
     Runs in a child process importing `gateway` from `source` (default: this checkout),
     so the schema is the one the gateway under test expects.
     """
     path = f"{source}{os.pathsep}{ROOT}" if source else str(ROOT)
     out = subprocess.run([sys.executable, "-m", "bench.stack", "workspace", db_url,
-                          str(pricing_path)], capture_output=True, text=True, check=False,
-                         cwd=pricing_path.parent, env={**os.environ, "PYTHONPATH": path})
+                          str(pricing_path), *(["caps"] if caps else [])],
+                         capture_output=True, text=True, check=False, cwd=pricing_path.parent,
+                         env={**os.environ, "PYTHONPATH": path})
     if out.returncode != 0 or not out.stdout.strip():
         raise RuntimeError(f"creating the bench workspace failed:\n{out.stderr[-3000:]}")
     return out.stdout.strip().splitlines()[-1]
 
 
-def _workspace_here(db_url: str, pricing_path: Path) -> str:
+def _workspace_here(db_url: str, pricing_path: Path, caps: bool = False) -> str:
     from gateway.accounts.workspaces import Accounts
     from gateway.catalog import load
     from gateway.clock import SystemClock
@@ -125,7 +129,12 @@ def _workspace_here(db_url: str, pricing_path: Path) -> str:
         create_schema(engine)
         accounts = Accounts(engine, load(pricing_path), SystemClock())
         ws = accounts.create_workspace("bench", "enterprise", custom_allotment=10**12)
-        return accounts.create_key(ws.id).key
+        if not caps:
+            return accounts.create_key(ws.id).key
+        created = accounts.create_key(ws.id, agent_id="bench")
+        accounts.set_cap(ws.id, "key", created.id, 10**13)
+        accounts.set_cap(ws.id, "agent", "bench", 10**13)
+        return created.key
     finally:
         engine.dispose()
 
@@ -149,12 +158,13 @@ def start_relay(workdir: Path, fast: int, slow: int) -> tuple[Proc, str]:
 
 
 def start_gateway(name: str, workdir: Path, pricing_text: str,
-                  env: dict[str, str] | None = None, source: Path | None = None) -> Gateway:
+                  env: dict[str, str] | None = None, source: Path | None = None,
+                  caps: bool = False) -> Gateway:
     """`bookbag-gateway serve` on core 0; `source`: a directory holding another `gateway/`."""
     pricing_path = workdir / f"{name}-pricing.toml"
     pricing_path.write_text(pricing_text)
     db_url = f"sqlite:///{workdir / (name + '.db')}"
-    key = create_workspace(db_url, pricing_path, source)
+    key = create_workspace(db_url, pricing_path, source, caps)
     port = free_port()
     extra = {"PYTHONPATH": str(source)} if source else {}
     command = [sys.executable, "-m", "gateway", "serve"] if source else gateway_command()
@@ -175,4 +185,4 @@ def start_gateway(name: str, workdir: Path, pricing_text: str,
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["workspace"]:
-    print(_workspace_here(sys.argv[2], Path(sys.argv[3])))
+    print(_workspace_here(sys.argv[2], Path(sys.argv[3]), sys.argv[4:5] == ["caps"]))
