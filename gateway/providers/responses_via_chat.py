@@ -28,7 +28,7 @@ import orjson
 from gateway.dialects.translate.responses_chat.reply import chat_reply_to_response
 from gateway.dialects.translate.responses_chat.stream import ChatToResponsesStream
 from gateway.errors import UnsupportedParameter, UpstreamError
-from gateway.providers.translated_stream import TranslatedStream
+from gateway.providers.translated_stream import from_chat
 
 Json = dict[str, Any]
 
@@ -81,17 +81,4 @@ def response_body(chat_reply: bytes, request: Json) -> bytes:
 def response_events(chunks: AsyncIterator[bytes], request: Json) -> AsyncIterator[bytes]:
     """Chat chunk payloads -> Responses event payloads (each event's `data`)."""
     translator = ChatToResponsesStream(request, response_id=new_response_id())
-
-    def feed(payload: bytes) -> list[bytes]:
-        try:
-            chunk = orjson.loads(payload)
-            events = translator.feed(chunk) if isinstance(chunk, dict) else []
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise UpstreamError("The provider sent a chunk that could not be "
-                                "translated.") from exc
-        return [orjson.dumps(data) for _, data in events]
-
-    def finish() -> list[bytes]:
-        return [orjson.dumps(data) for _, data in translator.finish()]
-
-    return TranslatedStream(chunks, feed, finish)
+    return from_chat(chunks, translator, lambda _name, data: orjson.dumps(data))

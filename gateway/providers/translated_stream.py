@@ -15,6 +15,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import orjson
+
+from gateway.errors import UpstreamError
 
 
 class TranslatedStream:
@@ -68,3 +73,31 @@ class TranslatedStream:
         close = getattr(self._inner, "aclose", None)
         if close is not None:
             await close()
+
+
+class EventTranslator(Protocol):
+    """Chat chunks in, named events out (chat -> Messages, chat -> Responses)."""
+
+    def feed(self, chunk: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]: ...
+
+    def finish(self) -> list[tuple[str, dict[str, Any]]]: ...
+
+
+def from_chat(chunks: AsyncIterator[bytes], translator: EventTranslator,
+              encode: Callable[[str, dict[str, Any]], bytes]) -> TranslatedStream:
+    """Chat chunk payloads through `translator`, each event encoded as its dialect's payload;
+    a chunk the translator cannot read is the provider's failure."""
+
+    def feed(payload: bytes) -> list[bytes]:
+        try:
+            chunk = orjson.loads(payload)
+            events = translator.feed(chunk) if isinstance(chunk, dict) else []
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise UpstreamError("The provider sent a chunk that could not be "
+                                "translated.") from exc
+        return [encode(name, data) for name, data in events]
+
+    def finish() -> list[bytes]:
+        return [encode(name, data) for name, data in translator.finish()]
+
+    return TranslatedStream(chunks, feed, finish)

@@ -45,7 +45,7 @@ from gateway.providers.responses_via_chat import (
     response_body,
     response_events,
 )
-from gateway.providers.translated_stream import TranslatedStream
+from gateway.providers.translated_stream import TranslatedStream, from_chat
 from gateway.types import CHAT, MESSAGES, RESPONSES, Completion, ModelEntry, ProviderCall
 
 Json = dict[str, Any]
@@ -178,20 +178,7 @@ class TranslatingProvider:
     def _to_messages(self, call: ProviderCall, model: str) -> AsyncIterator[bytes]:
         """Chat chunks -> Messages events; the usage chunk's counts go in `message_delta`."""
         translator = ChatToMessagesStream(message_id="msg_" + os.urandom(12).hex(), model=model)
-
-        def feed(payload: bytes) -> list[bytes]:
-            try:
-                chunk = orjson.loads(payload)
-                events = translator.feed(chunk) if isinstance(chunk, dict) else []
-            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-                raise UpstreamError("The provider sent a chunk that could not be "
-                                    "translated.") from exc
-            return [frame(name, data) for name, data in events]
-
-        def finish() -> list[bytes]:
-            return [frame(name, data) for name, data in translator.finish()]
-
-        return TranslatedStream(self.inner.stream(call), feed, finish)
+        return from_chat(self.inner.stream(call), translator, frame)
 
     async def embed(self, call: ProviderCall) -> bytes:
         return await self.inner.embed(call)
