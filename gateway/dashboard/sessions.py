@@ -9,7 +9,6 @@ and it dies with its key (revoked) or its workspace (suspended).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import secrets
 
@@ -17,13 +16,16 @@ from sqlalchemy import Engine
 
 from gateway.accounts.spend_caps import CAP_COLUMNS, caps_of
 from gateway.clock import Clock, now_ms
-from gateway.errors import Forbidden, InvalidApiKey, ServiceUnavailable
+from gateway.errors import Forbidden, InvalidApiKey
 from gateway.storage.database import snapshot, transaction
+from gateway.storage.offload import run_db
 from gateway.types import Caller
 
 COOKIE = "bookbag_session"
 DEFAULT_TTL = 12 * 3600.0
 _TOKEN_MAX = 128
+
+STORE = "The session store"
 
 
 def _hash(token: str) -> str:
@@ -76,18 +78,12 @@ class Sessions:
 
     async def create(self, caller: Caller) -> str:
         """A new session for a caller already authenticated by key; returns the cookie token."""
-        try:
-            return await asyncio.to_thread(self._create, caller)
-        except Exception as exc:
-            raise ServiceUnavailable("The session store is unavailable; retry shortly.") from exc
+        return await run_db(self._create, caller, store=STORE)
 
     async def authenticate(self, token: str) -> Caller:
         if not token or len(token) > _TOKEN_MAX:
             raise InvalidApiKey("Your dashboard session is not valid; sign in again.")
-        try:
-            caller = await asyncio.to_thread(self._caller, token)
-        except Exception as exc:
-            raise ServiceUnavailable("The session store is unavailable; retry shortly.") from exc
+        caller = await run_db(self._caller, token, store=STORE)
         if caller is None:
             raise InvalidApiKey("Your dashboard session expired or its key was revoked; sign in again.")
         if caller.suspended:
@@ -96,7 +92,4 @@ class Sessions:
 
     async def end(self, token: str) -> None:
         if token and len(token) <= _TOKEN_MAX:
-            try:
-                await asyncio.to_thread(self._end, token)
-            except Exception as exc:
-                raise ServiceUnavailable("The session store is unavailable; retry shortly.") from exc
+            await run_db(self._end, token, store=STORE)

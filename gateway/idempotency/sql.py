@@ -10,7 +10,6 @@ processes can share the table.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
@@ -20,13 +19,17 @@ from gateway.errors import GatewayError, ServiceUnavailable
 from gateway.idempotency.store import Record, State, StoredResponse
 from gateway.ledger.writer import GroupWriter, WriteOp
 from gateway.storage.database import Cursor, Sql, transaction
+from gateway.storage.offload import run_db, unavailable
 
 _COLUMNS = "state, body_hash, request_id, lease_ms, expires_ms, kind, status, headers, body"
 _WHERE = "workspace_id = ? AND key = ?"
 
 
+STORE = "The idempotency store"
+
+
 def _unavailable() -> ServiceUnavailable:
-    return ServiceUnavailable("The idempotency store is unavailable; retry shortly.")
+    return unavailable(STORE)
 
 
 class SqlIdempotencyStore:
@@ -157,7 +160,4 @@ class LedgerCheck:
             return cur.fetchone() is not None
 
     async def __call__(self, request_id: str, workspace_id: str | None = None) -> bool:
-        try:
-            return await asyncio.to_thread(self._lookup, request_id)
-        except Exception as exc:
-            raise _unavailable() from exc
+        return await run_db(self._lookup, request_id, store=STORE)
