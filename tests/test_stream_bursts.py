@@ -109,3 +109,48 @@ def test_the_relay_counts_the_payloads_already_received(bursty: FakeProvider) ->
         assert 0 <= ready <= len(readies) - i  # those after it, and [DONE]
         if i and readies[i - 1]:
             assert ready == readies[i - 1] - 1
+
+
+def body_writes(url: str, key: str, body: dict[str, Any]) -> int:
+    """How many chunks of the HTTP/1.1 chunked body carried a streamed reply: each is one
+    write of the gateway (the server frames every `send` as one chunk)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    payload = orjson.dumps(body)
+    request = (f"POST {CHAT} HTTP/1.1\r\nHost: {where.netloc}\r\nAuthorization: Bearer {key}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+               "Connection: close\r\n\r\n").encode() + payload
+    with socket.create_connection((where.hostname, where.port), timeout=10) as sock:
+        sock.sendall(request)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower(), head
+    writes = 0
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return writes
+        writes += 1
+        rest = rest[size + 2:]
+
+
+def test_a_translated_burst_is_written_together_like_a_relayed_one(
+        tmp_path: Path, bursty: FakeProvider) -> None:
+    """A provider's burst reaches the client in a few writes on a translated route too
+    (Messages events -> chat chunks, gateway/providers/translated_stream.py), not one write
+    per translated chunk."""
+    from tests.harness import test_pricing
+
+    bursty.reset()
+    pricing = tmp_path / "pricing.toml"
+    pricing.write_text(test_pricing(bursty))
+    with running(sqlite_settings(tmp_path, pricing)) as gw:
+        _, key = gw.workspace("free")
+        relayed = body_writes(gw.url, key, BODY)
+        translated = body_writes(gw.url, key, {**BODY, "model": "claude-haiku-4-5"})
+    assert translated <= relayed + 1, (relayed, translated)
