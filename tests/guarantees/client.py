@@ -31,6 +31,8 @@ UNCONFIRMED = "charge_unconfirmed"  # a 503 (or in-band error) whose charge may 
 class Account:
     workspace_id: str
     key: str
+    key_id: str = ""
+    cap: int | None = None  # the key's spend cap per period, if it has one
 
 
 def body_of(op: Op) -> dict[str, Any]:

@@ -27,8 +27,9 @@ def pricing(tmp_path: Path, provider: FakeProvider) -> Path:
 
 
 def create_accounts(database_url: str, pricing: Path, n: int, allotment: int,
-                    topups: int = 0) -> list[Account]:
-    """n workspaces on a custom allotment (plus top-ups), each with one key."""
+                    topups: int = 0, key_cap: int | None = None) -> list[Account]:
+    """n workspaces on a custom allotment (plus top-ups), each with one key; with `key_cap`,
+    the first workspace's key has that spend cap per period (the others none)."""
     engine = make_engine(database_url)
     try:
         create_schema(engine)
@@ -39,7 +40,11 @@ def create_accounts(database_url: str, pricing: Path, n: int, allotment: int,
                                            custom_allotment=allotment)
             if topups:
                 accounts.apply(accounts.topup_entry(ws.id, topups, ref=f"seed-{i}"))
-            found.append(Account(ws.id, accounts.create_key(ws.id).key))
+            key = accounts.create_key(ws.id)
+            cap = key_cap if i == 0 else None
+            if cap is not None:
+                accounts.set_cap(ws.id, "key", key.id, cap)
+            found.append(Account(ws.id, key.key, key.id, cap))
         return found
     finally:
         engine.dispose()

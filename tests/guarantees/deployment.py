@@ -10,8 +10,10 @@ and hold rows), `redis` (Redis with AOF unless `redis_aof=False`), `redis-cluste
 (tests/redis_cluster.py: three primaries with a replica each).
 sql: `sqlite`, `postgres` (a fresh database on the machine's server) or
 `private-postgres` (a server of the test's own, to stop and start).
-`proxy_redis` / `proxy_sql` put a `FaultProxy` between the gateway and that
-store; the checker always reads the stores directly.
+`key_cap` gives the first workspace's key a spend cap per period (the checker's
+`cap_overdraft` holds the ledger to it); `proxy_redis` / `proxy_sql` put a
+`FaultProxy` between the gateway and that store; the checker always reads the
+stores directly.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def _through(proxy: FaultProxy, url: str, port: int) -> str:
 def deployment(tmp: Path, pricing: Path, *, meter: str = "embedded", sql: str = "sqlite",
                redis_aof: bool = True, proxy_redis: bool = False, proxy_sql: bool = False,
                accounts: int = 2, allotment: int = 200, topups: int = 0,
-               **env: Any) -> Iterator[Deployment]:
+               key_cap: int | None = None, **env: Any) -> Iterator[Deployment]:
     with contextlib.ExitStack() as stack:
         pg: PostgresServer | None = None
         if sql == "sqlite":
@@ -108,7 +110,7 @@ def deployment(tmp: Path, pricing: Path, *, meter: str = "embedded", sql: str = 
             env["BOOKBAG_REDIS_URL"] = cluster.url
         elif meter == "sql":
             env["BOOKBAG_METER"] = "sql"
-        made = create_accounts(database_url, pricing, accounts, allotment, topups)
+        made = create_accounts(database_url, pricing, accounts, allotment, topups, key_cap)
         gateway = GatewayProcess(tmp, base_env(tmp, pricing, gateway_db, **env))
         stack.callback(gateway.stop)  # first out: the gateway stops before its stores
         yield Deployment(tmp, database_url, gateway, made, redis, pg, redis_proxy, sql_proxy,

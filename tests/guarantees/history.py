@@ -20,7 +20,8 @@ Violations (each a string in `Figures.violations`):
   - an ok operation without exactly one entry, or with a different request id or cost
   - a failed attempt whose request id has an entry; a failed operation with any entry
   - an indeterminate operation with more than one entry; an entry no operation explains
-  - an overdraft (a bucket recomputed from the ledger below zero)
+  - an overdraft (a bucket recomputed from the ledger below zero), or a cap overdraft (a
+    capped key's replies in a period, from the ledger, above its cap)
   - a hold left after the TTL; a balance that is not the ledger's (the balance equation)
 """
 
@@ -115,6 +116,7 @@ class Observed:
     rows: list[dict[str, Any]]  # ledger rows (every kind) of the workspaces in the history
     balances: dict[str, dict[str, Any]]  # workspace -> its balance as the store reports it
     holds: dict[str, int]  # workspace -> holds left in the store(s)
+    caps: dict[str, int] = field(default_factory=dict)  # key id -> its spend cap per period
 
 
 @dataclass
@@ -128,6 +130,7 @@ class Figures:
     entries: int = 0
     charged: int = 0
     overdraft: int = 0
+    cap_overdraft: int = 0  # credits charged to a capped key beyond its cap, over its periods
     leaked_holds: int = 0
     lost: int = 0  # ok operations without their entry
     duplicates: int = 0  # entries beyond one for an operation
@@ -140,6 +143,7 @@ class Figures:
             "test": self.test, "ops": self.ops, "ok": self.ok, "fail": self.fail,
             "indeterminate": self.indeterminate, "attempts": self.attempts,
             "entries": self.entries, "charged": self.charged, "overdraft": self.overdraft,
+            "cap_overdraft": self.cap_overdraft,
             "leaked_holds": self.leaked_holds, "lost": self.lost, "duplicates": self.duplicates,
             "charged_failures": self.charged_failures, "violations": len(self.violations),
         }
@@ -177,6 +181,15 @@ def ledger_buckets(rows: Iterable[dict[str, Any]], workspace_id: str) -> dict[st
         "allotment_remaining": sum(r["allotment_delta"] for r in in_period),
         "topups_remaining": sum(r["topup_delta"] for r in own),
     }
+
+
+def cap_usage(replies: Iterable[dict[str, Any]], key_id: str) -> dict[str, int]:
+    """A key's reply credits per period, from the ledger (what its cap bounds)."""
+    used: dict[str, int] = {}
+    for r in replies:
+        if r["key_id"] == key_id:
+            used[r["period_start"]] = used.get(r["period_start"], 0) + r["credits"]
+    return used
 
 
 def check(name: str, history: History, observed: Observed, **extra: Any) -> Figures:
@@ -239,6 +252,17 @@ def check(name: str, history: History, observed: Observed, **extra: Any) -> Figu
             if seen != buckets or balance.get("reserved", 0) != 0:
                 bad.append(f"{ws}: balance {seen} (reserved {balance.get('reserved')}) is not "
                            f"the ledger's {buckets}")
+
+    for key_id, cap in sorted(observed.caps.items()):
+        for period, used in cap_usage(replies, key_id).items():
+            over = max(0, used - cap)
+            figures.cap_overdraft += over
+            if over:
+                bad.append(f"key {key_id}: charged {used} in the period of {period}, "
+                           f"its cap is {cap}")
+    if observed.caps:
+        figures.extra.setdefault("cap_refused", sum(
+            1 for a in history.attempts() if a.code == "spend_cap_reached"))
 
     figures.ops = len(history.ops)
     figures.ok = history.count(OK)

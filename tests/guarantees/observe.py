@@ -117,7 +117,8 @@ def observe_and_check(name: str, history: History, *, url: str, database_url: st
             for ws, n in redis_holds(redis_url, ids).items():
                 holds[ws] += n
         seen = balances(url, accounts)
-        observed = Observed(ledger_rows(engine, ids), seen, holds)
+        caps = {a.key_id: a.cap for a in accounts if a.cap is not None}
+        observed = Observed(ledger_rows(engine, ids), seen, holds, caps)
     finally:
         engine.dispose()
     figures = check(name, history, observed, **extra)

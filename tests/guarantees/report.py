@@ -13,7 +13,8 @@ from typing import Any
 from tests.guarantees.history import FIGURES_FILE
 
 COLUMNS = ("ops", "ok", "fail", "indeterminate", "entries", "charged", "overdraft",
-           "leaked_holds", "lost", "duplicates", "charged_failures", "violations")
+           "cap_overdraft", "leaked_holds", "lost", "duplicates", "charged_failures",
+           "violations")
 SKIP = {"test", "at", "attempts", *COLUMNS}
 
 

@@ -10,6 +10,9 @@
   - the provider hanging, slow, cutting streams, failing: never charged
   - a TCP fault proxy in front of Redis, and of PostgreSQL: latency, blackhole, reset
 
+The first workspace's key carries a spend cap in most runs (`key_cap`): the checker's
+`cap_overdraft` is that key's ledger charges beyond its cap (0 unless the store lost data).
+
 DESIGN invariants 1-4, 7, 8, 11. Fast variants run on every `pytest`; the
 long ones (`@pytest.mark.slow`) with `make guarantees`.
 """
@@ -86,7 +89,7 @@ async def sigkill_run(dep: Deployment, name: str, kills: int, every: float) -> N
 
 
 def test_gateway_sigkilled_under_load(tmp_path: Path, pricing: Path) -> None:
-    with deployment(tmp_path, pricing, meter="sql", allotment=10_000) as dep:
+    with deployment(tmp_path, pricing, meter="sql", allotment=10_000, key_cap=60) as dep:
         asyncio.run(sigkill_run(dep, "sigkill[sqlite-sql]", kills=2, every=2))
 
 
@@ -95,7 +98,7 @@ def test_gateway_sigkilled_under_load(tmp_path: Path, pricing: Path) -> None:
 def test_gateway_sigkilled_under_load_long(tmp_path: Path, pricing: Path, kind: str) -> None:
     options = {"embedded": {}, "postgres": {"meter": "sql", "sql": "postgres"},
                "redis": {"meter": "redis", "sql": "postgres"}}[kind]
-    with deployment(tmp_path, pricing, allotment=100_000, **options) as dep:
+    with deployment(tmp_path, pricing, allotment=100_000, key_cap=1000, **options) as dep:
         asyncio.run(sigkill_run(dep, f"sigkill[{kind}]", kills=5, every=3))
 
 
@@ -148,12 +151,14 @@ async def redis_restart_run(dep: Deployment, name: str, *, aof: bool, seconds: f
     # Redis lost its data: holds, idempotency keys and outbox entries not yet in SQL. The
     # balances are reseeded from SQL; what can go wrong is bounded by what was in flight.
     assert figures.overdraft <= bound["reserved"], figures.line()
+    # A cap's usage is reseeded from SQL's ledger: what it misses is the same holds and backlog.
+    assert figures.cap_overdraft <= bound["reserved"] + bound["backlog"], figures.line()
     assert figures.lost <= bound["backlog"], figures.line()
     assert figures.leaked_holds == 0 and figures.charged_failures == 0, figures.violations
 
 
 def test_redis_restarted_with_aof(tmp_path: Path, pricing: Path) -> None:
-    with deployment(tmp_path, pricing, meter="redis") as dep:
+    with deployment(tmp_path, pricing, meter="redis", key_cap=40) as dep:
         asyncio.run(redis_restart_run(dep, "redis-restart[aof]", aof=True, seconds=6))
 
 
@@ -161,7 +166,7 @@ def test_redis_restarted_with_aof(tmp_path: Path, pricing: Path) -> None:
 def test_redis_restarted_without_persistence(tmp_path: Path, pricing: Path) -> None:
     """A balance that runs out after the loss, so that an overdraft would show."""
     with deployment(tmp_path, pricing, meter="redis", sql="postgres", redis_aof=False,
-                    allotment=300) as dep:
+                    allotment=300, key_cap=200) as dep:
         asyncio.run(redis_restart_run(dep, "redis-restart-pg[none]", aof=False, seconds=15))
 
 
@@ -249,7 +254,7 @@ async def postgres_stop_run(dep: Deployment, name: str, down: float, seconds: fl
 
 
 def test_postgres_stopped_and_restarted(tmp_path: Path, pricing: Path) -> None:
-    with deployment(tmp_path, pricing, meter="sql", sql="private-postgres") as dep:
+    with deployment(tmp_path, pricing, meter="sql", sql="private-postgres", key_cap=30) as dep:
         asyncio.run(postgres_stop_run(dep, "postgres-stop[sql]", down=2, seconds=6))
 
 
@@ -351,13 +356,14 @@ async def proxy_run(dep: Deployment, name: str, which: str, phase_s: float) -> N
 
 
 def test_fault_proxy_in_front_of_redis(tmp_path: Path, pricing: Path) -> None:
-    with deployment(tmp_path, pricing, meter="redis", proxy_redis=True) as dep:
+    with deployment(tmp_path, pricing, meter="redis", proxy_redis=True, key_cap=8) as dep:
         asyncio.run(proxy_run(dep, "fault-proxy[redis]", "redis", phase_s=1.0))
 
 
 @pytest.mark.slow
 def test_fault_proxy_in_front_of_postgres(tmp_path: Path, pricing: Path) -> None:
-    with deployment(tmp_path, pricing, meter="sql", sql="postgres", proxy_sql=True) as dep:
+    with deployment(tmp_path, pricing, meter="sql", sql="postgres", proxy_sql=True,
+                    key_cap=25) as dep:
         asyncio.run(proxy_run(dep, "fault-proxy[postgres]", "postgres", phase_s=1.5))
 
 
@@ -367,7 +373,7 @@ def test_fault_proxy_long(tmp_path: Path, pricing: Path, which: str) -> None:
     options: dict[str, Any] = (
         {"meter": "redis", "sql": "postgres", "proxy_redis": True} if which == "redis"
         else {"meter": "redis", "sql": "postgres", "proxy_sql": True})
-    with deployment(tmp_path, pricing, **options) as dep:
+    with deployment(tmp_path, pricing, key_cap=150, **options) as dep:
         asyncio.run(proxy_run(dep, f"fault-proxy-long[{which}]", which, phase_s=3.5))
 
 

@@ -1,0 +1,43 @@
+"""The history checker itself: it must see the violations it exists to find."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.guarantees.history import OK, Attempt, History, Observed, check
+
+
+def row(request_id: str, conversation: str, key_id: str, credits: int = 1) -> dict[str, Any]:
+    return {"request_id": request_id, "workspace_id": "ws", "kind": "reply",
+            "conversation_id": conversation, "key_id": key_id, "credits": credits,
+            "allotment_delta": -credits, "topup_delta": 0, "period_start": "2026-12-01"}
+
+
+def observed_with(rows: list[dict[str, Any]], caps: dict[str, int]) -> Observed:
+    grant = {"request_id": "grant", "workspace_id": "ws", "kind": "allotment",
+             "conversation_id": None, "key_id": None, "credits": 0, "allotment_delta": 100,
+             "topup_delta": 0, "period_start": "2026-12-01"}
+    return Observed([grant, *rows], {}, {}, caps)
+
+
+def history_of(n: int) -> History:
+    history = History()
+    for i in range(n):
+        op = history.op(f"op-{i}", "ws", 1)
+        op.attempts.append(Attempt(0.0, 0.0, OK, 200, f"req-{i}", f"req-{i}"))
+    return history
+
+
+def test_charges_beyond_a_keys_cap_are_a_violation() -> None:
+    rows = [row(f"req-{i}", f"op-{i}", "key_a") for i in range(3)]
+    figures = check("t", history_of(3), observed_with(rows, {"key_a": 2}))
+    assert figures.cap_overdraft == 1
+    assert any("its cap is 2" in v for v in figures.violations)
+
+
+def test_charges_within_the_cap_and_to_other_keys_are_clean() -> None:
+    rows = [row("req-0", "op-0", "key_a"), row("req-1", "op-1", "key_a"),
+            row("req-2", "op-2", "key_b")]
+    figures = check("t", history_of(3), observed_with(rows, {"key_a": 2}))
+    assert figures.cap_overdraft == 0
+    assert figures.violations == []
