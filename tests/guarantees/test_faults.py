@@ -98,7 +98,7 @@ def test_gateway_sigkilled_under_load(tmp_path: Path, pricing: Path) -> None:
 def test_gateway_sigkilled_under_load_long(tmp_path: Path, pricing: Path, kind: str) -> None:
     options = {"embedded": {}, "postgres": {"meter": "sql", "sql": "postgres"},
                "redis": {"meter": "redis", "sql": "postgres"}}[kind]
-    with deployment(tmp_path, pricing, allotment=100_000, key_cap=1000, **options) as dep:
+    with deployment(tmp_path, pricing, allotment=100_000, key_cap=200, **options) as dep:
         asyncio.run(sigkill_run(dep, f"sigkill[{kind}]", kills=5, every=3))
 
 
@@ -211,7 +211,7 @@ def test_redis_paused(tmp_path: Path, pricing: Path) -> None:
 
 @pytest.mark.slow
 def test_redis_paused_long(tmp_path: Path, pricing: Path) -> None:
-    with deployment(tmp_path, pricing, meter="redis", sql="postgres") as dep:
+    with deployment(tmp_path, pricing, meter="redis", sql="postgres", key_cap=60) as dep:
         asyncio.run(redis_pause_run(dep, "redis-pause-pg", pause=6, seconds=16))
 
 
@@ -260,7 +260,8 @@ def test_postgres_stopped_and_restarted(tmp_path: Path, pricing: Path) -> None:
 
 @pytest.mark.slow
 def test_postgres_stopped_under_the_redis_meter(tmp_path: Path, pricing: Path) -> None:
-    with deployment(tmp_path, pricing, meter="redis", sql="private-postgres") as dep:
+    with deployment(tmp_path, pricing, meter="redis", sql="private-postgres",
+                    key_cap=60) as dep:
         asyncio.run(postgres_stop_run(dep, "postgres-stop[redis]", down=8, seconds=20))
 
 
@@ -363,7 +364,7 @@ def test_fault_proxy_in_front_of_redis(tmp_path: Path, pricing: Path) -> None:
 @pytest.mark.slow
 def test_fault_proxy_in_front_of_postgres(tmp_path: Path, pricing: Path) -> None:
     with deployment(tmp_path, pricing, meter="sql", sql="postgres", proxy_sql=True,
-                    key_cap=25) as dep:
+                    key_cap=10) as dep:
         asyncio.run(proxy_run(dep, "fault-proxy[postgres]", "postgres", phase_s=1.5))
 
 
@@ -373,7 +374,7 @@ def test_fault_proxy_long(tmp_path: Path, pricing: Path, which: str) -> None:
     options: dict[str, Any] = (
         {"meter": "redis", "sql": "postgres", "proxy_redis": True} if which == "redis"
         else {"meter": "redis", "sql": "postgres", "proxy_sql": True})
-    with deployment(tmp_path, pricing, key_cap=150, **options) as dep:
+    with deployment(tmp_path, pricing, key_cap=40, **options) as dep:
         asyncio.run(proxy_run(dep, f"fault-proxy-long[{which}]", which, phase_s=3.5))
 
 
