@@ -58,6 +58,7 @@ class RedisCore:
         outbox: OutboxConsumer | None = None,
         wait_replicas: int = 0,
         wait_timeout: float = 0.05,
+        sync_lag: float | None = None,
     ) -> None:
         self._redis = client
         self._engine = engine
@@ -91,6 +92,9 @@ class RedisCore:
         self._cluster = is_cluster(client)
         self._down_until: dict[str, float] = {}
         self._feed: GrantFeed | None = None
+        # How long a seq may take to commit (the sync rereads that much, `redis_sync.py`).
+        self._sync_lag = max(5.0, 3 * sync_interval) if sync_lag is None else sync_lag
+        self._legacy_mark: int | None = None  # the untagged watermark, read once (upgrade)
         self._sweep_interval = sweep_interval
         self._loops: tuple[Periodic, ...] = ()
         self._advice: asyncio.Task[None] | None = None
