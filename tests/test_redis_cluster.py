@@ -366,6 +366,68 @@ async def test_a_settle_no_replica_confirms_in_time_is_counted_unconfirmed(
         await backend.close()
 
 
+async def test_wait_follows_an_ask_redirect_during_a_slot_migration(
+    own_cluster: RedisCluster, tmp_path: Path,
+) -> None:
+    """A workspace's slot migrating (CLUSTER SETSLOT ... MIGRATING / IMPORTING, its keys
+    already moved): the scripts get ASK, and a settle's WAIT goes with ASKING and the
+    script to the importing node, so it counts that node's replica: confirmed while the
+    replica runs, "unconfirmed" once it is paused."""
+    clock = ManualClock(START)
+    backend = redis_backend("cluster-ask", f"sqlite:///{tmp_path / 'meter.db'}",
+                            own_cluster.url, clock)
+    layout = Layout(prefix="t" + uuid.uuid4().hex[:12])
+    meter = RedisMeter(connect(own_cluster.url, timeout=2.0), backend.engine, clock,
+                       allotment_for(catalog()), hold_ttl=HOLD_TTL, sync_interval=IDLE,
+                       sweep_interval=IDLE, breaker=0.1, layout=layout, wait_replicas=1,
+                       wait_timeout=0.2)
+    try:
+        ws = await backend.workspace(allotment=10)
+        hold = await meter.reserve(ws, 1, "before-migration")  # seeded on the source
+        await meter.settle(hold, reply(hold))
+        # A hold in flight: the shard's holds and expiry keys exist (an empty hash is no key,
+        # and a script whose keys are partly absent on the importing node gets TRYAGAIN).
+        open_hold = await meter.reserve(ws, 1, "open")
+        slot = key_slot(f"{{s{shard_of(ws):02d}}}".encode())
+        source = own_cluster.primary_of(slot)
+        target = next(p for p in own_cluster.primaries() if p is not source)
+        src = redis.Redis(port=source.port, socket_timeout=5, decode_responses=True)
+        dst = redis.Redis(port=target.port, socket_timeout=5, decode_responses=True)
+        src_id, dst_id = src.execute_command("CLUSTER", "MYID"), dst.execute_command(
+            "CLUSTER", "MYID")
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        keys = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+        assert keys
+        src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+        assert src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000) == []
+        src.close()
+
+        hold = await meter.reserve(ws, 2, "asked")  # ASK: run on the importing node
+        await meter.settle(hold, reply(hold))
+        assert meter.unconfirmed == 0  # the importing node's replica confirmed it
+        replica = own_cluster.replica_of(target)
+        assert replica is not None
+        replica.pause()
+        try:
+            hold = await meter.reserve(ws, 3, "asked-unconfirmed")
+            await meter.settle(hold, reply(hold))
+            assert meter.unconfirmed == 1
+        finally:
+            replica.resume()
+        pipe = dst.pipeline(transaction=False)  # read on the importing node itself
+        pipe.execute_command("ASKING")  # ASKING lets the next command through
+        pipe.hget(layout.bal(ws), "allot_rem")
+        pipe.execute_command("ASKING")
+        pipe.hlen(layout.of(ws).holds)
+        assert pipe.execute()[1::2] == ["3", 1]  # 10 - 1 - 1 held - 2 - 3; the open hold
+        dst.close()
+        await meter.void(open_hold)
+    finally:
+        await meter.close()
+        await backend.close()
+
+
 def test_the_wait_timeout_must_be_below_the_redis_timeout() -> None:
     with pytest.raises(SettingsError, match="BOOKBAG_REDIS_WAIT_TIMEOUT"):
         Settings.from_env({"BOOKBAG_REDIS_URL": "redis://x", "BOOKBAG_REDIS_WAIT_REPLICAS": "1",

@@ -162,27 +162,35 @@ class RespClient:
             return await self._call(pack(b"EVAL", script.source, len(keys), *keys, *args), asking)
 
     async def evalsha_wait(self, script: Script, keys: Sequence[str], args: Sequence[Arg],
-                           replicas: int, timeout_ms: int) -> tuple[Any, int]:
+                           replicas: int, timeout_ms: int, *, asking: bool = False
+                           ) -> tuple[Any, int]:
         """The script and `WAIT replicas timeout_ms` in one write on this connection (WAIT
         counts only this connection's writes): (the script's reply, replicas that have it).
-        WAIT holds up the commands pipelined behind it until the replicas answer."""
+        WAIT holds up the commands pipelined behind it until the replicas answer. `asking`:
+        `ASKING` first (an ASK redirect), in the same write, so WAIT counts the write made
+        on the importing node."""
         wait = pack(b"WAIT", replicas, timeout_ms)
         try:
-            return await self._pair(pack(b"EVALSHA", script.sha, len(keys), *keys, *args), wait)
+            return await self._pair(pack(b"EVALSHA", script.sha, len(keys), *keys, *args), wait,
+                                    asking)
         except NoScriptError:
-            return await self._pair(pack(b"EVAL", script.source, len(keys), *keys, *args), wait)
+            return await self._pair(pack(b"EVAL", script.source, len(keys), *keys, *args), wait,
+                                    asking)
 
-    async def _pair(self, first: bytes, second: bytes) -> tuple[Any, int]:
+    async def _pair(self, first: bytes, second: bytes, asking: bool) -> tuple[Any, int]:
         try:
-            return await self._send_pair(await self._connected(), first, second)
+            return await self._send_pair(await self._connected(), first, second, asking)
         except RedisConnectionError:  # as `_call`: once more on a new connection
-            return await self._send_pair(await self._connected(), first, second)
+            return await self._send_pair(await self._connected(), first, second, asking)
 
     @staticmethod
-    async def _send_pair(connection: _Connection, first: bytes, second: bytes
+    async def _send_pair(connection: _Connection, first: bytes, second: bytes, asking: bool
                          ) -> tuple[Any, int]:
-        one, two = connection.send(first), connection.send(second)
+        ask = connection.send(pack(b"ASKING")) if asking else None
+        one, two = connection.send(first), connection.send(second)  # one write, in order
         try:
+            if ask is not None:
+                await ask
             result = await one
         except BaseException:
             two.cancel()  # its reply is read and dropped
