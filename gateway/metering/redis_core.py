@@ -1,6 +1,7 @@
 """The Redis meter's core: its state, and the plumbing its operations share.
 
-Scripts run over the pipelined client (`resp.py`, or redis-py's over TLS),
+Scripts run over the pipelined client (`resp.py`, over TCP or TLS; redis-py's only with
+a credential provider),
 with WAIT after a settle when replicas must confirm it; a transport failure
 opens the circuit breaker (per shard tag on a cluster) and becomes a 503
 (`gateway/storage/redis.py`'s one error map). A workspace missing from Redis
@@ -76,11 +77,14 @@ class RedisCore:
         sources = {"caps": CAPS, "reserve": RESERVE, "settle": SETTLE, "void": VOID, "balance": BALANCE,
                    "apply": APPLY, "seed": SEED, "mark": MARK}
         # The scripts go through the pipelined client (redis-py's per-command cost was most
-        # of a request's); redis-py keeps the rest, and the scripts too over TLS.
+        # of a request's); redis-py keeps the rest.
         self._fast = script_client(client)
         self._lua = {name: Script(src) for name, src in sources.items()}
         self._scripts = {} if self._fast is not None else {
             name: client.register_script(src) for name, src in sources.items()}
+        if wait_replicas and self._fast is None:
+            log.warning("BOOKBAG_REDIS_WAIT_REPLICAS is not applied: WAIT needs the meter's "
+                        "own connection, which a Redis credential provider rules out")
         self._keys: dict[str, WorkspaceKeys] = {}
         self._periods: dict[str, tuple[float, float, str, str]] = {}  # anchor -> the one now
         self._facts: dict[str, Facts] = {}

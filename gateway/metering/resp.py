@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, cast
@@ -140,8 +141,10 @@ class RespClient:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 6379, *, path: str | None = None,
                  db: int = 0, username: str | None = None, password: str | None = None,
-                 connect_timeout: float, timeout: float) -> None:
+                 connect_timeout: float, timeout: float, tls: ssl.SSLContext | None = None
+                 ) -> None:
         self._address = (host, port)
+        self._tls = tls  # rediss://: the same pipelining over TLS
         self._path = path
         self._setup = [pack("AUTH", *([username] if username else []), password)] \
             if password else []
@@ -233,7 +236,7 @@ class RespClient:
                         lambda: _Connection(loop, self._timeout), self._path)
                 else:
                     _, connection = await loop.create_connection(
-                        lambda: _Connection(loop, self._timeout), *self._address)
+                        lambda: _Connection(loop, self._timeout), *self._address, ssl=self._tls)
         except TimeoutError as exc:  # before OSError, its base class: a timeout is not retried
             raise RedisTimeoutError("Timeout connecting to Redis") from exc
         except OSError as exc:

@@ -23,6 +23,7 @@ Refreshes are shared by concurrent callers and at most one per `REFRESH_INTERVAL
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -46,8 +47,10 @@ class ClusterScripts:
     """`evalsha(script, keys, args)` like `RespClient`, routed by the slot of `keys[0]`."""
 
     def __init__(self, cluster: Redis, *, username: str | None, password: str | None,
-                 connect_timeout: float, timeout: float) -> None:
+                 connect_timeout: float, timeout: float, tls: ssl.SSLContext | None = None
+                 ) -> None:
         self._cluster = cluster
+        self._tls = tls
         self._username = username
         self._password = password
         self._connect_timeout = connect_timeout
@@ -65,7 +68,7 @@ class ClusterScripts:
             client = self._nodes[address] = RespClient(
                 address[0], address[1], username=self._username, password=self._password,
                 connect_timeout=self._connect_timeout,
-                timeout=self._timeout)
+                timeout=self._timeout, tls=self._tls)
         return client
 
     def _primary(self, slot: int) -> tuple[str, int]:
