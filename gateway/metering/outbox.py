@@ -11,10 +11,8 @@ Each step:
              ON CONFLICT (request_id) DO NOTHING: an entry written twice is written once
   5. ack     XACK and XDEL only after the commit, and drop the request ids from the
              shard's `pending` hash (settled, not yet in SQL: what "was it charged?" reads)
-
-At each lease renewal the owner of a shard checks its epoch (the replication id of its
-primary) and, when it changed, rebuilds the shard's balances from SQL before its next
-step (`redis_rebuild.py`).
+At each lease renewal a shard's owner checks its epoch and, when it changed, rebuilds
+its balances from SQL before its next step (`redis_rebuild.py`).
 
 After each commit `on_commit` gets the entries inserted and how long ago the
 oldest of them was settled (`/metrics`: bookbag_ledger_write_lag_seconds{store="redis"}).
@@ -77,8 +75,7 @@ class OutboxConsumer:
         self._streams = {shard.outbox: shard.lease for shard in shards}
         self._pending = {shard.outbox: shard.pending for shard in shards}
         self._shards = {shard.outbox: shard for shard in shards}
-        # The lease owner of a shard rebuilds its balances from SQL when its epoch changed
-        # (a replica promoted, a Redis restarted), between its own steps: `redis_rebuild.py`.
+        # A shard's lease owner rebuilds it when its epoch changed (`redis_rebuild.py`).
         self.rebuilder = Rebuilder(client, engine, self.layout)
         self.owned: set[str] = set()  # streams whose lease this consumer holds
         self._to_claim: set[str] = set()
@@ -154,21 +151,11 @@ class OutboxConsumer:
                 await self._ensure_group(stream)
                 self.owned.add(stream)
                 self._to_claim.add(stream)
-        for stream in sorted(self.owned):
-            await self._rebuild(stream)
+        for stream in sorted(self.owned):  # a new epoch: rebuilt before the next step
+            if not await self.rebuilder.checked(self._shards[stream]):
+                self.owned.discard(stream)  # its shard is down (Redis Cluster)
         self._renewed = time.monotonic()
         return self.owned
-
-    async def _rebuild(self, stream: str) -> None:
-        """Rebuild the shard's balances if its epoch changed; its shard being down costs
-        only its own stream (Redis Cluster), as in `_lease_one`."""
-        try:
-            await self.rebuilder.check(self._shards[stream])
-        except ERRORS as exc:
-            if not is_cluster(self._redis) or not transient(exc):
-                raise
-            log.warning("outbox %s: epoch check failed (%s)", stream, exc)
-            self.owned.discard(stream)
 
     async def _lease_one(self, lease: str) -> int | None:
         """Take or renew one lease; None when its shard is down (Redis Cluster: the other

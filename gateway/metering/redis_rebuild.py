@@ -41,7 +41,7 @@ from gateway.accounts.spend_caps import charged
 from gateway.metering.redis_keys import Layout, ShardKeys
 from gateway.metering.redis_scripts import REBUILD
 from gateway.storage.database import snapshot
-from gateway.storage.redis import Redis, is_cluster
+from gateway.storage.redis import ERRORS, Redis, is_cluster, transient
 
 log = logging.getLogger("bookbag.meter")
 
@@ -96,19 +96,33 @@ class Rebuilder:
         self._script = client.register_script(REBUILD)
         self.rebuilt = 0  # workspaces rebuilt (tests and logs read it)
 
+    async def checked(self, shard: ShardKeys) -> bool:
+        """`check`; False when the shard is down on a Cluster (the others go on)."""
+        try:
+            await self.check(shard)
+        except ERRORS as exc:
+            if not is_cluster(self._redis) or not transient(exc):
+                raise
+            log.warning("%s: epoch check failed (%s)", shard.rebuilt, exc)
+            return False
+        return True
+
     async def check(self, shard: ShardKeys) -> bool:
         """Rebuild the shard if its primary is not the one last rebuilt; True if it was."""
         epoch = await self._epoch(shard.rebuilt)
-        if not epoch or await self._redis.get(shard.rebuilt) == epoch:
+        previous = await self._redis.get(shard.rebuilt)
+        if not epoch or previous == epoch:
             return False
         count = 0
         for workspace_id in await self._workspaces(shard):
             count += await self.rebuild(workspace_id, shard)
         await self._redis.set(shard.rebuilt, epoch)
         self.rebuilt += count
-        if count:
-            log.warning("new epoch %s on %s: rebuilt %d balance(s) from SQL", epoch,
-                        shard.holds.rsplit(":", 1)[0], count)
+        # No epoch recorded yet: a new deployment (or this release's first start); else a
+        # promoted replica or a restarted Redis.
+        log.log(logging.WARNING if previous else logging.INFO,
+                "new epoch %s on %s: rebuilt %d balance(s) from SQL", epoch,
+                shard.holds.rsplit(":", 1)[0], count)
         return True
 
     async def _epoch(self, key: str) -> str:
