@@ -21,7 +21,8 @@ What is rebuilt, per workspace (one `REBUILD` script, `redis_scripts.py`):
 Why it is exact: only the lease owner moves the shard's entries to SQL, and it runs the
 rebuild between its own steps, so no entry of the shard reaches SQL between the SQL
 snapshot and the script; an entry appended after the snapshot is not in SQL and is
-applied on top; the script reads the outbox and the holds atomically with its write. A
+applied on top; the script reads the holds, and the outbox entries appended since the
+consumer read the stream (once per shard, in pages), atomically with its write. A
 grant written to SQL after the snapshot is not in the rebuilt `applied` set: the sync
 applies it (its shard's watermark is on the same shard, `redis_sync.py`). Not recovered:
 a settle that reached neither the replica nor SQL (its hold, if it replicated, is voided
@@ -114,8 +115,13 @@ class Rebuilder:
         if not epoch or previous == epoch:
             return False
         count = 0
+        since, entries = await self._outbox(shard)
+        holds = await self._redis.hgetall(shard.holds)
         for workspace_id in await self._workspaces(shard):
-            count += await self.rebuild(workspace_id, shard)
+            held = [rid for rid, value in holds.items()
+                    if str(value).startswith(workspace_id + "|")]
+            count += await self.rebuild(workspace_id, shard, since,
+                                        entries.get(workspace_id, []), held)
         await self._redis.set(shard.rebuilt, epoch)
         self.rebuilt += count
         # No epoch recorded yet: a new deployment (or this release's first start); else a
@@ -153,28 +159,47 @@ class Rebuilder:
             if int(cursor) == 0:
                 return found
 
-    async def rebuild(self, workspace_id: str, shard: ShardKeys) -> int:
-        """Rebuild one workspace (1), or 0 when it is not in Redis or SQL."""
+    async def _outbox(self, shard: ShardKeys) -> tuple[str, dict[str, list[tuple[str, str]]]]:
+        """The shard's outbox, read once in pages: the last id read, and per workspace its
+        entries' (request id, JSON) in order (the script reads only what came after)."""
+        since = ""
+        out: dict[str, list[tuple[str, str]]] = {}
+        while True:
+            page = await self._redis.xrange(shard.outbox, min="(" + since if since else "-",
+                                            count=1000)
+            for id_, fields in page:
+                raw = (fields or {}).get("e")
+                try:
+                    data = orjson.loads(raw) if raw else None
+                except orjson.JSONDecodeError:
+                    data = None
+                if isinstance(data, dict) and raw:
+                    out.setdefault(str(data.get("workspace_id")), []).append(
+                        (str(data.get("request_id")), raw))
+                since = str(id_)
+            if len(page) < 1000:
+                return since, out
+
+    async def rebuild(self, workspace_id: str, shard: ShardKeys, since: str = "",
+                      entries: list[tuple[str, str]] | None = None,
+                      held: list[str] | None = None) -> int:
+        """Rebuild one workspace (1), or 0 when it is not in Redis or SQL. `entries`: its
+        outbox entries up to the id `since`; `held`: its holds' request ids."""
+        entries = entries or []
         bal, applied = self.layout.bal(workspace_id), self.layout.applied(workspace_id)
-        entries = await self._redis.xrange(shard.outbox)
-        holds = await self._redis.hgetall(shard.holds)
-        ids = [rid for rid, value in holds.items() if str(value).startswith(workspace_id + "|")]
-        for _, fields in entries:
-            try:
-                data = orjson.loads((fields or {}).get("e", "null"))
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(data, dict) and data.get("workspace_id") == workspace_id:
-                ids.append(str(data.get("request_id")))
+        ids = [*(held or []), *(rid for rid, _ in entries)]
         cap_fields = [f for f in await self._redis.hkeys(bal) if str(f).startswith("cap:")]
         snap = await asyncio.to_thread(load_snapshot, self._engine, workspace_id, ids, cap_fields)
         if snap is None:
             return 0
+        known = set(snap.known)
+        unknown = [raw for rid, raw in entries if rid not in known]  # SQL lacks them
         result = await self._script(
             keys=[bal, applied, shard.holds, shard.exp, shard.outbox],
             args=[workspace_id, snap.period, snap.allotment, snap.allotment_remaining,
                   snap.topups_remaining, len(snap.known), *snap.known, len(snap.applied),
-                  *snap.applied, *(x for c in snap.caps for x in c)])
+                  *snap.applied, since, len(unknown), *unknown,
+                  *(x for c in snap.caps for x in c)])
         if not result:
             return 0
         if int(result[4]):
