@@ -288,7 +288,12 @@ async def test_after_a_failover_the_shard_is_rebuilt_from_sql(
         assert replica is not None
         hold = await meter.reserve(ws, 3, "settled-then-lost")
         direct = redis.Redis(port=primary.port, socket_timeout=5)
-        assert direct.execute_command("WAIT", 1, 5000) == 1  # seed and hold are replicated
+        deadline = time.monotonic() + 30
+        while direct.get(meter.layout.of(ws).rebuilt) is None:  # the consumer's first epoch
+            assert time.monotonic() < deadline, "no epoch recorded"
+            await asyncio.sleep(0.05)
+        direct.set(f"probe:{{s{shard_of(ws):02d}}}", 1)  # WAIT counts this connection's writes
+        assert direct.execute_command("WAIT", 1, 5000) == 1  # epoch, seed, hold replicated
         replica.pause()
         direct.execute_command("CLIENT", "KILL", "TYPE", "replica")  # nothing more replicates
         direct.close()

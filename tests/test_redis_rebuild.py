@@ -51,7 +51,10 @@ async def test_a_rebuild_restores_balance_cap_usage_and_grants_seen_from_sql_and
         direct.hset(layout.bal(ws), mapping={"allot_rem": 999, "top_rem": 999, "reserved": 7,
                                              f"cap:{before.period_start}:key:k1": 42})
         direct.delete(layout.applied(ws))
-        assert await rebuilder.check(layout.of(ws))  # no epoch recorded yet: rebuilt
+        assert not await rebuilder.check(layout.of(ws))  # the first epoch: only recorded
+        assert rebuilder.rebuilt == 0
+        direct.set(layout.of(ws).rebuilt, "another-primary")  # as before a failover
+        assert await rebuilder.check(layout.of(ws))
         assert rebuilder.rebuilt == 1
 
         after = await meter.balance(ws)

@@ -4,7 +4,9 @@ A shard's *epoch* is the replication id of the primary serving it. It changes wh
 replica is promoted (a failover) and when a Redis restarts; the shard's `rebuilt` key
 names the epoch whose data was last rebuilt. The outbox consumer that holds a shard's
 lease checks it each time it renews its leases; on a change it rebuilds every workspace
-of the shard that is in Redis, then records the new epoch.
+of the shard that is in Redis, then records the new epoch. With no epoch recorded (a new
+deployment, this release's first start, a Redis that lost everything) it only records one:
+there is nothing stale to rebuild.
 
 What is rebuilt, per workspace (one `REBUILD` script, `redis_scripts.py`):
 
@@ -114,6 +116,9 @@ class Rebuilder:
         previous = await self._redis.get(shard.rebuilt)
         if not epoch or previous == epoch:
             return False
+        if previous is None:  # no epoch recorded: a new deployment, an upgrade, or a Redis
+            await self._redis.set(shard.rebuilt, epoch)  # that lost everything (so nothing
+            return False  # in it to rebuild: balances are seeded from SQL as they are asked)
         count = 0
         since, entries = await self._outbox(shard)
         holds = await self._redis.hgetall(shard.holds)
@@ -124,11 +129,8 @@ class Rebuilder:
                                         entries.get(workspace_id, []), held)
         await self._redis.set(shard.rebuilt, epoch)
         self.rebuilt += count
-        # No epoch recorded yet: a new deployment (or this release's first start); else a
-        # promoted replica or a restarted Redis.
-        log.log(logging.WARNING if previous else logging.INFO,
-                "new epoch %s on %s: rebuilt %d balance(s) from SQL", epoch,
-                shard.holds.rsplit(":", 1)[0], count)
+        log.warning("new epoch %s on %s (a promoted replica or a restarted Redis): rebuilt "
+                    "%d balance(s) from SQL", epoch, shard.holds.rsplit(":", 1)[0], count)
         return True
 
     async def _epoch(self, key: str) -> str:
