@@ -8,7 +8,8 @@ Layout (2 cores): the gateway, the reference relay and their threads on core 0
 direct (wrk -> fake provider), reference (bare Starlette + aiohttp relay),
 embedded (metering on, SQLite memory meter, synchronous=FULL), metering off,
 Redis (when the Redis meter exists and BOOKBAG_REDIS_URL answers), Redis cluster
-(`--cluster`: three primaries with a replica each, started here). Scenarios:
+(`--cluster`: three primaries with a replica each, started here; one gateway process and,
+as `redis cluster x2`, two sharing it, bench/pair.py). Scenarios:
 JSON / stream x 1 / 16 / 64 in flight x 0 ms / 50 ms provider, each run back
 to back for every variant so that ratios come from the same minute. Then the
 dialects (bench/dialects.py; `--no-dialects` skips them): the Messages and Responses
@@ -30,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import dialects
+from bench import dialects, pair
 from bench.load import Result, Target, ensure_wrk, probe, wrk
 from bench.procs import Proc
 from bench.report import Run, machine, render
@@ -57,6 +58,8 @@ def scenarios(quick: bool) -> list[tuple[str, int, int]]:
 
 
 def measure(target: Target, proc: Proc, conns: int, seconds: float) -> Result:
+    if isinstance(proc, pair.PairProc):  # two gateway processes: wrk on each, CPU of both
+        return pair.measure(target, proc, conns, seconds)
     before = proc.cpu_seconds()
     result = wrk(target, conns, seconds)
     result.cpu_s = proc.cpu_seconds() - before
@@ -99,6 +102,7 @@ def start_gateways(run: Run, workdir: Path, fast: int, slow: int, only: set[str]
         ("embedded", {}), ("embedded + caps", {}), ("metering off", {"BOOKBAG_METERING": "off"})]
     if cluster_url:  # --cluster: the Redis meter on a three-primary Redis Cluster
         wanted.append(("redis cluster", {"BOOKBAG_REDIS_URL": cluster_url}))
+        wanted.append(("redis cluster x2", {"BOOKBAG_REDIS_URL": cluster_url}))  # 2 processes
     redis_url = os.environ.get("BOOKBAG_REDIS_URL") or "redis://127.0.0.1:6379/15"
     if not redis_meter_available():
         run.notes.append("Redis: not yet (gateway/metering/redis.py does not exist)")
@@ -127,8 +131,10 @@ def start_gateways(run: Run, workdir: Path, fast: int, slow: int, only: set[str]
         if only is None and name == "embedded + caps":  # asked for by name (--only) only
             continue
         try:
-            gw = start_gateway(name.replace(" ", "-").replace("+", "caps"), workdir, plain, env,
-                               caps=name == "embedded + caps")
+            gw = pair.start_pair(name.replace(" ", "-"), workdir, plain, env) \
+                if name.endswith(" x2") else \
+                start_gateway(name.replace(" ", "-").replace("+", "caps"), workdir, plain, env,
+                              caps=name == "embedded + caps")
         except RuntimeError as exc:
             if name != "redis":
                 raise
@@ -148,7 +154,7 @@ def main() -> None:
     parser.add_argument("--probe", type=int, help="sequential requests per TTFB probe")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--only", help="comma-separated gateway variants: embedded,"
-                        "embedded + caps,metering off,redis,redis cluster")
+                        "embedded + caps,metering off,redis,redis cluster,redis cluster x2")
     parser.add_argument("--cluster", action="store_true",
                         help="also run the Redis meter on a Redis Cluster this script starts "
                              "(six redis-server processes: 3 primaries + 1 replica each)")
@@ -213,9 +219,9 @@ def main() -> None:
 
             print(f"warming up ({', '.join(g.name for g in gateways)}) ...", flush=True)
             for mode in MODES:
-                for name, target, _ in targets(mode, 0):
+                for name, target, proc in targets(mode, 0):
                     if name != "direct":  # the fake provider needs no warming
-                        wrk(target, 16, max(1.0, seconds / 2))
+                        measure(target, proc, 16, max(1.0, seconds / 2))
             for mode in MODES:
                 for name, target, _ in targets(mode, 0):
                     run.probes[(name, mode)] = probe(target, probe_n)

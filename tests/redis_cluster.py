@@ -23,7 +23,9 @@ from typing import Any
 
 import redis
 
+from tests.harness import free_port
 from tests.redis_server import RedisServer
+from tests.tls_certs import TlsFiles
 
 # The gateway's shard tags by slot: {s14} 299, {s10} 431, {s07} 633, {s03} 765, {s15} 4362,
 # {s11} 4494 | {s06} 4696, {s02} 4828, {s12} 8685, {s05} 8763, {s01} 8895 | {s09} 9143,
@@ -46,17 +48,28 @@ def _bus_port_pair() -> int:
 
 
 class RedisCluster:
-    def __init__(self, directory: Path, *, node_timeout_ms: int = 2000, aof: bool = False) -> None:
+    def __init__(self, directory: Path, *, node_timeout_ms: int = 2000, aof: bool = False,
+                 tls: TlsFiles | None = None) -> None:
         self.node_timeout_ms = node_timeout_ms
         extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                  "--cluster-node-timeout", str(node_timeout_ms),
                  "--cluster-require-full-coverage", "no", "--repl-diskless-sync-delay", "0"]
         self.nodes = [RedisServer(directory / f"node{i}", aof=aof, extra=extra)
                       for i in range(2 * len(SLOT_RANGES))]
+        self.tls_ports: dict[int, int] = {}  # plain port -> TLS port (tls: clients, bus, replication)
         for node in self.nodes:  # the cluster bus listens on port + 10000
             node.port = _bus_port_pair()
             node.url = f"redis://127.0.0.1:{node.port}/0"
+            if tls is not None:  # the plain port stays, for the helpers here; TLS clients see
+                self.tls_ports[node.port] = free_port()  # the TLS ports in the slot map
+                node.extra = [*node.extra, "--tls-port", str(self.tls_ports[node.port]),
+                              *tls.server_args(), "--tls-cluster", "yes",
+                              "--tls-replication", "yes",  # else the bus is at TLS port + 10000
+                              "--cluster-port", str(node.port + 10000)]
         self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        if tls is not None:
+            self.url = "rediss+cluster://" + ",".join(
+                f"127.0.0.1:{self.tls_ports[n.port]}" for n in self.nodes)
         self._ids: dict[int, str] = {}
 
     def _client(self, server: RedisServer) -> redis.Redis:

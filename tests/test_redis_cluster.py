@@ -7,7 +7,10 @@ session's cluster (tests/redis_cluster.py: three primaries with a replica each).
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from gateway.clock import ManualClock
 from gateway.errors import ServiceUnavailable
 from gateway.metering.cluster_url import ClusterUrl, cluster_url
 from gateway.metering.redis import RedisMeter
-from gateway.metering.redis_keys import shard_of
+from gateway.metering.redis_keys import SHARDS, Layout, shard_of
 from gateway.settings import Settings, SettingsError
 from gateway.storage.redis import connect
 from tests.conftest import GatewayFactory, service_missing
@@ -28,7 +31,7 @@ from tests.fake_provider import FakeProvider
 from tests.harness import RunningGateway
 from tests.meter_contract import HOLD_TTL, START, allotment_for, catalog, reply
 from tests.redis_backend import IDLE, redis_backend
-from tests.redis_cluster import RedisCluster
+from tests.redis_cluster import RedisCluster, sync_client
 
 
 def test_the_cluster_url_names_its_seeds_credentials_and_tls() -> None:
@@ -162,6 +165,64 @@ async def test_with_a_shard_down_the_others_are_swept_counted_and_asked(
         await backend.close()
 
 
+async def test_with_a_shard_down_the_other_shards_grants_arrive_and_their_marks_move(
+    own_cluster: RedisCluster, tmp_path: Path,
+) -> None:
+    """The grant sync's watermark is per shard tag, on that shard: with one shard (primary
+    and replica) gone, grants written straight to SQL (the CLI) still reach the other
+    shards' workspaces and those shards' watermarks move; the dead shard's grants wait. A
+    shard without a mark of its own starts from the old untagged `bk:sync:seq` (upgrade)."""
+    clock = ManualClock(START)
+    backend = redis_backend("cluster-sync", f"sqlite:///{tmp_path / 'meter.db'}",
+                            own_cluster.url, clock)
+    layout = Layout(prefix="t" + uuid.uuid4().hex[:12])
+    meter = RedisMeter(connect(own_cluster.url, timeout=2.0), backend.engine, clock,
+                       allotment_for(catalog()), hold_ttl=HOLD_TTL, sync_interval=IDLE,
+                       sweep_interval=IDLE, breaker=0.1, layout=layout, sync_lag=0.0)
+    direct = sync_client(own_cluster.url)
+
+    def newest() -> int:
+        with backend.engine.connect() as conn:
+            return int(conn.exec_driver_sql("SELECT MAX(seq) FROM ledger").scalar_one())
+
+    def marks(shards: list[int]) -> set[int]:
+        return {int(direct.get(layout.shard(i).sync) or 0) for i in shards}
+
+    try:
+        workspaces = [await backend.workspace(allotment=10) for _ in range(12)]
+        for ws in workspaces:
+            await meter.balance(ws)  # seeded
+        direct.set(layout.legacy_sync_mark, newest())  # what an older gateway left
+        await meter.sync()
+        assert marks(list(range(SHARDS))) == {newest()}  # every shard took over the old mark
+
+        tag_primary = {i: own_cluster.primary_of(key_slot(f"{{s{i:02d}}}".encode()))
+                       for i in range(SHARDS)}
+        down = tag_primary[shard_of(workspaces[0])]
+        on_down = [ws for ws in workspaces if tag_primary[shard_of(ws)] is down]
+        elsewhere = [ws for ws in workspaces if tag_primary[shard_of(ws)] is not down]
+        live_shards = [i for i in range(SHARDS) if tag_primary[i] is not down]
+        assert elsewhere
+        replica = own_cluster.replica_of(down)
+        assert replica is not None
+        replica.kill()
+        down.kill()
+
+        for round_ in range(2):  # the dead shard's grant first: it does not hold up the others
+            for ws in (on_down[0], *elsewhere):
+                assert backend.accounts.apply(
+                    backend.accounts.topup_entry(ws, 50, ref=f"cli-{round_}-{ws}"))
+            with pytest.raises(ServiceUnavailable):
+                await meter.sync()
+            for ws in elsewhere:
+                assert (await meter.balance(ws)).available == 10 + 50 * (round_ + 1), ws
+            assert marks(live_shards) == {newest()}  # the live shards' marks moved
+    finally:
+        direct.close()
+        await meter.close()
+        await backend.close()
+
+
 # --- failover: a new epoch ----------------------------------------------------------------
 
 
@@ -205,6 +266,71 @@ async def test_a_hold_lost_in_a_failover_is_charged_at_settle(
         await backend.close()
 
 
+async def test_after_a_failover_the_shard_is_rebuilt_from_sql(
+    own_cluster: RedisCluster, tmp_path: Path,
+) -> None:
+    """kill -9 of a primary with a settle and a top-up it never replicated, after the
+    settle's entry reached SQL through its outbox: the promoted replica still has the hold
+    and lacks the top-up. The shard's new epoch makes its outbox consumer rebuild the
+    balance from SQL: the hold SQL already charged is dropped (the sweep cannot give its
+    credits back), the top-up is in, and nothing is charged twice."""
+    clock = ManualClock(START)
+    backend = redis_backend("cluster-rebuild", f"sqlite:///{tmp_path / 'meter.db'}",
+                            own_cluster.url, clock)
+    try:
+        meter = await backend.meter()
+        assert isinstance(meter, RedisMeter) and meter.outbox is not None
+        ws = await backend.workspace(allotment=10)
+        await meter.balance(ws)  # seeded
+        slot = key_slot(f"{{s{shard_of(ws):02d}}}".encode())
+        primary = own_cluster.primary_of(slot)
+        replica = own_cluster.replica_of(primary)
+        assert replica is not None
+        hold = await meter.reserve(ws, 3, "settled-then-lost")
+        direct = redis.Redis(port=primary.port, socket_timeout=5)
+        deadline = time.monotonic() + 30
+        while direct.get(meter.layout.of(ws).rebuilt) is None:  # the consumer's first epoch
+            assert time.monotonic() < deadline, "no epoch recorded"
+            await asyncio.sleep(0.05)
+        direct.set(f"probe:{{s{shard_of(ws):02d}}}", 1)  # WAIT counts this connection's writes
+        assert direct.execute_command("WAIT", 1, 5000) == 1  # epoch, seed, hold replicated
+        replica.pause()
+        direct.execute_command("CLIENT", "KILL", "TYPE", "replica")  # nothing more replicates
+        direct.close()
+        await meter.settle(hold, reply(hold))  # acknowledged by the primary alone
+        assert await meter.grant(backend.accounts.topup_entry(ws, 50, ref="lost-topup"))
+        await backend.flush()  # the settle's entry is in SQL, read from the old primary
+
+        rebuilt = meter.outbox.rebuilder.rebuilt
+        primary.kill()
+        replica.resume()
+        redis.Redis(port=replica.port, socket_timeout=5).execute_command(
+            "CLUSTER", "FAILOVER", "TAKEOVER")
+        assert own_cluster.wait_for_failover(slot, primary) is replica
+        deadline = time.monotonic() + 30
+        while meter.outbox.rebuilder.rebuilt == rebuilt:  # the consumer saw the new epoch
+            assert time.monotonic() < deadline, "the shard was not rebuilt"
+            await asyncio.sleep(0.1)
+
+        balance = await meter.balance(ws)
+        assert (balance.available, balance.reserved) == (57, 0)
+        clock.advance(HOLD_TTL + 1)
+        await meter.sweep()  # nothing left to void
+        await meter.sync()  # the top-up is applied once
+        assert (await meter.balance(ws)).available == 57
+        await backend.flush()
+        with backend.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT credits FROM ledger WHERE request_id = 'settled-then-lost'").fetchall()
+            sql_balance = conn.exec_driver_sql(
+                "SELECT allotment_remaining + topups_remaining FROM balances "
+                "WHERE workspace_id = ?", (ws,)).scalar_one()
+        assert [r[0] for r in rows] == [3]
+        assert sql_balance == 57  # Redis equals SQL's truth
+    finally:
+        await backend.close()
+
+
 # --- WAIT: a settle confirmed by a replica ------------------------------------------------
 
 
@@ -240,6 +366,68 @@ async def test_a_settle_no_replica_confirms_in_time_is_counted_unconfirmed(
         await meter.settle(hold, reply(hold))
         assert meter.unconfirmed == 1
         assert (await meter.balance(ws)).available == 4  # every settle stood
+    finally:
+        await meter.close()
+        await backend.close()
+
+
+async def test_wait_follows_an_ask_redirect_during_a_slot_migration(
+    own_cluster: RedisCluster, tmp_path: Path,
+) -> None:
+    """A workspace's slot migrating (CLUSTER SETSLOT ... MIGRATING / IMPORTING, its keys
+    already moved): the scripts get ASK, and a settle's WAIT goes with ASKING and the
+    script to the importing node, so it counts that node's replica: confirmed while the
+    replica runs, "unconfirmed" once it is paused."""
+    clock = ManualClock(START)
+    backend = redis_backend("cluster-ask", f"sqlite:///{tmp_path / 'meter.db'}",
+                            own_cluster.url, clock)
+    layout = Layout(prefix="t" + uuid.uuid4().hex[:12])
+    meter = RedisMeter(connect(own_cluster.url, timeout=2.0), backend.engine, clock,
+                       allotment_for(catalog()), hold_ttl=HOLD_TTL, sync_interval=IDLE,
+                       sweep_interval=IDLE, breaker=0.1, layout=layout, wait_replicas=1,
+                       wait_timeout=0.2)
+    try:
+        ws = await backend.workspace(allotment=10)
+        hold = await meter.reserve(ws, 1, "before-migration")  # seeded on the source
+        await meter.settle(hold, reply(hold))
+        # A hold in flight: the shard's holds and expiry keys exist (an empty hash is no key,
+        # and a script whose keys are partly absent on the importing node gets TRYAGAIN).
+        open_hold = await meter.reserve(ws, 1, "open")
+        slot = key_slot(f"{{s{shard_of(ws):02d}}}".encode())
+        source = own_cluster.primary_of(slot)
+        target = next(p for p in own_cluster.primaries() if p is not source)
+        src = redis.Redis(port=source.port, socket_timeout=5, decode_responses=True)
+        dst = redis.Redis(port=target.port, socket_timeout=5, decode_responses=True)
+        src_id, dst_id = src.execute_command("CLUSTER", "MYID"), dst.execute_command(
+            "CLUSTER", "MYID")
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        keys = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+        assert keys
+        src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+        assert src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000) == []
+        src.close()
+
+        hold = await meter.reserve(ws, 2, "asked")  # ASK: run on the importing node
+        await meter.settle(hold, reply(hold))
+        assert meter.unconfirmed == 0  # the importing node's replica confirmed it
+        replica = own_cluster.replica_of(target)
+        assert replica is not None
+        replica.pause()
+        try:
+            hold = await meter.reserve(ws, 3, "asked-unconfirmed")
+            await meter.settle(hold, reply(hold))
+            assert meter.unconfirmed == 1
+        finally:
+            replica.resume()
+        pipe = dst.pipeline(transaction=False)  # read on the importing node itself
+        pipe.execute_command("ASKING")  # ASKING lets the next command through
+        pipe.hget(layout.bal(ws), "allot_rem")
+        pipe.execute_command("ASKING")
+        pipe.hlen(layout.of(ws).holds)
+        assert pipe.execute()[1::2] == ["3", 1]  # 10 - 1 - 1 held - 2 - 3; the open hold
+        dst.close()
+        await meter.void(open_hold)
     finally:
         await meter.close()
         await backend.close()

@@ -183,7 +183,9 @@ async def test_the_meter_client_follows_the_redis_py_client(server: RedisServer)
             assert sync(server, db=2).get("here") == "1"
         finally:
             await resp.aclose()
-        assert script_client(tls) is None  # redis-py runs the scripts over TLS
+        over_tls = script_client(tls)  # the same pipelined client over TLS (test_redis_tls.py)
+        assert isinstance(over_tls, RespClient)
+        await over_tls.aclose()
     finally:
         await plain.aclose()
         await tls.aclose()

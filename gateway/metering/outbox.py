@@ -11,6 +11,8 @@ Each step:
              ON CONFLICT (request_id) DO NOTHING: an entry written twice is written once
   5. ack     XACK and XDEL only after the commit, and drop the request ids from the
              shard's `pending` hash (settled, not yet in SQL: what "was it charged?" reads)
+At each lease renewal a shard's owner checks its epoch and, when it changed, rebuilds
+its balances from SQL before its next step (`redis_rebuild.py`).
 
 After each commit `on_commit` gets the entries inserted and how long ago the
 oldest of them was settled (`/metrics`: bookbag_ledger_write_lag_seconds{store="redis"}).
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from gateway.metering.redis_keys import SHARDS, Layout, decode_entry
+from gateway.metering.redis_rebuild import Rebuilder
 from gateway.metering.redis_scripts import LEASE, RELEASE
 from gateway.storage.database import apply_entry, transaction
 from gateway.storage.periodic import Periodic
@@ -71,6 +74,9 @@ class OutboxConsumer:
         shards = [self.layout.shard(i) for i in range(SHARDS)]
         self._streams = {shard.outbox: shard.lease for shard in shards}
         self._pending = {shard.outbox: shard.pending for shard in shards}
+        self._shards = {shard.outbox: shard for shard in shards}
+        # A shard's lease owner rebuilds it when its epoch changed (`redis_rebuild.py`).
+        self.rebuilder = Rebuilder(client, engine, self.layout)
         self.owned: set[str] = set()  # streams whose lease this consumer holds
         self._to_claim: set[str] = set()
         self._renewed = 0.0
@@ -145,6 +151,9 @@ class OutboxConsumer:
                 await self._ensure_group(stream)
                 self.owned.add(stream)
                 self._to_claim.add(stream)
+        for stream in sorted(self.owned):  # a new epoch: rebuilt before the next step
+            if not await self.rebuilder.checked(self._shards[stream]):
+                self.owned.discard(stream)  # its shard is down (Redis Cluster)
         self._renewed = time.monotonic()
         return self.owned
 

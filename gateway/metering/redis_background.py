@@ -9,7 +9,7 @@ import logging
 from gateway.errors import ServiceUnavailable
 from gateway.metering.outbox import OutboxConsumer
 from gateway.metering.redis_core import RedisCore
-from gateway.metering.redis_keys import SHARDS, ShardKeys
+from gateway.metering.redis_keys import SHARDS, ShardKeys, shard_of
 from gateway.metering.redis_sync import Grant, GrantFeed
 from gateway.storage.offload import run_db
 from gateway.storage.redis import ERRORS, unavailable
@@ -77,27 +77,64 @@ class RedisBackground(RedisCore):
             await self._void(str(value).split("|", 1)[0], request_id)
 
     async def sync(self) -> None:
-        """Apply the grants written straight to SQL since the last poll, once each."""
-        if self._feed is None:  # resume where the gateways left off (the mark is in Redis)
+        """Apply the grants written straight to SQL since the last poll, once each. Shard by
+        shard: each shard's watermark lives on it, so a shard that is down (or whose mark is
+        not known yet) holds back only its own workspaces' grants; the others are applied
+        and their watermarks move, and the failure is reported afterwards."""
+        if self._feed is None:
+            self._feed = GrantFeed(self._engine, lag=self._sync_lag)
+        feed = self._feed
+        failed: ServiceUnavailable | None = None
+        unknown = [i for i in range(SHARDS) if i not in feed.lows]
+        for i in unknown:  # resume where the gateways left off (each shard's mark is on it)
             try:
-                low = int(await self._redis.get(self.layout.sync_mark) or 0)
-            except ERRORS as exc:
-                raise unavailable(exc) from exc
-            self._feed = GrantFeed(self._engine, low, lag=max(5.0, 3 * self._sync_interval))
-        grants, facts = await run_db(self._feed.read, list(self._facts))
-        self._facts.update(facts)
-        shards_down: ServiceUnavailable | None = None
-        for grant in grants:
-            try:
-                if await self._apply_grant(grant) >= 0:  # -1: not in Redis; its seed has it
-                    self._feed.done(grant)
+                low, saved = await self._sync_mark(self.layout.shard(i))
+                feed.know(i, low, saved=saved)
             except ServiceUnavailable as exc:
                 if not self._cluster:
                     raise
-                shards_down = exc  # its shard is down: the other workspaces' grants go on
-        if shards_down is not None:
-            raise shards_down  # no advance: the grants not applied are read again next time
-        await self._run("mark", [self.layout.sync_mark], [self._feed.advance()])
+                failed = exc
+        if not feed.lows:
+            assert failed is not None
+            raise failed
+        grants, facts = await run_db(feed.read, list(self._facts))
+        self._facts.update(facts)
+        behind = {i for i in range(SHARDS) if i not in feed.lows}
+        for grant in grants:
+            shard = shard_of(grant.workspace_id)
+            if shard in behind:
+                continue  # its shard failed this round: read again next time
+            try:
+                if await self._apply_grant(grant) >= 0:  # -1: not in Redis; its seed has it
+                    feed.done(grant)
+            except ServiceUnavailable as exc:
+                if not self._cluster:
+                    raise
+                failed = exc  # its shard is down: the other workspaces' grants go on
+                behind.add(shard)
+        for i, low in feed.advance(set(feed.lows) - behind).items():
+            try:
+                await self._run("mark", [self.layout.shard(i).sync], [low])
+            except ServiceUnavailable as exc:
+                if not self._cluster:
+                    raise
+                failed = exc
+        if failed is not None:
+            raise failed
+
+    async def _sync_mark(self, shard: ShardKeys) -> tuple[int, bool]:
+        """A shard's watermark; a shard without one starts from the untagged mark of the
+        gateways before per-shard marks (the upgrade), else from the start of the ledger."""
+        try:
+            mark = await self._redis.get(shard.sync)
+            if mark is None:
+                if self._legacy_mark is None:
+                    self._legacy_mark = int(await self._redis.get(
+                        self.layout.legacy_sync_mark) or 0)
+                return self._legacy_mark, False
+        except ERRORS as exc:
+            raise unavailable(exc) from exc
+        return int(mark), True
 
     async def _apply_grant(self, grant: Grant) -> int:
         applied = await self._apply(grant.request_id, grant.workspace_id, grant.kind,

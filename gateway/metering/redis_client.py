@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
@@ -20,22 +21,29 @@ log = logging.getLogger("bookbag.meter")
 
 def script_client(client: Redis) -> RespClient | ClusterScripts | None:
     """A pipelined client for the meter's scripts, to the server `client` talks to, with its
-    timeouts; None over TLS (or any other connection class): redis-py runs the scripts then."""
+    timeouts and TLS settings (`rediss://`: the same SSL context redis-py builds); None for
+    any other connection class or a credential provider: redis-py runs the scripts then."""
     from gateway.metering.resp import RespClient
 
     if is_cluster(client):
         from gateway.metering.resp_cluster import ClusterScripts
 
         kw: dict[str, Any] = client.get_connection_kwargs()
-        if kw.get("ssl") or kw.get("connection_class") not in (None, aioredis.Connection):
+        cls = kw.get("connection_class")
+        if cls not in (None, aioredis.Connection, aioredis.SSLConnection):
             return None
         return ClusterScripts(client, username=kw.get("username"), password=kw.get("password"),
                               connect_timeout=kw["socket_connect_timeout"],
-                              timeout=kw["socket_timeout"])
+                              timeout=kw["socket_timeout"],
+                              tls=_tls(kw) if kw.get("ssl") or cls is aioredis.SSLConnection
+                              else None)
     pool = client.connection_pool
     kwargs: dict[str, Any] = pool.connection_kwargs
-    if pool.connection_class is aioredis.Connection:
+    tls = None
+    if pool.connection_class in (aioredis.Connection, aioredis.SSLConnection):
         address: dict[str, Any] = {"host": kwargs["host"], "port": kwargs["port"]}
+        if pool.connection_class is aioredis.SSLConnection:
+            tls = _tls(kwargs)
     elif pool.connection_class is aioredis.UnixDomainSocketConnection:
         address = {"path": kwargs["path"]}
     else:
@@ -45,7 +53,13 @@ def script_client(client: Redis) -> RespClient | ClusterScripts | None:
     return RespClient(**address, db=int(kwargs.get("db") or 0), username=kwargs.get("username"),
                       password=kwargs.get("password"),
                       connect_timeout=kwargs["socket_connect_timeout"],
-                      timeout=kwargs["socket_timeout"])
+                      timeout=kwargs["socket_timeout"], tls=tls)
+
+
+def _tls(kwargs: dict[str, Any]) -> ssl.SSLContext:
+    """The SSL context redis-py's own connection would use (certificates, CA, checks)."""
+    return aioredis.SSLConnection(
+        **{k: v for k, v in kwargs.items() if k.startswith("ssl_")}).ssl_context.get()
 
 
 async def advise(client: Redis) -> None:

@@ -1,6 +1,7 @@
 """The Redis meter's core: its state, and the plumbing its operations share.
 
-Scripts run over the pipelined client (`resp.py`, or redis-py's over TLS),
+Scripts run over the pipelined client (`resp.py`, over TCP or TLS; redis-py's only with
+a credential provider),
 with WAIT after a settle when replicas must confirm it; a transport failure
 opens the circuit breaker (per shard tag on a cluster) and becomes a 503
 (`gateway/storage/redis.py`'s one error map). A workspace missing from Redis
@@ -58,6 +59,7 @@ class RedisCore:
         outbox: OutboxConsumer | None = None,
         wait_replicas: int = 0,
         wait_timeout: float = 0.05,
+        sync_lag: float | None = None,
     ) -> None:
         self._redis = client
         self._engine = engine
@@ -75,11 +77,14 @@ class RedisCore:
         sources = {"caps": CAPS, "reserve": RESERVE, "settle": SETTLE, "void": VOID, "balance": BALANCE,
                    "apply": APPLY, "seed": SEED, "mark": MARK}
         # The scripts go through the pipelined client (redis-py's per-command cost was most
-        # of a request's); redis-py keeps the rest, and the scripts too over TLS.
+        # of a request's); redis-py keeps the rest.
         self._fast = script_client(client)
         self._lua = {name: Script(src) for name, src in sources.items()}
         self._scripts = {} if self._fast is not None else {
             name: client.register_script(src) for name, src in sources.items()}
+        if wait_replicas and self._fast is None:
+            log.warning("BOOKBAG_REDIS_WAIT_REPLICAS is not applied: WAIT needs the meter's "
+                        "own connection, which a Redis credential provider rules out")
         self._keys: dict[str, WorkspaceKeys] = {}
         self._periods: dict[str, tuple[float, float, str, str]] = {}  # anchor -> the one now
         self._facts: dict[str, Facts] = {}
@@ -91,6 +96,9 @@ class RedisCore:
         self._cluster = is_cluster(client)
         self._down_until: dict[str, float] = {}
         self._feed: GrantFeed | None = None
+        # How long a seq may take to commit (the sync rereads that much, `redis_sync.py`).
+        self._sync_lag = max(5.0, 3 * sync_interval) if sync_lag is None else sync_lag
+        self._legacy_mark: int | None = None  # the untagged watermark, read once (upgrade)
         self._sweep_interval = sweep_interval
         self._loops: tuple[Periodic, ...] = ()
         self._advice: asyncio.Task[None] | None = None

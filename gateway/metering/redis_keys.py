@@ -12,6 +12,10 @@ crc32(workspace id) mod 16):
     <p>:{sNN}:pending                 hash: request ids of the settled entries not yet in SQL
     <p>:{sNN}:epoch                   a random id set when the shard is first seeded
     <p>:{sNN}:outbox:lease            which consumer writes this shard's outbox to SQL
+    <p>:{sNN}:sync:seq                the ledger seq up to which this shard's grants written
+                                      straight to SQL are applied (the sync's watermark)
+    <p>:{sNN}:rebuilt                 the replication id of the primary whose data was last
+                                      rebuilt from SQL (`redis_rebuild.py`)
 
 Why the hash tag is the shard, not the workspace: settle must append the
 entry to a stream in the same atomic script that removes the hold, so the
@@ -54,6 +58,8 @@ class ShardKeys:
     epoch: str
     lease: str
     pending: str
+    sync: str
+    rebuilt: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +78,8 @@ class Layout:
     def shard(self, shard: int) -> ShardKeys:
         base = f"{self.prefix}:{{s{shard:02d}}}"
         return ShardKeys(f"{base}:holds", f"{base}:exp", f"{base}:outbox", f"{base}:epoch",
-                         f"{base}:outbox:lease", f"{base}:pending")
+                         f"{base}:outbox:lease", f"{base}:pending", f"{base}:sync:seq",
+                         f"{base}:rebuilt")
 
     def bal(self, workspace_id: str) -> str:
         return f"{self.prefix}:{{s{shard_of(workspace_id):02d}}}:ws:{workspace_id}:bal"
@@ -91,8 +98,9 @@ class Layout:
                               shard.pending], shard)
 
     @property
-    def sync_mark(self) -> str:
-        """The ledger seq up to which grants written straight to SQL have been applied."""
+    def legacy_sync_mark(self) -> str:
+        """The one untagged watermark of gateways before the per-shard ones: read once, as
+        the starting point of a shard that has no mark of its own yet (the upgrade)."""
         return f"{self.prefix}:sync:seq"
 
 

@@ -202,3 +202,94 @@ local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1
 """
+
+# Rebuild one workspace's balance from SQL's snapshot plus what Redis has that SQL had not
+# (`redis_rebuild.py`: run by the shard's outbox consumer, so no entry of the shard reaches
+# SQL between the snapshot and this script).
+# KEYS bal, applied, holds, exp, outbox
+# ARGV workspace, SQL's period, allotment, allot_rem, top_rem,
+#      n, then n request ids SQL had (of the workspace's outbox entries and holds),
+#      m, then m grant/renewal ids SQL had,
+#      the outbox id read up to, r, then the workspace's r entries up to it (JSON, in order),
+#      then (cap field, subject, period, SQL's usage)...
+# -> 0 not in Redis (a seed will come from SQL) | {1, allot_rem, top_rem, reserved, dropped}
+# The outbox entries SQL lacked (those passed, then any appended since the id) are applied
+# on top of SQL's figures as SQL will apply them; a hold whose charge SQL already has is
+# dropped (its settle was lost with a primary after its entry reached SQL); the other
+# holds are subtracted as reserve took them. Only the entries appended since the caller's
+# read are read here, so a long outbox never holds Redis up for long.
+REBUILD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local ws = ARGV[1]
+local period, allotment, ar, tr = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local known, n = {}, tonumber(ARGV[6])
+for i = 7, 6 + n do known[ARGV[i]] = true end
+local at = 7 + n
+local applied, m = {}, tonumber(ARGV[at])
+for i = at + 1, at + m do applied[#applied + 1] = ARGV[i] end
+at = at + m + 1
+local since, r = ARGV[at], tonumber(ARGV[at + 1])
+local passed = at + 2
+at = passed + r
+local used = {}  -- subject|period -> credits charged or held that SQL has not
+local function use(subject, p, credits)
+  local k = subject .. '|' .. p
+  used[k] = (used[k] or 0) + credits
+end
+local function entry(raw)
+  local ok, d = pcall(cjson.decode, raw or '')
+  if not ok or type(d) ~= 'table' or d.workspace_id ~= ws or known[d.request_id] then return end
+  local ad, td = tonumber(d.allotment_delta or 0), tonumber(d.topup_delta or 0)
+  local p = d.period_start
+  if type(p) ~= 'string' then
+    tr = tr + td
+  elseif d.kind == 'allotment' and p > period then
+    period, allotment, ar, tr = p, ad, ad, tr + td
+  elseif p == period then
+    if d.kind == 'allotment' then allotment = allotment + ad end
+    ar, tr = ar + ad, tr + td
+  else
+    tr = tr + td
+  end
+  if d.kind == 'reply' then
+    if type(p) == 'string' then
+      if type(d.key_id) == 'string' then use('key:' .. d.key_id, p, tonumber(d.credits or 0)) end
+      if type(d.agent_id) == 'string' then use('agent:' .. d.agent_id, p, tonumber(d.credits or 0)) end
+    end
+  else
+    applied[#applied + 1] = d.request_id
+  end
+end
+for i = passed, at - 1 do entry(ARGV[i]) end
+for _, e in ipairs(redis.call('XRANGE', KEYS[5], since == '' and '-' or '(' .. since, '+')) do
+  for i = 1, #e[2], 2 do if e[2][i] == 'e' then entry(e[2][i + 1]) end end
+end
+local reserved, dropped = 0, 0
+local holds = redis.call('HGETALL', KEYS[3])
+for i = 1, #holds, 2 do
+  local id, h = holds[i], holds[i + 1]
+  local hws, credits, fa, ft, hp, caps = string.match(h, '^([^|]*)|(%d+)|(%d+)|(%d+)|([^|]*)|?(.*)$')
+  if hws == ws then
+    if known[id] then
+      redis.call('HDEL', KEYS[3], id)
+      redis.call('ZREM', KEYS[4], id)
+      dropped = dropped + 1
+    else
+      reserved = reserved + tonumber(credits)
+      if hp == period then ar = ar - tonumber(fa) end
+      tr = tr - tonumber(ft)
+      for subject in string.gmatch(caps, '[^,]+') do use(subject, hp, tonumber(credits)) end
+    end
+  end
+end
+redis.call('HSET', KEYS[1], 'period', period, 'allotment', allotment, 'allot_rem', ar,
+           'top_rem', tr, 'reserved', reserved)
+for i = at, #ARGV, 4 do
+  redis.call('HSET', KEYS[1], ARGV[i], tonumber(ARGV[i + 3]) + (used[ARGV[i + 1] .. '|' .. ARGV[i + 2]] or 0))
+end
+redis.call('DEL', KEYS[2])
+for i = 1, #applied, 1000 do
+  redis.call('SADD', KEYS[2], unpack(applied, i, math.min(i + 999, #applied)))
+end
+return {1, ar, tr, reserved, dropped}
+"""

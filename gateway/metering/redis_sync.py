@@ -5,8 +5,12 @@ enters Redis as a *seed*: SQL's settled projection plus the request ids of
 every grant and renewal it already contains, read in one snapshot, so a grant
 is counted in Redis exactly once whether it arrived with the seed or later.
 Grants the CLI writes straight to SQL (and the first renewal of a new
-workspace) reach Redis through `poll`: every non-reply entry past a
-watermark, applied once per request id by the meter's `APPLY` script.
+workspace) reach Redis through `poll`: every non-reply entry past its shard's
+watermark, applied once per request id by the meter's `APPLY` script. The
+watermark is per shard tag and lives on that shard (`bk:{sNN}:sync:seq`): a
+shard that is down holds back only its own workspaces' grants, and a shard
+that fails over to a replica lacking the last APPLYs also lacks the marks that
+passed them, so those grants are read and applied again.
 
 The watermark trails the newest seq by `lag` seconds: sequence numbers are
 taken at insert and transactions commit in any order, so an entry can become
@@ -26,6 +30,7 @@ from sqlalchemy import Engine
 
 from gateway.errors import ServiceUnavailable
 from gateway.metering.base import plan_at
+from gateway.metering.redis_keys import shard_of
 from gateway.periods import period_of
 from gateway.storage.database import apply_entry, snapshot, transaction
 from gateway.types import LedgerEntry
@@ -157,28 +162,44 @@ def _poll(engine: Engine, low: int, limit: int, loaded: list[str]
 
 
 class GrantFeed:
-    """Grants written to SQL past a watermark, each handed out until it is `done`.
+    """Grants written to SQL past a watermark per shard, each handed out until it is `done`.
 
-    Entries at or below `low` are finished; `low` trails the newest seq seen by
-    `lag` seconds (see the module docstring), so the last seconds are read again
-    and an entry that committed late is not skipped.
+    Each shard tag has its own watermark (`lows`, kept in Redis on that shard): entries of a
+    shard's workspaces at or below its low are finished. A shard whose low is not known yet
+    (down at startup) is left out until `know` is told it; the feed reads from the lowest
+    known low and skips what each shard has finished. The lows trail the newest seq seen by
+    `lag` seconds (see the module docstring), so the last seconds are read again and an
+    entry that committed late is not skipped; a shard that failed in a round keeps its low.
     """
 
-    def __init__(self, engine: Engine, low: int, *, lag: float, page: int = 1000) -> None:
+    def __init__(self, engine: Engine, *, lag: float, page: int = 1000) -> None:
         self._engine = engine
-        self.low = low
+        self.lows: dict[int, int] = {}  # shard -> its watermark (the shards known so far)
         self._lag = lag
         self._page = page
+        self._safe = 0  # the newest seq read at least `lag` seconds ago
         self._marks: deque[tuple[float, int]] = deque()
-        self._seen: dict[str, int] = {}  # request id -> seq, of grants done above `low`
+        self._seen: dict[str, int] = {}  # request id -> seq, of grants done above a low
+        self._unsaved: set[int] = set()
+
+    def know(self, shard: int, low: int, *, saved: bool = True) -> None:
+        """A shard's watermark; `saved=False`: not in Redis yet (advance returns it)."""
+        self.lows[shard] = max(low, self.lows.get(shard, 0))
+        if not saved:
+            self._unsaved.add(shard)
 
     def read(self, loaded: list[str]) -> tuple[list[Grant], dict[str, Facts]]:
-        """(Blocking.) The grants not done yet, and fresh facts of the `loaded` workspaces."""
+        """(Blocking.) The grants not done yet of the known shards, and fresh facts of the
+        `loaded` workspaces."""
         out: list[Grant] = []
-        after = self.low
+        lows = dict(self.lows)
+        after = min(lows.values(), default=0)
         while True:
             grants, newest, facts = _poll(self._engine, after, self._page, loaded)
-            out += [g for g in grants if g.request_id not in self._seen]
+            for g in grants:
+                low = lows.get(shard_of(g.workspace_id))
+                if low is not None and g.seq > low and g.request_id not in self._seen:
+                    out.append(g)
             if len(grants) < self._page:
                 break
             after = grants[-1].seq
@@ -188,10 +209,16 @@ class GrantFeed:
     def done(self, grant: Grant) -> None:
         self._seen[grant.request_id] = grant.seq
 
-    def advance(self) -> int:
-        """Move `low` to the newest seq read at least `lag` seconds ago; return it."""
+    def advance(self, healthy: set[int]) -> dict[int, int]:
+        """Move the lows of the `healthy` shards (every grant of theirs read was applied) to
+        the newest seq read at least `lag` seconds ago; return the lows that moved."""
         now = time.monotonic()
         while self._marks and self._marks[0][0] <= now - self._lag:
-            self.low = max(self.low, self._marks.popleft()[1])
-        self._seen = {r: seq for r, seq in self._seen.items() if seq > self.low}
-        return self.low
+            self._safe = max(self._safe, self._marks.popleft()[1])
+        moved = {s: self._safe for s in healthy if self.lows.get(s, self._safe) < self._safe}
+        self.lows.update(moved)
+        moved.update({s: self.lows[s] for s in self._unsaved & healthy})
+        self._unsaved -= healthy
+        floor = min(self.lows.values(), default=0)
+        self._seen = {r: seq for r, seq in self._seen.items() if seq > floor}
+        return moved

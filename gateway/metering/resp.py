@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, cast
@@ -140,8 +141,10 @@ class RespClient:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 6379, *, path: str | None = None,
                  db: int = 0, username: str | None = None, password: str | None = None,
-                 connect_timeout: float, timeout: float) -> None:
+                 connect_timeout: float, timeout: float, tls: ssl.SSLContext | None = None
+                 ) -> None:
         self._address = (host, port)
+        self._tls = tls  # rediss://: the same pipelining over TLS
         self._path = path
         self._setup = [pack("AUTH", *([username] if username else []), password)] \
             if password else []
@@ -162,27 +165,35 @@ class RespClient:
             return await self._call(pack(b"EVAL", script.source, len(keys), *keys, *args), asking)
 
     async def evalsha_wait(self, script: Script, keys: Sequence[str], args: Sequence[Arg],
-                           replicas: int, timeout_ms: int) -> tuple[Any, int]:
+                           replicas: int, timeout_ms: int, *, asking: bool = False
+                           ) -> tuple[Any, int]:
         """The script and `WAIT replicas timeout_ms` in one write on this connection (WAIT
         counts only this connection's writes): (the script's reply, replicas that have it).
-        WAIT holds up the commands pipelined behind it until the replicas answer."""
+        WAIT holds up the commands pipelined behind it until the replicas answer. `asking`:
+        `ASKING` first (an ASK redirect), in the same write, so WAIT counts the write made
+        on the importing node."""
         wait = pack(b"WAIT", replicas, timeout_ms)
         try:
-            return await self._pair(pack(b"EVALSHA", script.sha, len(keys), *keys, *args), wait)
+            return await self._pair(pack(b"EVALSHA", script.sha, len(keys), *keys, *args), wait,
+                                    asking)
         except NoScriptError:
-            return await self._pair(pack(b"EVAL", script.source, len(keys), *keys, *args), wait)
+            return await self._pair(pack(b"EVAL", script.source, len(keys), *keys, *args), wait,
+                                    asking)
 
-    async def _pair(self, first: bytes, second: bytes) -> tuple[Any, int]:
+    async def _pair(self, first: bytes, second: bytes, asking: bool) -> tuple[Any, int]:
         try:
-            return await self._send_pair(await self._connected(), first, second)
+            return await self._send_pair(await self._connected(), first, second, asking)
         except RedisConnectionError:  # as `_call`: once more on a new connection
-            return await self._send_pair(await self._connected(), first, second)
+            return await self._send_pair(await self._connected(), first, second, asking)
 
     @staticmethod
-    async def _send_pair(connection: _Connection, first: bytes, second: bytes
+    async def _send_pair(connection: _Connection, first: bytes, second: bytes, asking: bool
                          ) -> tuple[Any, int]:
-        one, two = connection.send(first), connection.send(second)
+        ask = connection.send(pack(b"ASKING")) if asking else None
+        one, two = connection.send(first), connection.send(second)  # one write, in order
         try:
+            if ask is not None:
+                await ask
             result = await one
         except BaseException:
             two.cancel()  # its reply is read and dropped
@@ -225,7 +236,7 @@ class RespClient:
                         lambda: _Connection(loop, self._timeout), self._path)
                 else:
                     _, connection = await loop.create_connection(
-                        lambda: _Connection(loop, self._timeout), *self._address)
+                        lambda: _Connection(loop, self._timeout), *self._address, ssl=self._tls)
         except TimeoutError as exc:  # before OSError, its base class: a timeout is not retried
             raise RedisTimeoutError("Timeout connecting to Redis") from exc
         except OSError as exc:

@@ -6,11 +6,16 @@ on one connection. The slot map is redis-py's (its cluster client's `nodes_manag
 client the meter uses for everything else), refreshed:
 
 - on `MOVED` (the slot moved: a failover or a resharding): refresh, send again once;
-- on `ASK` (the slot is migrating): `ASKING` and the command to the node named, once;
+- on `ASK` (the slot is migrating): `ASKING` and the command to the node named, once
+  (with WAIT after a settle: ASKING, the script and WAIT in one write to that node, whose
+  replicas WAIT counts);
 - on a connection error (a primary killed): refresh, send again once to the slot's
   primary then (every meter script is safe to run twice); the promoted replica answers
   once the cluster has failed over, before that the call fails and the meter answers 503;
-- on a timeout: not sent again (it may still run), the next call refreshes first.
+- on a timeout: not sent again (it may still run), the next call refreshes first;
+- on `TRYAGAIN` (a slot migrating, the script's keys split between the two nodes, or some
+  absent on the importing node: nothing ran): sent again after 50 ms, up to 3 times, then
+  the meter answers 503.
 
 Refreshes are shared by concurrent callers and at most one per `REFRESH_INTERVAL`.
 """
@@ -18,6 +23,7 @@ Refreshes are shared by concurrent callers and at most one per `REFRESH_INTERVAL
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -33,14 +39,18 @@ from gateway.storage.redis import (
 )
 
 REFRESH_INTERVAL = 0.1
+TRYAGAIN_ATTEMPTS = 4  # TRYAGAIN (a slot migrating): sent again after a pause, 3 times
+TRYAGAIN_PAUSE = 0.05
 
 
 class ClusterScripts:
     """`evalsha(script, keys, args)` like `RespClient`, routed by the slot of `keys[0]`."""
 
     def __init__(self, cluster: Redis, *, username: str | None, password: str | None,
-                 connect_timeout: float, timeout: float) -> None:
+                 connect_timeout: float, timeout: float, tls: ssl.SSLContext | None = None
+                 ) -> None:
         self._cluster = cluster
+        self._tls = tls
         self._username = username
         self._password = password
         self._connect_timeout = connect_timeout
@@ -58,7 +68,7 @@ class ClusterScripts:
             client = self._nodes[address] = RespClient(
                 address[0], address[1], username=self._username, password=self._password,
                 connect_timeout=self._connect_timeout,
-                timeout=self._timeout)
+                timeout=self._timeout, tls=self._tls)
         return client
 
     def _primary(self, slot: int) -> tuple[str, int]:
@@ -115,7 +125,8 @@ class ClusterScripts:
         acked: list[int] = []
 
         async def send(node: RespClient, asking: bool) -> Any:
-            result, n = await node.evalsha_wait(script, keys, args, replicas, timeout_ms)
+            result, n = await node.evalsha_wait(script, keys, args, replicas, timeout_ms,
+                                                asking=asking)
             acked.append(n)
             return result
 
@@ -129,6 +140,19 @@ class ClusterScripts:
 
     async def _routed(self, keys: Sequence[str],
                       send: Callable[[RespClient, bool], Awaitable[Any]]) -> Any:
+        for attempt in range(TRYAGAIN_ATTEMPTS):
+            try:
+                return await self._routed_once(keys, send)
+            except ResponseError as exc:
+                # A slot migrating with some of the script's keys moved and others absent:
+                # nothing ran; Redis asks to retry once the keys are together again.
+                if not str(exc).startswith("TRYAGAIN") or attempt + 1 == TRYAGAIN_ATTEMPTS:
+                    raise
+                await asyncio.sleep(TRYAGAIN_PAUSE)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _routed_once(self, keys: Sequence[str],
+                           send: Callable[[RespClient, bool], Awaitable[Any]]) -> Any:
         slot = key_slot(keys[0].encode())
         if self._stale:
             await self._refresh()

@@ -35,7 +35,8 @@ from tests.fake_provider import FakeProvider
 from tests.guarantees.client import Mix, load, make_client, new_op, resolve, run_op
 from tests.guarantees.deployment import Deployment, deployment
 from tests.guarantees.history import FAIL, OK, History
-from tests.redis_cluster import sync_client
+from tests.guarantees.process import GatewayProcess
+from tests.redis_cluster import RedisCluster, sync_client
 
 METERED: Mix = [("gpt-4o-mini", 1)]
 MIXED: Mix = [("gpt-4o-mini", 1), ("bookbag-local", 0)]
@@ -382,9 +383,24 @@ def test_fault_proxy_long(tmp_path: Path, pricing: Path, which: str) -> None:
 
 
 async def failover_run(dep: Deployment, name: str, seconds: float, kill_at: float) -> None:
+    """Two gateway processes on the cluster (issue 17 point 3), each loaded by half the
+    clients, while the primary of the first workspace's shard is killed."""
     cluster = dep.cluster
     assert cluster is not None
+    second_dir = dep.tmp / "second-gateway"
+    second_dir.mkdir()
+    second = GatewayProcess(second_dir, {**dep.gateway.env,
+                                         "BOOKBAG_SPOOL_PATH": str(second_dir / "spool.jsonl")})
     await start(dep)
+    await asyncio.to_thread(second.start)
+    try:
+        await _failover(dep, cluster, second, name, seconds, kill_at)
+    finally:
+        await asyncio.to_thread(second.stop)
+
+
+async def _failover(dep: Deployment, cluster: RedisCluster, second: GatewayProcess, name: str,
+                    seconds: float, kill_at: float) -> None:
     history = History()
     until = time.monotonic() + seconds
     marks: dict[str, Any] = {}
@@ -392,7 +408,6 @@ async def failover_run(dep: Deployment, name: str, seconds: float, kill_at: floa
     slot = key_slot(f"{{s{shard_of(victim):02d}}}".encode())
 
     async def kill_primary() -> None:
-        assert cluster is not None
         await asyncio.sleep(kill_at)
         primary = cluster.primary_of(slot)
         ws = [a.workspace_id for a in dep.accounts]
@@ -403,14 +418,16 @@ async def failover_run(dep: Deployment, name: str, seconds: float, kill_at: floa
         await asyncio.to_thread(cluster.wait_for_failover, slot, primary)
         marks["promoted"] = time.monotonic()
 
-    await asyncio.gather(kill_primary(), load(dep.url, history, dep.accounts, MIXED,
-                                              until=until, concurrency=6, deadline_slack=30))
+    await asyncio.gather(kill_primary(), *(
+        load(url, history, dep.accounts, MIXED, until=until, concurrency=3, deadline_slack=30)
+        for url in (dep.url, second.url)))
     await resolve(dep.url, history, dep.accounts)
     unavailable = [a for op in history.ops for a in op.attempts if a.status == 503]
     window = (round(max(a.ended for a in unavailable) - min(a.started for a in unavailable), 3)
               if unavailable else 0.0)
     figures = await asyncio.to_thread(
-        dep.check, name, history, metered=outcomes(history, 1), unmetered=outcomes(history, 0),
+        dep.check, name, history, gateways=2, metered=outcomes(history, 1),
+        unmetered=outcomes(history, 0),
         reserved_at_kill=marks["reserved"], backlog_at_kill=marks["backlog"],
         promoted_after_s=round(marks["promoted"] - marks["killed"], 3),
         metered_503=len(unavailable), window_503_s=window,
