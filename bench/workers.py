@@ -56,10 +56,10 @@ def variants(workers: int, cores: str | None, redis_url: str | None,
 
 
 def meter_line(proc: Proc) -> str:
-    """The `meter` line of the startup summary the gateway printed."""
+    """The meter the gateway's startup summary names."""
     for line in proc.log.read_text(errors="replace").splitlines():
         if line.strip().startswith("meter "):
-            return " ".join(line.split()[1:])
+            return line.split()[1]
     return "?"
 
 

@@ -32,12 +32,16 @@ from gateway.errors import GatewayError, ServiceUnavailable
 from gateway.ledger.writer import GroupWriter, WriteOp
 from gateway.metering.base import AllotmentOf, charge, insufficient, plan_at, renewal_entry
 from gateway.periods import period_of
-from gateway.storage.database import Cursor, Sql, apply_entry, transaction
+from gateway.storage.database import Cursor, Sql, apply_entry, snapshot, transaction
 from gateway.storage.offload import BALANCES, NOT_OUTAGES, run_db, unavailable
 from gateway.storage.periodic import Periodic
 from gateway.types import Balance, Cap, Hold, LedgerEntry
 
 log = logging.getLogger("bookbag.meter")
+
+
+class _RenewalDue(Exception):
+    """A read found a new period begun: renewing it needs a write transaction."""
 
 
 class SqlMeter:
@@ -68,14 +72,17 @@ class SqlMeter:
 
     # --- in one transaction each ---------------------------------------
 
-    def _row(self, cur: Cursor, sql: Sql, workspace_id: str) -> tuple[Any, ...]:
+    def _row(self, cur: Cursor, sql: Sql, workspace_id: str, *,
+             read_only: bool = False) -> tuple[Any, ...]:
+        """The workspace's plan, period and buckets, renewed first if a period began
+        (`read_only`: raise `_RenewalDue` instead, for a reader outside a write transaction)."""
         cur.execute(
             sql(
                 "SELECT w.plan, w.custom_allotment, w.anchor_date, b.period_start, b.allotment, "
                 "b.allotment_remaining, b.topups_remaining, w.pending_plan, "
                 "w.pending_custom_allotment, w.pending_from FROM balances b "
                 "JOIN workspaces w ON w.id = b.workspace_id WHERE b.workspace_id = ?"
-                + self._for_update
+                + ("" if read_only else self._for_update)
             ),
             (workspace_id,),
         )
@@ -85,6 +92,8 @@ class SqlMeter:
         plan, custom, anchor, period_start, allotment, allot_rem, top_rem, *pending = row
         start, end = period_of(anchor, self._clock.now())
         plan, custom = plan_at(plan, custom, pending[0], pending[1], pending[2], start)
+        if start > period_start and read_only:
+            raise _RenewalDue
         if start > period_start:
             allotment = self._allotment_of(plan, custom)
             apply_entry(cur, sql, renewal_entry(workspace_id, start, allotment, now_ms(self._clock)))
@@ -197,13 +206,23 @@ class SqlMeter:
             self._cap_add(cur, sql, workspace_id, subject, period, -int(credits))
 
     def _balance(self, workspace_id: str) -> Balance:
-        with transaction(self._engine) as (cur, sql):
-            plan, period, end, allotment, allot_rem, top_rem = self._row(cur, sql, workspace_id)
-            cur.execute(
-                sql("SELECT COALESCE(SUM(credits), 0) FROM holds WHERE workspace_id = ?"),
-                (workspace_id,),
-            )
-            reserved = int(cur.fetchone()[0])
+        """Read without the write lock (a snapshot); a renewal that is due takes it."""
+        try:
+            with snapshot(self._engine) as (cur, sql):
+                return self._balance_in(cur, sql, workspace_id, read_only=True)
+        except _RenewalDue:
+            with transaction(self._engine) as (cur, sql):
+                return self._balance_in(cur, sql, workspace_id)
+
+    def _balance_in(self, cur: Cursor, sql: Sql, workspace_id: str, *,
+                    read_only: bool = False) -> Balance:
+        plan, period, end, allotment, allot_rem, top_rem = self._row(
+            cur, sql, workspace_id, read_only=read_only)
+        cur.execute(
+            sql("SELECT COALESCE(SUM(credits), 0) FROM holds WHERE workspace_id = ?"),
+            (workspace_id,),
+        )
+        reserved = int(cur.fetchone()[0])
         return Balance(workspace_id, plan, allotment, allot_rem, top_rem, reserved, period, end)
 
     def _grant(self, entry: LedgerEntry) -> bool:
@@ -248,9 +267,19 @@ class SqlMeter:
     async def settle(self, hold: Hold, entry: LedgerEntry) -> Balance | None:
         if self._writer is None:
             await run_db(self._settle, hold, entry, store=BALANCES)
-        else:
-            await self._grouped(lambda cur, sql: self._settle_in(cur, sql, hold, entry))
-        return None
+            return None
+
+        def op(cur: Cursor, sql: Sql) -> Balance | None:
+            self._settle_in(cur, sql, hold, entry)
+            # The reply's X-Bookbag-Credits-Remaining, read in the same transaction: a read
+            # of its own would be one more trip to the database for every JSON reply.
+            try:  # only balance() renews a period (the contract)
+                return self._balance_in(cur, sql, hold.workspace_id, read_only=True)
+            except (_RenewalDue, GatewayError):  # the charge stands; the header is read anew
+                return None
+
+        balance: Balance | None = await self._grouped(op)
+        return balance
 
     async def void(self, hold: Hold) -> None:
         if self._writer is None:
