@@ -65,7 +65,9 @@ def chat(i: int) -> dict[str, object]:
 
 async def burst(urls: list[str], key: str, capped: str) -> list[tuple[int, int, str, int, bool, str]]:
     """(server, status, request id, credits charged, capped key?, error code) of each request."""
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
+    # One connection per request, none queued: httpcore assigns queued requests to
+    # connections in O(n^2), which would make the client, not the gateways, the bottleneck.
+    limits = httpx.Limits(max_connections=REQUESTS, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         async def one(i: int) -> tuple[int, int, str, int, bool, str]:
             which, with_cap = i % 2, i % 4 == 1
