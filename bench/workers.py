@@ -31,6 +31,7 @@ from bench.procs import Proc
 from bench.stack import LOAD_CORE, body, pricing, redis_reachable, start_fake, start_gateway
 
 SCENARIOS = (("json", 16), ("json", 64), ("stream", 64))
+PAUSE_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,10 @@ def main() -> None:
                         wrk(Target(gw.url + "/v1/chat/completions", bodies[mode], gw.auth),
                             16, max(1.0, args.seconds / 2))
                     for mode, conns in SCENARIOS:
+                        # The requests wrk left in flight when it stopped still hold their
+                        # in-flight slots (64 per worker and workspace) for a moment; a run
+                        # started at once could be refused with 429 for them.
+                        time.sleep(PAUSE_S)
                         target = Target(gw.url + "/v1/chat/completions", bodies[mode], gw.auth)
                         rows.append((v, meter, mode, conns,
                                      measure(target, gw.proc, conns, args.seconds)))
@@ -153,5 +158,4 @@ def render(rows: list[tuple[Variant, str, str, int, Result]], started: datetime,
 
 
 if __name__ == "__main__":
-    time.tzset()
     main()
