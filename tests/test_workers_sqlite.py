@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -34,9 +35,15 @@ BALANCE = 250
 CAP = 40
 
 
-@pytest.fixture
-def two_servers(tmp_path: Path, provider: FakeProvider) -> tuple[list[GatewayProcess], Accounts, Path]:
-    pricing = two_model_pricing(tmp_path / "pricing.toml", provider)
+Servers = tuple[list[GatewayProcess], Accounts, Path]
+
+
+@pytest.fixture(scope="module")
+def two_servers(tmp_path_factory: pytest.TempPathFactory, fake: FakeProvider) -> Iterator[Servers]:
+    """Started once for the module (four workers take a while to start on 2 busy cores);
+    every test works in workspaces of its own."""
+    tmp_path = tmp_path_factory.mktemp("two-servers")
+    pricing = two_model_pricing(tmp_path / "pricing.toml", fake)
     db_url = f"sqlite:///{tmp_path / 'shared.db'}"
     engine = make_engine(db_url)
     create_schema(engine)
@@ -81,7 +88,7 @@ async def burst(urls: list[str], key: str, capped: str) -> list[tuple[int, int, 
 
 
 def test_two_servers_of_two_workers_share_one_sqlite_file(
-    two_servers: tuple[list[GatewayProcess], Accounts, Path], provider: FakeProvider,
+    two_servers: Servers, provider: FakeProvider,
 ) -> None:
     servers, accounts, db = two_servers
     ws = accounts.create_workspace("shared", "enterprise", custom_allotment=BALANCE)
@@ -125,7 +132,7 @@ def test_two_servers_of_two_workers_share_one_sqlite_file(
 
 
 def test_one_idempotency_key_across_every_worker_charges_once(
-    two_servers: tuple[list[GatewayProcess], Accounts, Path], provider: FakeProvider,
+    two_servers: Servers, provider: FakeProvider,
 ) -> None:
     servers, accounts, db = two_servers
     ws = accounts.create_workspace("idem", "enterprise", custom_allotment=100)
@@ -160,7 +167,7 @@ def test_one_idempotency_key_across_every_worker_charges_once(
 
 
 def test_a_revoked_key_stops_on_every_worker_within_seconds(
-    two_servers: tuple[list[GatewayProcess], Accounts, Path], provider: FakeProvider,
+    two_servers: Servers, provider: FakeProvider,
 ) -> None:
     servers, accounts, _ = two_servers
     ws = accounts.create_workspace("revoke", "enterprise", custom_allotment=1000)
