@@ -42,10 +42,9 @@ class Proc:
         return self.popen.pid
 
     def cpu_seconds(self) -> float:
-        """utime + stime of the whole process (all its threads) so far."""
-        raw = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = raw[raw.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        """utime + stime so far of the process (all its threads) and of its live descendants
+        (`serve --workers N`: uvicorn's supervisor and its N worker processes)."""
+        return sum(_cpu_of(pid) for pid in [self.pid, *_descendants(self.pid)])
 
     def status_kb(self, key: str) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -78,7 +77,32 @@ class Proc:
             return ""
 
 
-def spawn(name: str, argv: list[str], core: int, workdir: Path,
+def _cpu_of(pid: int) -> float:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:  # exited between the listing and the read
+        return 0.0
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def _descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return out
+    for task in tasks:
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for child in children:
+            out += [child, *_descendants(child)]
+    return out
+
+
+def spawn(name: str, argv: list[str], core: int | str, workdir: Path,
           env: dict[str, str] | None = None) -> Proc:
     log = workdir / f"{name}.log"
     out = log.open("wb")

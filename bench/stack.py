@@ -159,8 +159,10 @@ def start_relay(workdir: Path, fast: int, slow: int) -> tuple[Proc, str]:
 
 def start_gateway(name: str, workdir: Path, pricing_text: str,
                   env: dict[str, str] | None = None, source: Path | None = None,
-                  caps: bool = False) -> Gateway:
-    """`bookbag-gateway serve` on core 0; `source`: a directory holding another `gateway/`."""
+                  caps: bool = False, workers: int = 1,
+                  cores: int | str = GATEWAY_CORE) -> Gateway:
+    """`bookbag-gateway serve` on core 0; `source`: a directory holding another `gateway/`;
+    `workers`: `serve --workers N`, on `cores` (a taskset list, e.g. "0,1")."""
     pricing_path = workdir / f"{name}-pricing.toml"
     pricing_path.write_text(pricing_text)
     db_url = f"sqlite:///{workdir / (name + '.db')}"
@@ -168,7 +170,9 @@ def start_gateway(name: str, workdir: Path, pricing_text: str,
     port = free_port()
     extra = {"PYTHONPATH": str(source)} if source else {}
     command = [sys.executable, "-m", "gateway", "serve"] if source else gateway_command()
-    proc = spawn(name, command, GATEWAY_CORE, workdir, {
+    if workers > 1:
+        command += ["--workers", str(workers)]
+    proc = spawn(name, command, cores, workdir, {
         "BOOKBAG_DATABASE_URL": db_url, "BOOKBAG_PRICING": str(pricing_path),
         "BOOKBAG_PORT": str(port), "BOOKBAG_HOST": "127.0.0.1", "BOOKBAG_LOG_LEVEL": "warning",
         "OPENAI_API_KEY": "sk-bench", "ANTHROPIC_API_KEY": "sk-ant-bench", **extra,

@@ -141,7 +141,7 @@ def build_meter(settings: Settings, engine: Engine, writer: GroupWriter, clock: 
                            sweep_interval=settings.sweep_interval)
     if kind == "sql":
         return SqlMeter(engine, clock, allotment, hold_ttl=settings.hold_ttl,
-                        sweep_interval=settings.sweep_interval)
+                        sweep_interval=settings.sweep_interval, writer=writer)
     if kind == "redis" and settings.redis_url:
         # Imported here: redis costs ~10 MB and ~0.3 s of startup to a gateway without it.
         from gateway.metering.outbox import OutboxConsumer

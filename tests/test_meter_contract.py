@@ -69,7 +69,9 @@ async def memory_sqlite(request: pytest.FixtureRequest, tmp: Path, clock: Manual
     )
 
 
-def _sql_backend(name: str, url: str, clock: ManualClock) -> MeterBackend:
+def _sql_backend(name: str, url: str, clock: ManualClock, *, grouped: bool = False) -> MeterBackend:
+    """`grouped`: each meter writes through a group writer of its own, as each process of
+    `serve --workers N` on SQLite does."""
     cat = catalog()
     engine = make_engine(url)
     create_schema(engine)
@@ -78,7 +80,13 @@ def _sql_backend(name: str, url: str, clock: ManualClock) -> MeterBackend:
     def make(clock: Clock) -> Meter:
         own = make_engine(url)  # each meter its own pool, as each process has
         teardown.append(dispose(own))
-        return SqlMeter(own, clock, allotment_for(cat), hold_ttl=HOLD_TTL, sweep_interval=IDLE)
+        writer = None
+        if grouped:
+            writer = GroupWriter(own)
+            writer.start()
+            teardown.append(writer.close)
+        return SqlMeter(own, clock, allotment_for(cat), hold_ttl=HOLD_TTL, sweep_interval=IDLE,
+                        writer=writer)
 
     return MeterBackend(name=name, clock=clock, engine=engine, accounts=Accounts(engine, cat, clock),
                         make=make, shared=True, teardown=teardown)
@@ -86,6 +94,11 @@ def _sql_backend(name: str, url: str, clock: ManualClock) -> MeterBackend:
 
 async def sql_sqlite(request: pytest.FixtureRequest, tmp: Path, clock: ManualClock) -> MeterBackend:
     return _sql_backend("sql-sqlite", f"sqlite:///{tmp / 'meter.db'}", clock)
+
+
+async def sql_sqlite_grouped(request: pytest.FixtureRequest, tmp: Path,
+                             clock: ManualClock) -> MeterBackend:
+    return _sql_backend("sql-sqlite-grouped", f"sqlite:///{tmp / 'meter.db'}", clock, grouped=True)
 
 
 async def sql_postgres(request: pytest.FixtureRequest, tmp: Path, clock: ManualClock) -> MeterBackend:
@@ -97,6 +110,7 @@ async def sql_postgres(request: pytest.FixtureRequest, tmp: Path, clock: ManualC
 BUILDERS: dict[str, Builder] = {
     "memory-sqlite": memory_sqlite,
     "sql-sqlite": sql_sqlite,
+    "sql-sqlite-grouped": sql_sqlite_grouped,
     "sql-postgres": sql_postgres,
     "redis-sqlite": redis_sqlite,
     "redis-postgres": redis_postgres,

@@ -36,7 +36,7 @@ from gateway.catalog import Catalog, CatalogError, parse_rate_limit
 from gateway.clock import Clock, now_ms
 from gateway.metering.base import plan_at, renewal_entry
 from gateway.periods import period_of, today
-from gateway.storage.database import apply_entry, transaction
+from gateway.storage.database import apply_entry, snapshot, transaction
 from gateway.storage.schema import ApiKey, BalanceRow, Workspace
 from gateway.types import SCOPES, Caller, EntryKind, LedgerEntry
 
@@ -201,8 +201,10 @@ class Accounts:
             return list(session.exec(stmt.order_by(col(ApiKey.created_ms))))
 
     def caller(self, key_hash: str) -> Caller | None:
-        """The live caller for a key hash; None when unknown, revoked or suspended."""
-        with transaction(self._engine) as (cur, sql):
+        """The live caller for a key hash; None when unknown, revoked or suspended.
+        A read only: no write lock on SQLite, where a burst of new keys' lookups would
+        otherwise queue behind (and sleep in SQLite's busy handler against) the writers."""
+        with snapshot(self._engine) as (cur, sql):
             cur.execute(
                 sql(
                     # A pending downgrade is the plan from its period start on (`plan_at`).

@@ -29,6 +29,20 @@ def meter_of(settings: Settings) -> str:
     return meter_kind(settings)
 
 
+def meter_note(settings: Settings, meter: str, workers: int) -> str:
+    """What the meter line adds: where the balances live and who shares them."""
+    sqlite = settings.database_url.startswith("sqlite")
+    if meter == "memory":
+        return "  (embedded: this process owns the balances)"
+    if meter == "sql" and sqlite:
+        return (f"  (balances in the SQLite file, shared by the {workers} workers; each groups "
+                "its reserves and settles into one commit per loop turn)" if workers > 1
+                else "  (balances in the SQLite file, shared with any other process on it)")
+    if meter == "sql":
+        return "  (balances as PostgreSQL rows, shared by every process)"
+    return "  (balances in Redis, shared by every process and host)" if meter == "redis" else ""
+
+
 def summary(settings: Settings, catalog: Catalog, *, created: bool, workers: int) -> list[str]:
     """The startup summary's lines (`serve` prints them; tests read them)."""
     meter = meter_of(settings)
@@ -38,7 +52,7 @@ def summary(settings: Settings, catalog: Catalog, *, created: bool, workers: int
         f"{'s' if workers > 1 else ''})",
         f"  database       {shown_url(settings.database_url)}"
         + ("  (new and empty: schema created)" if created else ""),
-        f"  meter          {meter}" + ("  (embedded: one process)" if meter == "memory" else ""),
+        f"  meter          {meter}" + meter_note(settings, meter, workers),
         f"  metering       {'on' if settings.metering else 'off (no reply is charged)'}",
         f"  admin API      {'on' if settings.admin_token else 'off (BOOKBAG_ADMIN_TOKEN not set)'}",
         "  secret key     " + ("set" if settings.secret_key
@@ -46,6 +60,9 @@ def summary(settings: Settings, catalog: Catalog, *, created: bool, workers: int
         f"  provider keys  {', '.join(found) if found else 'none'}",
         f"  pricing        {settings.pricing_path}",
     ]
+    if workers > 1 and not settings.redis_url:
+        lines.insert(-1, f"  per worker     rate limits and the in-flight cap (without Redis each of the "
+                         f"{workers} workers counts its own share of a key's traffic)")
     missing = unavailable([m for m in catalog.models.values()], settings)
     if missing:
         lines.append(f"warning: no provider key for {', '.join(missing)}: these models answer "
@@ -72,7 +89,8 @@ def serve(
                 "BOOKBAG_REDIS_URL": redis_url, "BOOKBAG_METERING": metering})
     settings = load_settings()
     if workers > 1 and not settings.redis_url and settings.meter in ("auto", "memory"):
-        # One process owns balances in the embedded meter; several share SQL rows instead.
+        # One process owns balances in the embedded meter; several share SQL rows instead
+        # (docs/architecture.md, "Many workers on one SQLite file").
         export_env({"BOOKBAG_METER": "sql"})
         settings = load_settings()
     try:
