@@ -45,6 +45,7 @@ _TERMINAL = SUCCESS | FAILURE
 _NAME = b"event: "
 TERMINAL_EVENTS = tuple(_NAME + kind + b"\n" for kind in sorted(_TERMINAL))
 _FAILED = _NAME + b"response.failed\n"
+_READ = _TERMINAL | {b"response.created", b"response.in_progress"}  # parsed by `inspect`
 _SEQUENCE = b'"sequence_number":'
 
 
@@ -122,6 +123,9 @@ class ResponsesStream:
         return payload.startswith(TERMINAL_EVENTS) or not payload.startswith(_NAME)
 
     def inspect(self, payload: bytes) -> tuple[bool, dict[str, Any] | None]:
+        name = event_type(payload)
+        if name and not name.endswith(b".delta") and name not in _READ:
+            return False, None  # no output, no usage, not the Response: not parsed
         data = data_of(payload)
         if not isinstance(data, dict):
             return False, None
