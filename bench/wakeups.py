@@ -34,6 +34,7 @@ from bench.procs import CLK_TCK, Proc
 from bench.stack import LOAD_CORE, body, pricing, start_fake, start_gateway, start_relay
 
 VARIANTS = {"embedded": {}, "metering off": {"BOOKBAG_METERING": "off"}}
+WATCHED = ("epoll_pwait", "epoll_wait", "futex", "fdatasync", "fsync", "pwrite64", "pread64")
 SCENARIOS = (("0 ms provider, 1 in flight", "gpt-4o-mini", 1),
              ("0 ms provider, 64 in flight", "gpt-4o-mini", 64),
              ("50 ms provider, 64 in flight", "gpt-4o-mini-50ms", 64))
@@ -149,8 +150,12 @@ def main() -> None:
                                       if v > before.threads.get(k, 0.0)) + " |")
                 if args.strace:
                     requests, calls = strace_counts(proc.pid, args.seconds, target, conns)
-                    top = sorted(calls.items(), key=lambda kv: -kv[1])[:8]
-                    row += " " + ", ".join(f"{k} {v / max(requests, 1):.2f}" for k, v in top) + " |"
+                    shown = [k for k in WATCHED if k in calls] + [
+                        k for k, _ in sorted(calls.items(), key=lambda kv: -kv[1])[:4]
+                        if k not in WATCHED]
+                    per = max(requests, 1)
+                    row += (f" all {sum(calls.values()) / per:.1f}: "
+                            + ", ".join(f"{k} {calls[k] / per:.2f}" for k in shown) + " |")
                 print(row, flush=True)
         finally:
             if proc is not None:
