@@ -33,7 +33,8 @@ from bench.load import Target, ensure_wrk, wrk
 from bench.procs import CLK_TCK, Proc
 from bench.stack import LOAD_CORE, body, pricing, start_fake, start_gateway, start_relay
 
-VARIANTS = {"embedded": {}, "metering off": {"BOOKBAG_METERING": "off"}}
+VARIANTS = {"embedded": {}, "metering off": {"BOOKBAG_METERING": "off"},
+            "embedded normal-sync": {"BOOKBAG_SQLITE_SYNCHRONOUS": "normal"}}
 WATCHED = ("epoll_pwait", "epoll_wait", "futex", "fdatasync", "fsync", "pwrite64", "pread64")
 SCENARIOS = (("0 ms provider, 1 in flight", "gpt-4o-mini", 1),
              ("0 ms provider, 64 in flight", "gpt-4o-mini", 64),
@@ -44,14 +45,16 @@ SCENARIOS = (("0 ms provider, 1 in flight", "gpt-4o-mini", 1),
 class Counters:
     cpu: float  # seconds, the whole process
     loop_cpu: float  # seconds, the main (event loop) thread
+    loop_sys: float  # of which in the kernel (stime)
     threads: dict[str, float]  # seconds per thread name (the others)
     voluntary: int
     involuntary: int
     commits: float
+    lag: float  # seconds summed over the commits (each: its oldest write queued -> committed)
 
 
-def _thread_counts(pid: int) -> tuple[float, int, int, dict[str, float]]:
-    loop_cpu, vol, invol = 0.0, 0, 0
+def _thread_counts(pid: int) -> tuple[float, float, int, int, dict[str, float]]:
+    loop_cpu, loop_sys, vol, invol = 0.0, 0.0, 0, 0
     threads: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -64,26 +67,29 @@ def _thread_counts(pid: int) -> tuple[float, int, int, dict[str, float]]:
         fields = stat[stat.rindex(")") + 2:].split()
         cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
         if task.name == str(pid):
-            loop_cpu = cpu
+            loop_cpu, loop_sys = cpu, int(fields[12]) / CLK_TCK
         else:
             name = stat[stat.index("(") + 1:stat.rindex(")")]
             threads[name] = threads.get(name, 0.0) + cpu
-    return loop_cpu, vol, invol, threads
+    return loop_cpu, loop_sys, vol, invol, threads
 
 
-def _commits(url: str | None) -> float:
+def _commits(url: str | None) -> tuple[float, float]:
     if url is None:
-        return 0.0
+        return 0.0, 0.0
     with urllib.request.urlopen(url + "/metrics", timeout=5) as reply:
         text = reply.read().decode()
-    found = re.search(r'^bookbag_ledger_write_lag_seconds_count\{store="embedded"\} (\S+)$',
-                      text, re.M)
-    return float(found.group(1)) if found else 0.0
+    out = []
+    for what in ("count", "sum"):
+        found = re.search(rf'^bookbag_ledger_write_lag_seconds_{what}\{{store="embedded"\}} (\S+)$',
+                          text, re.M)
+        out.append(float(found.group(1)) if found else 0.0)
+    return out[0], out[1]
 
 
 def counters(proc: Proc, url: str | None) -> Counters:
-    loop_cpu, vol, invol, threads = _thread_counts(proc.pid)
-    return Counters(proc.cpu_seconds(), loop_cpu, threads, vol, invol, _commits(url))
+    loop_cpu, loop_sys, vol, invol, threads = _thread_counts(proc.pid)
+    return Counters(proc.cpu_seconds(), loop_cpu, loop_sys, threads, vol, invol, *_commits(url))
 
 
 def strace_counts(pid: int, seconds: float, target: Target, conns: int) -> tuple[int, dict[str, int]]:
@@ -126,25 +132,29 @@ def main() -> None:
                 gw = start_gateway(args.variant.replace(" ", "-"), workdir,
                                    pricing(fast, slow, anthropic=False), VARIANTS[args.variant])
                 proc, url, auth, metrics = gw.proc, gw.url, gw.auth, gw.url
-            print(f"| {args.variant}, {args.mode} | req/s | CPU ms/req | loop thread CPU ms/req "
-                  "| voluntary switches/req | involuntary/req | ledger commits/req "
+            print(f"| {args.variant}, {args.mode} | req/s | CPU ms/req | loop thread CPU ms/req (kernel) "
+                  "| voluntary switches/req | involuntary/req | ledger commits/req | mean commit lag ms "
                   "| other threads' CPU ms/req |"
                   + (" syscalls/req (strace run) |" if args.strace else ""))
-            print("|---|---:|---:|---:|---:|---:|---:|---|" + ("---|" if args.strace else ""))
+            print("|---|---:|---:|---:|---:|---:|---:|---:|---|" + ("---|" if args.strace else ""))
             for name, model, conns in SCENARIOS:
                 path = workdir / f"{model}-{args.mode}.json"
                 path.write_bytes(body(model, args.mode == "stream"))
-                target = Target(url + "/v1/chat/completions", path, auth)
+                slow = "/slow" if args.variant == "reference" and model.endswith("50ms") else ""
+                target = Target(url + slow + "/v1/chat/completions", path, auth)
                 wrk(target, conns, 1)  # warm
                 before = counters(proc, metrics)
                 result = wrk(target, conns, args.seconds)
                 after = counters(proc, metrics)
                 n = max(result.requests, 1)
-                row = (f"| {name} | {result.rps:,.0f} | {(after.cpu - before.cpu) * 1000 / n:.3f} "
+                row = (f"| {name} | {result.rps:,.0f} ({result.errors} errors) "
+                       f"| {(after.cpu - before.cpu) * 1000 / n:.3f} "
                        f"| {(after.loop_cpu - before.loop_cpu) * 1000 / n:.3f} "
+                       f"({(after.loop_sys - before.loop_sys) * 1000 / n:.3f}) "
                        f"| {(after.voluntary - before.voluntary) / n:.2f} "
                        f"| {(after.involuntary - before.involuntary) / n:.2f} "
                        f"| {(after.commits - before.commits) / n:.2f} "
+                       f"| {(after.lag - before.lag) * 1000 / max(after.commits - before.commits, 1):.2f} "
                        "| " + ", ".join(f"{k} {(v - before.threads.get(k, 0.0)) * 1000 / n:.3f}"
                                       for k, v in sorted(after.threads.items())
                                       if v > before.threads.get(k, 0.0)) + " |")
