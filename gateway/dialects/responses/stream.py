@@ -114,6 +114,7 @@ class ResponsesStream:
         self.terminal: str | None = None  # the provider's terminal event, once seen
         self._failure: str | None = None  # the provider's message, when it failed
         self._failed_sent = False  # the provider's own response.failed reached the client
+        self._parsed: tuple[bytes, dict[str, Any]] | None = None  # the terminal event, parsed
 
     # --- what the writer asks ------------------------------------------------------
 
@@ -139,6 +140,7 @@ class ResponsesStream:
             delta = data.get("delta")
             return bool(delta), None
         if kind.encode() in _TERMINAL:
+            self._parsed = (payload, data)  # usage_event adds the credits to it
             return False, self._terminal(kind, data)
         return False, None
 
@@ -152,7 +154,8 @@ class ResponsesStream:
 
     def usage_event(self, payload: bytes, credits: int) -> bytes:
         """The terminal success as the client gets it: `credits` in `response.usage`."""
-        data = data_of(payload)
+        parsed = self._parsed
+        data = parsed[1] if parsed is not None and parsed[0] is payload else data_of(payload)
         data["response"]["usage"]["credits"] = credits
         return self.event(frame(str(data["type"]).encode(), orjson.dumps(data)))
 
