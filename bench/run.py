@@ -99,7 +99,8 @@ def start_gateways(run: Run, workdir: Path, fast: int, slow: int, only: set[str]
                    cluster_url: str | None = None) -> list[Gateway]:
     plain = pricing(fast, slow, anthropic=False)
     wanted: list[tuple[str, dict[str, str]]] = [
-        ("embedded", {}), ("embedded + caps", {}), ("metering off", {"BOOKBAG_METERING": "off"})]
+        ("embedded", {}), ("embedded + caps", {}), ("metering off", {"BOOKBAG_METERING": "off"}),
+        ("embedded normal-sync", {"BOOKBAG_SQLITE_SYNCHRONOUS": "normal"})]
     if cluster_url:  # --cluster: the Redis meter on a three-primary Redis Cluster
         wanted.append(("redis cluster", {"BOOKBAG_REDIS_URL": cluster_url}))
         wanted.append(("redis cluster x2", {"BOOKBAG_REDIS_URL": cluster_url}))  # 2 processes
@@ -128,7 +129,7 @@ def start_gateways(run: Run, workdir: Path, fast: int, slow: int, only: set[str]
     for name, env in wanted:
         if only is not None and name not in only:
             continue
-        if only is None and name == "embedded + caps":  # asked for by name (--only) only
+        if only is None and name in ("embedded + caps", "embedded normal-sync"):  # by name only
             continue
         try:
             gw = pair.start_pair(name.replace(" ", "-"), workdir, plain, env) \
@@ -154,7 +155,8 @@ def main() -> None:
     parser.add_argument("--probe", type=int, help="sequential requests per TTFB probe")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--only", help="comma-separated gateway variants: embedded,"
-                        "embedded + caps,metering off,redis,redis cluster,redis cluster x2")
+                        "embedded + caps,embedded normal-sync,metering off,redis,redis cluster,"
+                        "redis cluster x2")
     parser.add_argument("--cluster", action="store_true",
                         help="also run the Redis meter on a Redis Cluster this script starts "
                              "(six redis-server processes: 3 primaries + 1 replica each)")

@@ -186,7 +186,7 @@ async def build_gateway(settings: Settings, clock: Clock | None = None,
     clock = clock or SystemClock()
     catalog = catalog or load(settings.pricing_path)
     configure_logs(settings.log_level, settings.log_json)
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
     await asyncio.to_thread(create_schema, engine)
     writer = GroupWriter(engine)
     writer.start()

@@ -116,8 +116,17 @@ class Settings:
     # Off: `store` is forced false there (stored responses would sit in one provider
     # account shared by every workspace); on: the client's `store` is passed on.
     responses_store: bool = False
+    # --- the embedded store's durability (issue 15 goal 3) ----------------------------------
+    # full (the default): each group commit is fsynced before the replies it charged end, so
+    # a charge survives power loss. normal: the WAL is fsynced only at checkpoints; a crash of
+    # the process loses nothing, a power loss or OS crash may lose the last commits
+    # (docs/performance.md measures what it saves).
+    sqlite_synchronous: str = "full"
 
     def __post_init__(self) -> None:
+        if self.sqlite_synchronous not in ("full", "normal"):
+            raise SettingsError("BOOKBAG_SQLITE_SYNCHRONOUS must be 'full' or 'normal', "
+                                f"got {self.sqlite_synchronous!r}")
         if self.hold_ttl <= self.provider_timeouts.total:
             raise SettingsError(
                 f"BOOKBAG_HOLD_TTL ({self.hold_ttl:g}s) must exceed the total provider timeout "
@@ -190,6 +199,7 @@ class Settings:
             "spool_path": Path(env["BOOKBAG_SPOOL_PATH"]) if env.get("BOOKBAG_SPOOL_PATH") else None,
             "litellm_preload": (env.get("BOOKBAG_LITELLM_PRELOAD") or "").lower() in ("1", "true", "on"),
             "responses_store": (env.get("BOOKBAG_RESPONSES_STORE") or "").lower() in ("1", "true", "on"),
+            "sqlite_synchronous": (env.get("BOOKBAG_SQLITE_SYNCHRONOUS") or "full").strip().lower(),
             # stalls (issue 12 points 4-6): per-workspace in-flight cap
             "max_inflight_per_workspace": _int(env, "BOOKBAG_MAX_INFLIGHT_PER_WORKSPACE", 64),
             "max_header_bytes": _int(env, "BOOKBAG_MAX_HEADER_BYTES", 64 * 1024),

@@ -25,7 +25,13 @@ from gateway.errors import (
     UpstreamTimeout,
     deadline_exceeded,
 )
-from gateway.providers.relay_common import SsePayloads, reason, scrub, upstream_status_error
+from gateway.providers.relay_common import (
+    SsePayloads,
+    reason,
+    scrub,
+    split_named_events,
+    upstream_status_error,
+)
 from gateway.providers.upstream import DeadlineReached, Response, UpstreamClient
 from gateway.types import Completion, ModelEntry, ProviderCall
 
@@ -41,33 +47,6 @@ def messages_url(model: ModelEntry, path: str = "") -> str:
     if base.endswith("/v1/messages"):
         return base + path
     return base + ("/messages" if base.endswith("/v1") else "/v1/messages") + path
-
-
-def split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
-    """The complete events in `buffer` (`\\n` line ends) as `event: <type>\\ndata: <json>`,
-    and the rest. Comments and events without data are skipped; an event without an
-    `event:` line is named by its data's `type`."""
-    *blocks, rest = buffer.split(b"\n\n")
-    out = []
-    for block in blocks:
-        if block.startswith(b"event: ") and block.count(b"\n") == 1 and b"\ndata: " in block:
-            out.append(block)  # the usual shape: passed on as it came
-            continue
-        name = data = b""
-        for line in block.split(b"\n"):
-            if line.startswith(b"event:"):
-                name = line[6:].strip()
-            elif line.startswith(b"data:"):
-                data = line[5:].strip()
-        if not data:
-            continue
-        if not name:
-            try:
-                name = str(orjson.loads(data).get("type", "")).encode()
-            except (orjson.JSONDecodeError, AttributeError):
-                continue
-        out.append(b"event: " + name + b"\ndata: " + data)
-    return out, rest
 
 
 class AnthropicProvider:
@@ -147,7 +126,7 @@ class AnthropicProvider:
                     buffer = buffer.replace(b"\r\n", b"\n")
                 if b"\n\n" not in buffer:
                     continue
-                events, buffer = split_events(buffer)
+                events, buffer = split_named_events(buffer)
                 for i, event in enumerate(events):
                     if event.startswith(_ERROR):
                         raise _inband(event, call)

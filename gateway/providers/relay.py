@@ -4,8 +4,9 @@ The reply body is passed on unchanged; only what metering needs is read
 (the number of choices, usage). Streams are split into SSE events and each
 event's payload handed on as bytes. Two dialects: chat (`/chat/completions`,
 ended by `[DONE]`) and, for upstreams that speak it, Responses (`/responses`, a
-Response with `usage.input_tokens`/`output_tokens`; its stream ends at the
-terminal event, which is passed on: the Responses dialect tells success from failure).
+Response with `usage.input_tokens`/`output_tokens`; its stream's events are passed on
+as received, `event: <type>\ndata: <json>`, and it ends at the terminal event, which is
+passed on: the Responses dialect tells success from failure).
 The HTTP client is `upstream/` (pooled keep-alive connections on httptools; cheaper
 than aiohttp per request); its timeouts and failures become UpstreamTimeout /
 UpstreamError here; the request's total deadline passing mid-stream becomes
@@ -19,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from gateway.dialects.responses.stream import FAILURE, SUCCESS, event_type
+from gateway.dialects.responses.stream import TERMINAL_EVENTS
 from gateway.errors import (
     GatewayError,
     UpstreamError,
@@ -31,13 +32,13 @@ from gateway.providers.relay_common import (
     reason,
     scrub,
     split_events,
+    split_named_events,
     upstream_status_error,
 )
 from gateway.providers.upstream import DeadlineReached, Response, UpstreamClient
 from gateway.types import RESPONSES, Completion, ModelEntry, ProviderCall
 
 OPENAI_BASE = "https://api.openai.com/v1"
-_TERMINAL = SUCCESS | FAILURE
 _FAILED = ("failed", "cancelled")
 
 
@@ -139,16 +140,18 @@ class RelayProvider:
                     buffer = buffer.replace(b"\r\n", b"\n")
                 if b"\n\n" not in buffer:
                     continue
+                if responses:  # named events, passed on as framed; the terminal one ends it
+                    payloads, buffer = split_named_events(buffer)
+                    for i, payload in enumerate(payloads):
+                        out.ready = len(payloads) - 1 - i
+                        yield payload
+                        if payload.startswith(TERMINAL_EVENTS):
+                            return
+                    continue
                 payloads, buffer = split_events(buffer)
                 for i, payload in enumerate(payloads):
                     if payload == b"[DONE]":
                         return
-                    if responses:  # its terminal event is the end, passed on
-                        out.ready = len(payloads) - 1 - i
-                        yield payload
-                        if event_type(payload) in _TERMINAL:
-                            return
-                        continue
                     if payload.startswith(b'{"error"'):
                         raise _inband(payload, call)
                     out.ready = len(payloads) - 1 - i  # payloads of this read still to come

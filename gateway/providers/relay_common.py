@@ -1,6 +1,7 @@
 """What the byte relays share (OpenAI-compatible and Anthropic): a provider's error
 answer as a gateway error with keys scrubbed, the SSE payload iterator with its `ready`
-count, and failure reasons without addresses."""
+count, the two SSE splitters (chat's `data:` payloads; the named events of Messages and
+Responses, passed on as framed), and failure reasons without addresses."""
 
 from __future__ import annotations
 
@@ -85,6 +86,34 @@ def split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
         return [event[5:].strip() for event in events if event.startswith(b"data:")], rest
     return [line[5:].strip() for event in events for line in event.split(b"\n")
             if line.startswith(b"data:")], rest
+
+
+def split_named_events(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """The complete events in `buffer` (`\\n` line ends) as `event: <type>\\ndata: <json>`,
+    and the rest: the dialects whose events are named (Messages, Responses). Comments and
+    events without data are skipped; an event without an `event:` line is named by its
+    data's `type`. An event in the usual shape is passed on as it came, not re-framed."""
+    *blocks, rest = buffer.split(b"\n\n")
+    out = []
+    for block in blocks:
+        if block.startswith(b"event: ") and block.count(b"\n") == 1 and b"\ndata: " in block:
+            out.append(block)  # the usual shape: passed on as it came
+            continue
+        name = data = b""
+        for line in block.split(b"\n"):
+            if line.startswith(b"event:"):
+                name = line[6:].strip()
+            elif line.startswith(b"data:"):
+                data = line[5:].strip()
+        if not data:
+            continue
+        if not name:
+            try:
+                name = str(orjson.loads(data).get("type", "")).encode()
+            except (orjson.JSONDecodeError, AttributeError):
+                continue
+        out.append(b"event: " + name + b"\ndata: " + data)
+    return out, rest
 
 
 def reason(exc: OSError) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from gateway.dialects.responses.stream import frame
 from gateway.dialects.translate.responses_chat.reply import chat_reply_to_response
 from gateway.dialects.translate.responses_chat.stream import ChatToResponsesStream
 from gateway.errors import UnsupportedParameter, UpstreamError
@@ -79,6 +80,7 @@ def response_body(chat_reply: bytes, request: Json) -> bytes:
 
 
 def response_events(chunks: AsyncIterator[bytes], request: Json) -> AsyncIterator[bytes]:
-    """Chat chunk payloads -> Responses event payloads (each event's `data`)."""
+    """Chat chunk payloads -> Responses event payloads (`event: <type>\ndata: <json>`)."""
     translator = ChatToResponsesStream(request, response_id=new_response_id())
-    return from_chat(chunks, translator, lambda _name, data: orjson.dumps(data))
+    return from_chat(chunks, translator,
+                     lambda name, data: frame(name.encode(), orjson.dumps(data)))

@@ -42,7 +42,12 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, synchronous: str = "full") -> Engine:
+    """An engine for `url`; on SQLite, `synchronous` is the WAL's fsync policy (`full`, the
+    default, or `normal`: BOOKBAG_SQLITE_SYNCHRONOUS, gateway/settings.py)."""
+    if synchronous not in ("full", "normal"):
+        raise ValueError(f"synchronous must be 'full' or 'normal', got {synchronous!r}")
+    pragma = f"PRAGMA synchronous={synchronous.upper()}"
     url = normalise_url(url)
     if is_sqlite(url):
         engine = create_engine(
@@ -58,7 +63,8 @@ def make_engine(url: str) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed charge survives power loss, not only a process crash.
-            cur.execute("PRAGMA synchronous=FULL")
+            # NORMAL (an operator's choice): it survives a process crash only.
+            cur.execute(pragma)
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()

@@ -10,7 +10,7 @@ from typing import Any, cast
 import orjson
 import pytest
 
-from gateway.dialects.responses.stream import ResponsesStream, event_type
+from gateway.dialects.responses.stream import ResponsesStream, event_type, frame
 from gateway.edge.sse import SseResponse
 from gateway.errors import ChargeUnconfirmed, UpstreamTimeout
 from gateway.flow.outcome import StreamReply
@@ -18,8 +18,13 @@ from gateway.flow.settlement import Settlement
 from tests.dialects.fixtures import check_responses_event, load
 
 
+def _framed(data: dict[str, Any]) -> bytes:
+    """An event as the relay hands it on: framed, without the blank line."""
+    return frame(str(data["type"]).encode(), orjson.dumps(data))
+
+
 def _payloads(name: str) -> list[bytes]:
-    return [orjson.dumps(e["data"]) for e in load(name)["events"]]
+    return [frame(e["event"].encode(), orjson.dumps(e["data"])) for e in load(name)["events"]]
 
 
 def _parse(framed: bytes) -> list[tuple[str, dict[str, Any]]]:
@@ -34,13 +39,12 @@ def _parse(framed: bytes) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def test_events_are_framed_with_their_type() -> None:
+def test_events_go_out_as_they_came() -> None:
     dialect = ResponsesStream()
     payload = _payloads("responses_stream_text")[4]
-    assert dialect.event(payload) == b"event: response.output_text.delta\ndata: " + payload + \
-        b"\n\n"
-    spaced = b'{ "delta": "x", "type": "response.refusal.delta", "sequence_number": 3}'
-    assert event_type(spaced) == b"response.refusal.delta"
+    assert payload.startswith(b"event: response.output_text.delta\ndata: {")
+    assert dialect.event(payload) == payload + b"\n\n"  # not re-framed
+    assert event_type(payload) == b"response.output_text.delta"
     assert dialect.done == b""
 
 
@@ -56,8 +60,8 @@ def test_output_is_any_non_empty_delta() -> None:
     assert not any(v for k, v in kinds.items() if not k.endswith(b".delta"))
     for kind in ("response.refusal.delta", "response.reasoning_summary_text.delta",
                  "response.reasoning_text.delta"):
-        assert dialect.inspect(orjson.dumps({"type": kind, "delta": "a"}))[0]
-        assert not dialect.inspect(orjson.dumps({"type": kind, "delta": ""}))[0]
+        assert dialect.inspect(_framed({"type": kind, "delta": "a"}))[0]
+        assert not dialect.inspect(_framed({"type": kind, "delta": ""}))[0]
 
 
 def test_usage_comes_from_the_terminal_success_with_credits_added() -> None:
@@ -80,8 +84,8 @@ def test_incomplete_is_a_success_and_carries_usage() -> None:
     completed = load("responses_stream_text")["events"][-1]["data"]
     response = {**completed["response"], "status": "incomplete",
                 "incomplete_details": {"reason": "max_output_tokens"}}
-    payload = orjson.dumps({"type": "response.incomplete", "response": response,
-                            "sequence_number": 12})
+    payload = _framed({"type": "response.incomplete", "response": response,
+                       "sequence_number": 12})
     dialect = ResponsesStream()
     assert dialect.may_carry_usage(payload)
     assert dialect.inspect(payload)[1] == {"prompt_tokens": 36, "completion_tokens": 5,
@@ -122,10 +126,10 @@ def test_a_provider_failure_event_is_a_failure_not_a_reply(terminal: dict[str, A
     created = load("responses_stream_text")["events"][0]["data"]
     if "response" in terminal:
         terminal = {**terminal, "response": {**created["response"], **terminal["response"]}}
-    payload = orjson.dumps({**terminal, "sequence_number": 1})
+    payload = _framed({**terminal, "sequence_number": 1})
     dialect = ResponsesStream()
     assert dialect.may_carry_usage(payload)
-    assert dialect.inspect(orjson.dumps(created)) == (False, None)
+    assert dialect.inspect(_framed(created)) == (False, None)
     assert dialect.inspect(payload) == (False, None)  # usage of a failure: never charged
     dialect.event(payload)
     failure = dialect.failure()

@@ -9,10 +9,11 @@ import pytest
 
 from gateway.catalog import CatalogError, parse
 from gateway.errors import UnsupportedParameter
-from gateway.providers.anthropic import messages_url, split_events
+from gateway.providers.anthropic import messages_url
 from gateway.providers.local import LocalProvider
 from gateway.providers.registry import Providers
 from gateway.providers.relay import RelayProvider
+from gateway.providers.relay_common import split_named_events as split_events
 from gateway.providers.translating import TranslatingProvider
 from gateway.types import ModelEntry
 

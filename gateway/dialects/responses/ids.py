@@ -44,8 +44,9 @@ def event_response_id(payload: bytes) -> str | None:
     found = _EVENT_ID.search(payload[:_SCAN])
     if found is not None:
         return found.group(1).decode("utf-8", "replace")
+    at = payload.find(b"data:")  # the event's data line (a payload is the framed event)
     try:
-        data = orjson.loads(payload)
+        data = orjson.loads(payload[at + 5:] if at >= 0 else payload)
     except orjson.JSONDecodeError:
         return None
     response = data.get("response") if isinstance(data, dict) else None

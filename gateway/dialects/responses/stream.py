@@ -1,9 +1,12 @@
 """The Responses dialect's stream: what an event carries, how it is framed, how a stream ends.
 
 What the edge's event writer (gateway/edge/sse.py, `StreamDialect`) asks of it, for a
-stream of typed Responses events. A payload is one event's `data` JSON (the provider strips
-the SSE framing, as for chat); it goes out as `event: <type>\\ndata: <json>\\n\\n`, the
-event name being the data's own `type`, as OpenAI sends it.
+stream of typed Responses events. A payload is one event as SSE frames it, without the
+blank line that ends it: `event: <type>\ndata: <json>` (the relay passes the provider's
+events on as it received them, gateway/providers/relay_common.py `split_named_events`;
+the translator frames its own the same way). It goes out as it came, `\n\n` added: the
+writer reads an event's type from its `event:` line and parses the JSON only while
+nothing was delivered yet and for the terminal event, never re-framing what it relays.
 
 - Output: any `*.delta` event with a non-empty `delta` (output text, refusal, function call
   arguments, reasoning text and summaries, custom tool input, audio ...).
@@ -39,22 +42,28 @@ from gateway.errors import GatewayError, UpstreamError
 SUCCESS = frozenset({b"response.completed", b"response.incomplete"})
 FAILURE = frozenset({b"response.failed", b"response.cancelled", b"error"})
 _TERMINAL = SUCCESS | FAILURE
-_OPENING = b'{"type":"'
+_NAME = b"event: "
+TERMINAL_EVENTS = tuple(_NAME + kind + b"\n" for kind in sorted(_TERMINAL))
+_FAILED = _NAME + b"response.failed\n"
+_READ = _TERMINAL | {b"response.created", b"response.in_progress"}  # parsed by `inspect`
 _SEQUENCE = b'"sequence_number":'
 
 
 def event_type(payload: bytes) -> bytes:
-    """The event's `type`: read from the bytes when it comes first (OpenAI's own order)."""
-    if payload.startswith(_OPENING):
-        end = payload.find(b'"', len(_OPENING))
-        if end > 0:
-            return payload[len(_OPENING):end]
+    """The event's type, from its `event:` line."""
+    end = payload.find(b"\n")
+    return payload[len(_NAME):end] if payload.startswith(_NAME) and end > 0 else b""
+
+
+def data_of(payload: bytes) -> Any:
+    """The JSON of an event's `data:` line (None when there is none or it is not JSON)."""
+    at = payload.find(b"data:")
+    if at < 0:
+        return None
     try:
-        data = orjson.loads(payload)
+        return orjson.loads(payload[at + 5:])
     except orjson.JSONDecodeError:
-        return b""
-    kind = data.get("type") if isinstance(data, dict) else None
-    return kind.encode() if isinstance(kind, str) else b""
+        return None
 
 
 def chat_usage(usage: Any) -> dict[str, Any] | None:
@@ -68,8 +77,22 @@ def chat_usage(usage: Any) -> dict[str, Any] | None:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
 
 
-def frame(kind: bytes, payload: bytes) -> bytes:
-    return b"event: " + kind + b"\ndata: " + payload + b"\n\n"
+def frame(kind: bytes, data: bytes) -> bytes:
+    """An event as a payload of this dialect (no blank line yet)."""
+    return _NAME + kind + b"\ndata: " + data
+
+
+def sequence_of(payload: bytes) -> int | None:
+    """The event's `sequence_number`, read from the bytes (the last such key: the objects an
+    event nests, a Response or an item, carry none)."""
+    at = payload.rfind(_SEQUENCE)
+    if at < 0:
+        return None
+    digits = payload[at + len(_SEQUENCE):at + len(_SEQUENCE) + 20].lstrip()
+    end = 0
+    while end < len(digits) and digits[end:end + 1].isdigit():
+        end += 1
+    return int(digits[:end]) if end else None
 
 
 class ResponsesStream:
@@ -86,23 +109,25 @@ class ResponsesStream:
             "status": "in_progress", "output": [], "parallel_tool_calls": True,
             "tool_choice": "auto", "tools": [], "error": None, "incomplete_details": None,
             "instructions": None, "metadata": {}, "temperature": None, "top_p": None}
-        self._last = -1  # the last sequence_number sent to the client
+        self._sent = 0  # events sent to the client
+        self._tail = b""  # the last of them (its sequence_number is read when needed)
         self.terminal: str | None = None  # the provider's terminal event, once seen
         self._failure: str | None = None  # the provider's message, when it failed
         self._failed_sent = False  # the provider's own response.failed reached the client
+        self._parsed: tuple[bytes, dict[str, Any]] | None = None  # the terminal event, parsed
 
     # --- what the writer asks ------------------------------------------------------
 
     def may_carry_usage(self, payload: bytes) -> bool:
         """Only a terminal event holds usage; every terminal one is parsed (a failure too:
         `failure()` must know it)."""
-        return not payload.startswith(_OPENING) or event_type(payload) in _TERMINAL
+        return payload.startswith(TERMINAL_EVENTS) or not payload.startswith(_NAME)
 
     def inspect(self, payload: bytes) -> tuple[bool, dict[str, Any] | None]:
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return False, None
+        name = event_type(payload)
+        if name and not name.endswith(b".delta") and name not in _READ:
+            return False, None  # no output, no usage, not the Response: not parsed
+        data = data_of(payload)
         if not isinstance(data, dict):
             return False, None
         kind = data.get("type")
@@ -115,27 +140,30 @@ class ResponsesStream:
             delta = data.get("delta")
             return bool(delta), None
         if kind.encode() in _TERMINAL:
+            self._parsed = (payload, data)  # usage_event adds the credits to it
             return False, self._terminal(kind, data)
         return False, None
 
     def event(self, payload: bytes) -> bytes:
-        kind = event_type(payload)
-        self._sent(kind, payload)
-        return frame(kind, payload)
+        """The event as it came (`\n\n` ends it)."""
+        self._sent += 1
+        self._tail = payload
+        if payload.startswith(_FAILED):
+            self._failed_sent = True
+        return payload + b"\n\n"
 
     def usage_event(self, payload: bytes, credits: int) -> bytes:
         """The terminal success as the client gets it: `credits` in `response.usage`."""
-        data = orjson.loads(payload)
+        parsed = self._parsed
+        data = parsed[1] if parsed is not None and parsed[0] is payload else data_of(payload)
         data["response"]["usage"]["credits"] = credits
-        kind = str(data["type"]).encode()
-        out = orjson.dumps(data)
-        self._sent(kind, out)
-        return frame(kind, out)
+        return self.event(frame(str(data["type"]).encode(), orjson.dumps(data)))
 
     def error_event(self, error: GatewayError) -> bytes:
         if self._failed_sent:
             return b""  # the provider's response.failed already ended the stream
-        sequence = self._last + 1
+        last = sequence_of(self._tail)
+        sequence = self._sent if last is None else last + 1
         if self.succeeded:  # the Response ended well; recording it did not
             data: dict[str, Any] = {"type": "error", "code": error.code,
                                     "message": error.message, "param": error.param,
@@ -144,8 +172,7 @@ class ResponsesStream:
             data = {"type": "response.failed", "sequence_number": sequence,
                     "response": failed_response(self._response, code=error.code,
                                                 message=error.message, status=error.status)}
-        self._last = sequence
-        return frame(str(data["type"]).encode(), orjson.dumps(data))
+        return self.event(frame(str(data["type"]).encode(), orjson.dumps(data)))
 
     # --- how the stream ended ------------------------------------------------------
 
@@ -174,13 +201,3 @@ class ResponsesStream:
         message = error.get("message") if isinstance(error, dict) else None
         self._failure = str(message or kind)
         return None
-
-    def _sent(self, kind: bytes, payload: bytes) -> None:
-        at = payload.rfind(_SEQUENCE)
-        digits = payload[at + len(_SEQUENCE):at + len(_SEQUENCE) + 20].lstrip()
-        end = 0
-        while end < len(digits) and digits[end:end + 1].isdigit():
-            end += 1
-        self._last = int(digits[:end]) if at >= 0 and end else self._last + 1
-        if kind == b"response.failed":
-            self._failed_sent = True
