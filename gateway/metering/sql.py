@@ -20,7 +20,14 @@ from sqlalchemy import Engine
 from gateway.accounts.spend_caps import charged, refusal
 from gateway.clock import Clock, now_ms
 from gateway.errors import ServiceUnavailable
-from gateway.metering.base import AllotmentOf, charge, insufficient, plan_at, renewal_entry
+from gateway.metering.base import (
+    AllotmentOf,
+    charge,
+    insufficient,
+    plan_at,
+    renewal_entry,
+    trim,
+)
 from gateway.periods import period_of
 from gateway.storage.database import Cursor, Sql, apply_entry, transaction
 from gateway.storage.offload import BALANCES, run_db
@@ -138,12 +145,17 @@ class SqlMeter:
             cur.execute(sql("INSERT INTO cap_usage (workspace_id, subject, period_start, used) "
                             "VALUES (?, ?, ?, ?)"), (workspace_id, subject, period, credits))
 
-    def _settle(self, hold: Hold, entry: LedgerEntry) -> None:
+    def _settle(self, hold: Hold, entry: LedgerEntry, credits: int | None) -> None:
+        charged, rest = trim(hold, credits)
         with transaction(self._engine) as (cur, sql):
             cur.execute(sql("DELETE FROM holds WHERE request_id = ?"), (hold.request_id,))
             if cur.rowcount != 1:
                 return  # voided or expired already: nothing to charge
-            apply_entry(cur, sql, charge(entry, hold), project=False)
+            apply_entry(cur, sql, charge(entry, charged), project=False)
+            if rest is not None:  # a trimmed settle: the rest goes back, as a void would
+                self._give_back(cur, sql, hold.workspace_id, rest.from_allotment,
+                                rest.from_topups, rest.period_start, ",".join(rest.caps),
+                                rest.credits)
 
     def _void(self, request_id: str) -> None:
         with transaction(self._engine) as (cur, sql):
@@ -159,17 +171,23 @@ class SqlMeter:
                 return
             workspace_id, from_allotment, from_topups, period, caps, credits = row
             cur.execute(sql("DELETE FROM holds WHERE request_id = ?"), (request_id,))
-            cur.execute(
-                sql(
-                    "UPDATE balances SET allotment_remaining = allotment_remaining + "
-                    "CASE WHEN period_start = ? THEN ? ELSE 0 END, "
-                    "topups_remaining = topups_remaining + ? WHERE workspace_id = ?"
-                ),
-                (period, from_allotment, from_topups, workspace_id),
-            )
-            # After the balance row (reserve's lock order): the hold's cap usage goes back.
-            for subject in caps.split(",") if caps else ():
-                self._cap_add(cur, sql, workspace_id, subject, period, -int(credits))
+            self._give_back(cur, sql, workspace_id, from_allotment, from_topups, period, caps,
+                            int(credits))
+
+    def _give_back(self, cur: Cursor, sql: Sql, workspace_id: str, from_allotment: int,
+                   from_topups: int, period: str, caps: str | None, credits: int) -> None:
+        """A hold's credits (or a trimmed settle's rest) back to the buckets and caps."""
+        cur.execute(
+            sql(
+                "UPDATE balances SET allotment_remaining = allotment_remaining + "
+                "CASE WHEN period_start = ? THEN ? ELSE 0 END, "
+                "topups_remaining = topups_remaining + ? WHERE workspace_id = ?"
+            ),
+            (period, from_allotment, from_topups, workspace_id),
+        )
+        # After the balance row (reserve's lock order): the hold's cap usage goes back.
+        for subject in caps.split(",") if caps else ():
+            self._cap_add(cur, sql, workspace_id, subject, period, -credits)
 
     def _balance(self, workspace_id: str) -> Balance:
         with transaction(self._engine) as (cur, sql):
@@ -201,8 +219,9 @@ class SqlMeter:
                                   store=BALANCES)
         return hold
 
-    async def settle(self, hold: Hold, entry: LedgerEntry) -> Balance | None:
-        await run_db(self._settle, hold, entry, store=BALANCES)
+    async def settle(self, hold: Hold, entry: LedgerEntry,
+                     credits: int | None = None) -> Balance | None:
+        await run_db(self._settle, hold, entry, credits, store=BALANCES)
         return None
 
     async def void(self, hold: Hold) -> None:
