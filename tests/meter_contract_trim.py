@@ -27,7 +27,7 @@ def test_trim_takes_the_allotment_first() -> None:
     assert (charged.credits, charged.from_allotment, charged.from_topups) == (12, 10, 2)
     assert rest is not None and (rest.credits, rest.from_allotment, rest.from_topups) == (3, 0, 3)
     assert rest.caps == hold.caps and trim(hold, None) == (hold, None) == trim(hold, 15)
-    with pytest.raises(ValueError, match="0..15 credits, not 16"):
+    with pytest.raises(ValueError, match=r"0\.\.15 credits, not 16"):
         trim(hold, 16)
 
 
