@@ -194,3 +194,4 @@ class LedgerEntry:
     created_ms: int = 0
     api: str | None = None  # the client's dialect: chat | responses | messages (replies only)
     response_id: str | None = None  # Responses: the id the gateway returned (state ownership)
+    requested_model: str | None = None  # fallbacks: the model asked for; `model` answered
