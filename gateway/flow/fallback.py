@@ -40,12 +40,14 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import (
+    DeadlineExceeded,
     GatewayError,
     InsufficientCredits,
     ProviderRejected,
     SpendCapReached,
     UpstreamError,
     UpstreamTimeout,
+    deadline_exceeded,
 )
 from gateway.flow import billed_features
 from gateway.flow import responses as responses_flow
@@ -173,6 +175,15 @@ async def reserve(p: Pipeline, caller: Caller, request_id: str, requested: Model
     raise AssertionError("unreachable: the requested model's price is tried last")
 
 
+def _whole(error: GatewayError, requested: ModelEntry, total: float,
+           past: bool) -> GatewayError:
+    """The request's deadline named as a whole (an attempt saw only what was left of it):
+    a timeout once the deadline has passed is the deadline's."""
+    if isinstance(error, DeadlineExceeded) or (isinstance(error, UpstreamTimeout) and past):
+        return deadline_exceeded(requested.id, total)
+    return error
+
+
 def reason_of(exc: BaseException) -> str | None:
     """The fallback reason of a failed attempt, or None: not one a fallback may fix."""
     if isinstance(exc, TimeoutError):  # our first-byte budget (asyncio.timeout)
@@ -198,8 +209,8 @@ async def attempt(p: Pipeline, found: Chain, req: ChatRequest, decision: Decisio
     for i, member in enumerate(members):
         model = member.model
         left = deadline - loop.time()
-        if error is not None and left <= 0:
-            raise error
+        if error is not None and left <= 0:  # the request's one deadline has passed
+            raise deadline_exceeded(requested.id, timeouts.total) from error
         call = p.decider.chat_call(model, req, decision, body=member.body)
         # The deadline left; a BYO key stays (same provider); the house's key is the model's.
         key = decision.api_key if decision.mode is BillingMode.BYO or model is requested \
@@ -232,9 +243,8 @@ async def attempt(p: Pipeline, found: Chain, req: ChatRequest, decision: Decisio
                 f"`{model.id}` sent nothing within its first-byte budget "
                 f"({model.first_byte_timeout:g} s).")
             if why is None or not more:
-                if failure is exc:
-                    raise
-                raise failure from exc
+                raise _whole(failure, requested, timeouts.total,
+                             loop.time() >= deadline) from exc
             first_reason = first_reason or why
             error = failure
             continue

@@ -29,7 +29,8 @@ GROUPS = ("day", *COLUMNS)
 # group (hours x attributions), a conversation a row or two (summing twice costs more than it saves).
 _ROLLUPS = (
     ("usage_rollup", frozenset({"day", "agent", "model", "billing_mode"}), True),
-    ("usage_conversations", frozenset(GROUPS), False),
+    ("usage_conversations", frozenset({"day", "agent", "model", "billing_mode", "conversation"}),
+     False),
 )
 # SQLite allows 500 terms in a compound SELECT: past this many hours to read from the ledger
 # (midnights off the quarter hour: historic offsets), the whole window is read from it.
