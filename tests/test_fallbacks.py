@@ -304,3 +304,29 @@ def test_concurrent_fallbacks_never_overdraw_and_match_the_ledger(
         balance = gw.balance(key)
         assert (balance["balance"], balance["reserved"]) == (40 - charged, 0)
         assert provider.count_model("up-fb-cheap") == ok
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_dialect_falls_back_and_names_the_answering_model(
+        gateway: RunningGateway, provider: FakeProvider, stream: bool) -> None:
+    """Chat, Responses and Messages (translated onto the chat upstreams here): each falls
+    back, carries X-Bookbag-Model, JSON and stream alike, and is charged the answer's price."""
+    ws, key = gateway.workspace("free")
+    provider.fail("status", status=500, model="up-fb-main", times=3)
+    bodies = {
+        "/v1/chat/completions": {"messages": MESSAGES},
+        "/v1/responses": {"input": "hello"},
+        "/v1/messages": {"max_tokens": 50, "messages": MESSAGES},
+    }
+    with gateway.client(key) as c:
+        for path, body in bodies.items():
+            with c.stream("POST", path, json={"model": "fb-main", "stream": stream, **body},
+                          headers={"anthropic-version": "2023-06-01"}) as r:
+                r.read()
+                assert r.status_code == 200, (path, r.text)
+                assert r.headers["x-bookbag-model"] == "fb-cheap", path
+    rows = gateway.wait_ledger(ws, 3)
+    assert sorted(r["api"] for r in rows) == ["chat", "messages", "responses"]
+    assert {(r["model"], r["requested_model"], r["credits"]) for r in rows} == {
+        ("fb-cheap", "fb-main", 2)}
+    assert gateway.balance(key)["balance"] == 94
