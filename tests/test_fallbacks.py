@@ -49,6 +49,8 @@ def fallback_pricing(fake: FakeProvider) -> str:
         entry("fb-h2", 1, "first_byte_timeout = 1.2"),
         entry("fb-h3", 1, "first_byte_timeout = 1.2"),
         entry("fb-h4", 1),
+        entry("fb-small", 1, "max_output_tokens = 100"),
+        entry("fb-param", 5, 'fallbacks = ["fb-small", "fb-cheap"]'),
         "[plans.free]",
     ]))
 
@@ -165,6 +167,22 @@ def test_a_member_that_does_not_fit_is_skipped_and_the_preview_says_so(
     assert (r.status_code, r.headers["x-bookbag-model"]) == (200, "fb-cheap"), r.text
     assert ups(provider, "fb-mid", "fb-dear", "fb-cheap") == [1, 0, 1]
     assert gateway.balance(key)["balance"] == 4
+
+
+def test_a_member_that_cannot_honour_the_parameters_is_skipped(
+        gateway: RunningGateway, provider: FakeProvider) -> None:
+    _, key = gateway.workspace("free")
+    with gateway.client(key) as c:
+        preview = c.post("/v1/chat/completions/preview", json={
+            "model": "fb-param", "messages": MESSAGES, "max_tokens": 500}).json()
+    assert preview["fallbacks"]["chain"] == ["fb-param", "fb-cheap"]
+    [skipped] = preview["fallbacks"]["skipped"]
+    assert skipped["model"] == "fb-small" and skipped["reason"].startswith("parameters: ")
+    assert "max_tokens" in skipped["reason"]
+    provider.fail("status", status=502, model="up-fb-param")
+    r = chat(gateway, key, "fb-param", max_tokens=500)
+    assert (r.status_code, r.headers["x-bookbag-model"]) == (200, "fb-cheap"), r.text
+    assert ups(provider, "fb-small") == [0]
 
 
 def test_a_primary_that_does_not_fit_is_402_before_any_call(
