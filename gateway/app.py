@@ -35,6 +35,7 @@ from gateway.dashboard.sessions import Sessions
 from gateway.edge.asgi import GatewayApp
 from gateway.edge.failures import failure
 from gateway.edge.routes import ROUTES
+from gateway.flow.breaker import Breakers
 from gateway.flow.pipeline import Pipeline
 from gateway.idempotency.service import Idempotency
 from gateway.idempotency.sql import LedgerCheck, SqlIdempotencyStore
@@ -215,13 +216,16 @@ async def build_gateway(settings: Settings, clock: Clock | None = None,
 
         limits = RedisLimits(settings.redis_url, timeout=settings.redis_timeout)
     limiter = RateLimiter(catalog, limits, clock)
+    breakers = Breakers(clock, failures=settings.breaker_failures,
+                        cooldown=settings.breaker_cooldown)
+    metrics = Metrics(holds_counter(meter, engine), breakers.states)
     pipeline = Pipeline(settings=settings, catalog=catalog, clock=clock, meter=meter,
                         recorder=Recorder(writer, spool=spool), providers=providers,
                         limiter=limiter, idempotency=idempotency, stored_byo_key=byo.lookup,
                         after_charge=thresholds.after_charge,
                         responses=LedgerResponses(engine),
+                        breakers=breakers, on_fallback=metrics.fallback,
                         crash=crasher(settings.crash_at))  # test-only; a no-op unless set
-    metrics = Metrics(holds_counter(meter, engine))
     metrics.feed_from("embedded", writer)
     if isinstance(meter, HasOutbox):
         metrics.feed_from("redis", meter.outbox)

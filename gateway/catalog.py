@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,9 @@ from gateway.types import CHAT, DIALECTS, MESSAGES, RESPONSES, ModelEntry, Plan
 _MODEL_KEYS = {
     "provider", "credits", "upstream", "aliases", "metered", "byo", "api_base",
     "api_key_env", "kind", "max_output_tokens", "service_tiers", "hosted_tools",
-    "anthropic_betas", "max_thinking_tokens", "dialects",
+    "anthropic_betas", "max_thinking_tokens", "dialects", "fallbacks", "first_byte_timeout",
 }
+DEFAULT_FIRST_BYTE_TIMEOUT = 30.0  # seconds; docs/configuration.md
 _PLAN_KEYS = {"credits", "rate_limit"}
 _RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*s\s*$")
 LOCAL_PROVIDER = "local"
@@ -106,7 +107,16 @@ def _model(model_id: str, raw: Any) -> ModelEntry:
             raise CatalogError(f"{where}: field {flag!r} must be true or false")
 
     local = provider == LOCAL_PROVIDER
+    fallbacks = _strings(where, raw, "fallbacks")
+    budget = raw.get("first_byte_timeout", DEFAULT_FIRST_BYTE_TIMEOUT)
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or not budget > 0:
+        raise CatalogError(f"{where}: field 'first_byte_timeout' must be a number of seconds "
+                           f"> 0, got {budget!r}")
+    if kind != "chat" and ("fallbacks" in raw or "first_byte_timeout" in raw):
+        raise CatalogError(f"{where}: fallbacks and first_byte_timeout are for chat models")
     return ModelEntry(
+        fallbacks=tuple(fallbacks),
+        first_byte_timeout=float(budget),
         dialects=_dialects(where, raw, provider, api_base, kind),
         id=model_id,
         provider=provider,
@@ -187,6 +197,47 @@ def _billed_features(where: str, raw: dict[str, Any], kind: str) -> dict[str, An
             "hosted_tools": tuple(tools), "anthropic_betas": tuple(betas)}
 
 
+def _chains(models: dict[str, ModelEntry],
+            lookup: dict[str, ModelEntry]) -> dict[str, ModelEntry]:
+    """Each entry's `fallbacks` as canonical ids, expanded depth first through the fallbacks'
+    own (each model once): a chain is what a request to the entry may try. Refused: an
+    unknown or embedding model, the entry itself, a duplicate, a cycle, local mixed with
+    provider models."""
+    direct: dict[str, tuple[str, ...]] = {}
+    for entry in models.values():
+        where = f'[models."{entry.id}"]: fallbacks'
+        ids: list[str] = []
+        for name in entry.fallbacks:
+            target = lookup.get(name) or lookup.get(name.lower())
+            if target is None:
+                raise CatalogError(f"{where}: unknown model {name!r}")
+            if target.kind != "chat":
+                raise CatalogError(f"{where}: {name!r} is an embedding model")
+            if target.id == entry.id:
+                raise CatalogError(f"{where}: {name!r} is the model itself")
+            if target.id in ids:
+                raise CatalogError(f"{where}: {name!r} is listed twice")
+            if (target.provider == LOCAL_PROVIDER) != (entry.provider == LOCAL_PROVIDER):
+                raise CatalogError(f"{where}: {name!r} mixes bookbag-local with provider "
+                                   "models (a local reply is never charged)")
+            ids.append(target.id)
+        direct[entry.id] = tuple(ids)
+
+    def expand(model_id: str, path: tuple[str, ...]) -> list[str]:
+        chain: list[str] = []
+        for nxt in direct[model_id]:
+            if nxt in path:
+                cycle = " -> ".join((*path[path.index(nxt):], nxt))
+                raise CatalogError(f'[models."{path[0]}"]: fallbacks form a cycle: {cycle}')
+            for member in (nxt, *expand(nxt, (*path, nxt))):
+                if member not in chain:
+                    chain.append(member)
+        return chain
+
+    return {model_id: replace(entry, fallbacks=tuple(expand(model_id, (model_id,))))
+            if direct[model_id] else entry for model_id, entry in models.items()}
+
+
 def _plan(name: str, raw: Any) -> tuple[Plan, RateLimit | None]:
     where = f"[plans.{name}]"
     if not isinstance(raw, dict):
@@ -224,6 +275,9 @@ def parse(data: dict[str, Any]) -> Catalog:
                         f'[models."{entry.id}"]: alias {name!r} is already used by "{other.id}"'
                     )
                 lookup[key] = entry
+
+    models = _chains(models, lookup)
+    lookup = {name: models[entry.id] for name, entry in lookup.items()}
 
     raw_plans = data.get("plans")
     if not isinstance(raw_plans, dict) or not raw_plans:

@@ -122,6 +122,9 @@ class Settings:
     # the process loses nothing, a power loss or OS crash may lose the last commits
     # (docs/performance.md measures what it saves).
     sqlite_synchronous: str = "full"
+    # --- fallbacks (issue 16): each model's circuit breaker, per process (flow/breaker.py) ---
+    breaker_failures: int = 5  # consecutive failures that open it
+    breaker_cooldown: float = 30.0  # seconds it stays open before a trial (half-open)
 
     def __post_init__(self) -> None:
         if self.sqlite_synchronous not in ("full", "normal"):
@@ -133,6 +136,9 @@ class Settings:
                 f"({self.provider_timeouts.total:g}s), or holds could expire while a reply "
                 "is still being produced"
             )
+        if self.breaker_failures < 1 or self.breaker_cooldown <= 0:
+            raise SettingsError("BOOKBAG_BREAKER_FAILURES must be >= 1 and "
+                                "BOOKBAG_BREAKER_COOLDOWN > 0 seconds")
         if self.meter not in ("auto", "memory", "sql", "redis"):
             raise SettingsError(f"BOOKBAG_METER must be auto, memory, sql or redis, got {self.meter!r}")
         if self.meter == "redis" and not self.redis_url:
@@ -208,6 +214,9 @@ class Settings:
             # Redis Cluster (issue 17)
             "redis_wait_replicas": _int(env, "BOOKBAG_REDIS_WAIT_REPLICAS", 0),
             "redis_wait_timeout": _float(env, "BOOKBAG_REDIS_WAIT_TIMEOUT", 0.05),
+            # fallbacks (issue 16)
+            "breaker_failures": _int(env, "BOOKBAG_BREAKER_FAILURES", 5),
+            "breaker_cooldown": _float(env, "BOOKBAG_BREAKER_COOLDOWN", 30.0),
             "crash_at": env.get("BOOKBAG_TEST_CRASH_AT") or None,  # test-only (crashpoints.py)
             # --- input checks (issue 12): webhook targets
             "webhook_allow_private": (env.get("BOOKBAG_WEBHOOK_ALLOW_PRIVATE") or "").lower()

@@ -66,6 +66,11 @@ class ModelEntry:
     max_thinking_tokens: int | None = None  # cap on a Messages `thinking.budget_tokens`
     # What the upstream speaks natively (catalog.py's defaults); the rest is translated.
     dialects: tuple[str, ...] = (CHAT,)
+    # Fallbacks (SPEC "Spend controls"): the models tried after this one, canonical ids,
+    # already expanded through their own fallbacks (catalog.py); and how long an attempt
+    # on this model may go without its first byte while another model is left to try.
+    fallbacks: tuple[str, ...] = ()
+    first_byte_timeout: float = 30.0
 
     @property
     def relayed(self) -> bool:
@@ -189,3 +194,4 @@ class LedgerEntry:
     created_ms: int = 0
     api: str | None = None  # the client's dialect: chat | responses | messages (replies only)
     response_id: str | None = None  # Responses: the id the gateway returned (state ownership)
+    requested_model: str | None = None  # fallbacks: the model asked for; `model` answered

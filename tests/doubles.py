@@ -156,9 +156,10 @@ class CountingMeter:
         self.reserved[request_id] += 1
         return hold
 
-    async def settle(self, hold: Hold, entry: LedgerEntry) -> Balance | None:
+    async def settle(self, hold: Hold, entry: LedgerEntry,
+                     credits: int | None = None) -> Balance | None:
         self.settled[hold.request_id] += 1
-        return await self.inner.settle(hold, entry)
+        return await self.inner.settle(hold, entry, credits)
 
     async def void(self, hold: Hold) -> None:
         self.voided[hold.request_id] += 1

@@ -43,6 +43,10 @@ failure matching a request's path is used (and counted down):
                 nothing more (the connection stays open) until reset() or stop().
                 Non-stream: hang.
   cut, inband_error and stall also take interval= (paced like slow_stream).
+  delay         seconds=<s>: wait that long before the first byte, then answer normally
+                (a model slow to start: fallbacks' first-byte budget).
+Any failure may be limited to one model with model=<the body's "model">;
+count_model(name) counts the requests that named it.
 `delay` (seconds) is waited before handling every request.
 `output` (streams, text replies) emulates a kind of model: "content" (the default),
 "refusal" (refusal deltas instead of content), "reasoning" (a reasoning model of the
@@ -129,7 +133,7 @@ ANTHROPIC_BLOCK_TYPES = (
     "text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking",
 )
 FAILURE_MODES = frozenset({"status", "hang", "drop", "cut", "inband_error", "slow_stream",
-                           "stall"})
+                           "stall", "delay"})
 OUTPUTS = ("content", "refusal", "reasoning", "audio")
 OPENAI_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "text-embedding-3-small")
 
@@ -179,6 +183,7 @@ class _Failure:
     times: int | None
     path: str | None
     opts: dict[str, Any]
+    model: str | None = None  # only requests whose body names this model
 
 
 @dataclass
@@ -758,8 +763,15 @@ class FakeProvider:
         self.output = "content"
         self._release_hung()
 
+    def count_model(self, model: str) -> int:
+        """Requests whose body named `model` (its upstream name)."""
+        with self._lock:
+            return sum(1 for r in self.received
+                       if isinstance(r.body, dict) and r.body.get("model") == model)
+
     def fail(
-        self, mode: str, *, times: int | None = 1, path: str | None = None, **opts: Any
+        self, mode: str, *, times: int | None = 1, path: str | None = None,
+        model: str | None = None, **opts: Any
     ) -> None:
         """Fail the next `times` requests to `path` (None: any); see the module docstring."""
         if mode not in FAILURE_MODES:
@@ -768,14 +780,18 @@ class FakeProvider:
             raise ValueError("fail('status') needs status=<int>")
         if mode == "slow_stream" and not _is_num(opts.get("interval")):
             raise ValueError("fail('slow_stream') needs interval=<seconds>")
+        if mode == "delay" and not _is_num(opts.get("seconds")):
+            raise ValueError("fail('delay') needs seconds=<seconds>")
         if times is not None and times < 1:
             raise ValueError("times must be >= 1 or None")
         with self._lock:
-            self._failures.append(_Failure(mode, times, path, dict(opts)))
+            self._failures.append(_Failure(mode, times, path, dict(opts), model))
 
-    def _take_failure(self, path: str) -> _Failure | None:
+    def _take_failure(self, path: str, model: object = None) -> _Failure | None:
         with self._lock:
             for failure in self._failures:
+                if failure.model is not None and failure.model != model:
+                    continue
                 if failure.path is None or failure.path == path:
                     if failure.times is not None:
                         failure.times -= 1
@@ -811,7 +827,11 @@ class FakeProvider:
         anthropic = request.path.startswith("/v1/messages")  # which error shape to use
         if self.delay > 0:
             await asyncio.sleep(self.delay)
-        ctx.failure = failure = self._take_failure(request.path)
+        ctx.failure = failure = self._take_failure(
+            request.path, body.get("model") if isinstance(body, dict) else None)
+        if failure is not None and failure.mode == "delay":
+            await asyncio.sleep(float(failure.opts["seconds"]))
+            ctx.failure = failure = None  # then an ordinary answer
         if failure is not None:
             if failure.mode == "status":
                 return self._status_failure(failure, anthropic, ctx.seq)

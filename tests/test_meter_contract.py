@@ -39,6 +39,7 @@ from tests.meter_contract import (
     reply,
 )
 from tests.meter_contract_caps import CapContract, SharedCapContract
+from tests.meter_contract_trim import TrimContract
 from tests.redis_backend import redis_cluster_sqlite, redis_postgres, redis_sqlite
 from tests.redis_backend import redis_url as redis_url  # the session's redis-server (a fixture)
 
@@ -145,7 +146,7 @@ async def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         await backend.close()
 
 
-class TestMeterContract(MeterContract, CapContract):
+class TestMeterContract(MeterContract, CapContract, TrimContract):
     @pytest.fixture(params=list(BUILDERS))
     async def backend(self, request: pytest.FixtureRequest, tmp_path: Path
                       ) -> AsyncIterator[MeterBackend]:

@@ -318,7 +318,8 @@ def test_migration_0007_builds_the_conversation_rollup_from_the_ledger(
                              kind=EntryKind.TOPUP if i % 11 == 0 else EntryKind.REPLY)
                        for i in range(120)]
             # The ledger as it was at 0006: without the columns later revisions added.
-            old = [i for i, c in enumerate(LEDGER_COLUMNS) if c not in ("api", "response_id")]
+            later = ("api", "response_id", "requested_model")
+            old = [i for i, c in enumerate(LEDGER_COLUMNS) if c not in later]
             insert = (f"INSERT INTO ledger ({', '.join(LEDGER_COLUMNS[i] for i in old)}) "
                       f"VALUES ({', '.join('?' for _ in old)})")
             with transaction(eng) as (cur, sql):

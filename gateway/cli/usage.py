@@ -83,7 +83,8 @@ def usage(
     end: End = None,
     tz: Tz = None,
     group_by: Annotated[str, typer.Option(
-        "--group-by", help="Up to three of day, agent, model, conversation, billing_mode.")] = "day",
+        "--group-by", help="Up to three of day, agent, model, conversation, billing_mode, "
+        "key, requested_model.")] = "day",
     agent: Agent = None,
     model: Model = None,
     as_json: JsonFlag = False,

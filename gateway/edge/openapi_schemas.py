@@ -98,7 +98,13 @@ SCHEMAS: dict[str, Any] = {
                     "balance": NINT, "would_be_refused": BOOL,
                     # spend controls: the admission dry-run (docs/billing.md)
                     "verdicts": {"type": "array", "items": {"type": "object"}},
-                    "refusal": {"type": ["object", "null"]}},
+                    "refusal": {"type": ["object", "null"]},
+                    # an entry with fallbacks: the chain a request would try (docs/billing.md)
+                    "fallbacks": obj({"chain": {"type": "array", "items": STR},
+                                      "worst_case_credits": INT,
+                                      "skipped": {"type": "array", "items": obj(
+                                          {"model": STR, "reason": STR})}},
+                                     ["chain", "worst_case_credits", "skipped"])},
                    ["model", "billing_mode", "credits_per_reply", "credits_if_sent", "balance",
                     "would_be_refused"]),
     "Model": obj({"id": STR, "object": {"const": "model"}, "created": INT, "owned_by": STR,
@@ -144,7 +150,8 @@ SCHEMAS: dict[str, Any] = {
                         "conversation_id": NSTR, "model": NSTR, "provider": NSTR, "replies": INT,
                         "prompt_tokens": NINT, "completion_tokens": NINT, "latency_ms": NINT,
                         "reason": NSTR, "ref": NSTR, "actor": NSTR,
-                        "api": {"enum": ["chat", "responses", "messages", None]}},
+                        "api": {"enum": ["chat", "responses", "messages", None]},
+                        "requested_model": NSTR},
                        ["request_id", "created_at", "kind", "credits"]),
     "Health": obj({"status": STR}, ["status"]),
     "Readiness": obj({"status": {"enum": ["ok", "degraded"]}, "checks": {"type": "object"},

@@ -35,9 +35,10 @@ class Books:
             self.after_charge(hold, balance)
 
     async def resolve(self, hold: Hold | None, entry: LedgerEntry, *,
-                      charge: bool) -> Balance | None:
+                      charge: bool, credits: int | None = None) -> Balance | None:
         """Settle or void the hold (metered), or record the entry (unmetered).
-        Returns the balance after a settle when the meter read it on the way (else None)."""
+        Returns the balance after a settle when the meter read it on the way (else None).
+        `credits`: charge less than the hold (a fallback answered with a cheaper model)."""
         if hold is None:
             if charge:
                 await self.recorder.record(entry)
@@ -45,7 +46,8 @@ class Books:
             return None
         try:
             if charge:
-                balance = await self.meter.settle(hold, entry)
+                balance = await (self.meter.settle(hold, entry) if credits is None
+                                 else self.meter.settle(hold, entry, credits))
                 self.crash("after_settle")
                 return balance
             await self.meter.void(hold)
@@ -69,7 +71,8 @@ class Books:
             ) from exc                                # charge a second reply
 
     async def resolve_claimed(self, claim: Claim, hold: Hold | None, entry: LedgerEntry, *,
-                              charge: bool, response: StoredResponse | None) -> Balance | None:
+                              charge: bool, response: StoredResponse | None,
+                              credits: int | None = None) -> Balance | None:
         """`resolve` for a request holding an Idempotency-Key: the response is staged
         before the charge and the key marked done after it; nothing charged releases it.
         A failed settle keeps the key (it may have committed): the idempotency service
@@ -87,11 +90,11 @@ class Books:
                 try:
                     if hold is None and isinstance(exc, Exception):
                         # Unmetered: no charge to protect; the reply never fails for the key.
-                        return await self.resolve(hold, entry, charge=True)
+                        return await self.resolve(hold, entry, charge=True, credits=credits)
                     await self.resolve(hold, entry, charge=False)
                 finally:
                     await claim.release()
                 raise
-        balance = await self.resolve(hold, entry, charge=True)
+        balance = await self.resolve(hold, entry, charge=True, credits=credits)
         await claim.finish()
         return balance

@@ -8,7 +8,9 @@
     3. the route's parameter check                      400 unsupported_parameter
     3b. with an Idempotency-Key: claim it               Replay | 409 | 422
     4. the in-flight cap, then metered only: reserve    429 / 402 / 503
-    5. call the provider                                502 / 504 / provider 4xx
+       (an entry with fallbacks: flow/fallback.py builds the chain and its hold)
+    5. call the provider (a chain: each member in turn, within the one deadline)
+                                                        502 / 504 / provider 4xx
     6. success: settle (charge + ledger entry, durable before the last byte)
        failure: `Settlement.abandon` voids -- the one place, shielded
        unmetered: a zero-credit ledger entry, never blocking the reply
@@ -17,16 +19,18 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import GatewayError, UpstreamError
-from gateway.flow import billed_features
+from gateway.flow import billed_features, fallback
 from gateway.flow import responses as responses_flow
 from gateway.flow.call import ChatCall
+from gateway.flow.decide import Decision
 from gateway.flow.outcome import JsonReply, Outcome, StreamReply
 from gateway.flow.ratelimit import fail_closed
 from gateway.flow.settlement import Settlement
@@ -39,7 +43,7 @@ from gateway.idempotency.service import (
     key_of,
 )
 from gateway.providers.base import Provider
-from gateway.types import CHAT, RESPONSES, Caller, ProviderCall
+from gateway.types import CHAT, RESPONSES, Caller, Completion, ModelEntry, ProviderCall
 
 if TYPE_CHECKING:
     from gateway.flow.pipeline import Pipeline
@@ -72,6 +76,9 @@ async def chat(p: Pipeline, caller: Caller, call: ChatCall) -> Outcome:
     call.report.model = model.id  # the log line names it even if the request fails here
     decision = await p.decider.decide(model, caller, call.provider_key)
     fail_closed(caller, metered=decision.metered)
+    # The body before the checks below add the requested model's caps: each fallback
+    # member is checked on its own copy.
+    original = copy.deepcopy(req.body) if model.fallbacks else None
     if req.dialect == RESPONSES:
         await responses_flow.prepare(p.responses, model, caller, req.body,
                                      house_pays=decision.house_pays,
@@ -97,6 +104,9 @@ async def chat(p: Pipeline, caller: Caller, call: ChatCall) -> Outcome:
         if model.provider != "local":  # the in-flight cap, before anything is reserved
             release = p.inflight.acquire(caller.workspace_id)
         call.report.entry = entry  # the request's log line and metrics read it when it ends
+        if original is not None:
+            return await _chain(p, caller, call, model, decision, settlement, original,
+                                started, release)
         cost = model.credits * req.n if decision.metered else 0
         if decision.metered:  # caps bind metered requests only
             settlement.hold = await p.meter.reserve(caller.workspace_id, cost, request_id,
@@ -116,10 +126,44 @@ async def chat(p: Pipeline, caller: Caller, call: ChatCall) -> Outcome:
         raise
 
 
-async def _complete(p: Pipeline, provider: Provider, call: ProviderCall,
-                    settlement: Settlement, cost: int, started: float) -> JsonReply:
+async def _chain(p: Pipeline, caller: Caller, call: ChatCall, model: ModelEntry,
+                 decision: Decision, settlement: Settlement, original: dict[str, Any],
+                 started: float, release: Callable[[], None]) -> Outcome:
+    """An entry with fallbacks: the chain, its hold, the attempts (flow/fallback.py); the
+    reply then goes on as any other, charged n x the answering model's credits."""
+    req = call.request
+    found = await fallback.chain(p, model, caller, req, decision, original)
+    if decision.metered:
+        settlement.hold = await fallback.reserve(p, caller, call.request_id, model, found, req.n)
+        p.crash("after_reserve")
     provider_started = time.perf_counter()
-    completion = await provider.complete(call)
+    answer = await fallback.attempt(p, found, req, decision, model)
+    answering = answer.call.model
+    entry = settlement.entry
+    entry.model, entry.provider = answering.id, answering.provider
+    cost = answering.credits * req.n if decision.metered else 0
+    if settlement.hold is not None and cost < settlement.hold.credits:
+        settlement.credits = cost  # the settle trims the hold to the answering model
+    if answer.completion is None:
+        assert answer.rest is not None
+        return await _stream(p, None, answer.call, call, settlement, cost, release,
+                             opened=(answer.first, answer.rest, provider_started))
+    try:
+        return await _complete(p, None, answer.call, settlement, cost, started,
+                               done=(answer.completion, provider_started))
+    finally:
+        release()
+
+
+async def _complete(p: Pipeline, provider: Provider | None, call: ProviderCall,
+                    settlement: Settlement, cost: int, started: float,
+                    done: tuple[Completion, float] | None = None) -> JsonReply:
+    if done is None:
+        assert provider is not None
+        provider_started = time.perf_counter()
+        completion = await provider.complete(call)
+    else:  # a fallback chain's answer (flow/fallback.py)
+        completion, provider_started = done
     p.crash("after_provider")
     provider_ms = (time.perf_counter() - provider_started) * 1000
     entry = settlement.entry
@@ -128,7 +172,7 @@ async def _complete(p: Pipeline, provider: Provider, call: ProviderCall,
     entry.prompt_tokens = completion.prompt_tokens
     entry.completion_tokens = completion.completion_tokens
     entry.latency_ms = int(provider_ms)
-    headers = {"x-bookbag-credits-charged": str(cost)}
+    headers = {"x-bookbag-credits-charged": str(cost), "x-bookbag-model": call.model.id}
     stored = json_response(completion.body, headers) if settlement.claim is not None else None
     balance = await settlement.charge(stored)
     hold = settlement.hold
@@ -146,17 +190,25 @@ async def _complete(p: Pipeline, provider: Provider, call: ProviderCall,
     return JsonReply(completion.body, headers)
 
 
-async def _stream(p: Pipeline, provider: Provider, call: ProviderCall, chat_call: ChatCall,
-                  settlement: Settlement, cost: int, release: Callable[[], None]) -> StreamReply:
-    provider_started = time.perf_counter()
-    chunks = provider.stream(call)
-    try:
-        first = await anext(chunks)
-    except StopAsyncIteration:
-        raise UpstreamError("The provider ended the stream without sending anything.") from None
+async def _stream(p: Pipeline, provider: Provider | None, call: ProviderCall,
+                  chat_call: ChatCall, settlement: Settlement, cost: int,
+                  release: Callable[[], None],
+                  opened: tuple[bytes, AsyncIterator[bytes], float] | None = None,
+                  ) -> StreamReply:
+    if opened is None:
+        assert provider is not None
+        provider_started = time.perf_counter()
+        chunks = provider.stream(call)
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            raise UpstreamError(
+                "The provider ended the stream without sending anything.") from None
+    else:  # a fallback chain's answer: its first payload is in (flow/fallback.py)
+        first, chunks, provider_started = opened
     if call.dialect == RESPONSES:
         responses_flow.record_stream(p.responses, settlement.entry, first)
-    headers = {"x-bookbag-credits-reserved": str(cost)}
+    headers = {"x-bookbag-credits-reserved": str(cost), "x-bookbag-model": call.model.id}
     settlement.streaming(headers, started=provider_started, on_end=release)
     return StreamReply(first, chunks, settlement, headers,
                        include_usage=chat_call.request.include_usage, credits=cost)

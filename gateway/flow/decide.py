@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.catalog import Catalog
 from gateway.clock import Clock, now_ms
@@ -95,8 +96,10 @@ class Decider:
         if decision.mode is not BillingMode.LOCAL and not decision.api_key and not model.api_base:
             raise missing_key(model)  # a 400 saying what to set: a retry cannot fix it
 
-    def chat_call(self, model: ModelEntry, req: ChatRequest, decision: Decision) -> ProviderCall:
-        body = dict(req.body)
+    def chat_call(self, model: ModelEntry, req: ChatRequest, decision: Decision,
+                  body: dict[str, Any] | None = None) -> ProviderCall:
+        """`body`: a fallback member's own (flow/fallback.py); default the request's."""
+        body = dict(req.body if body is None else body)
         body["model"] = model.upstream_model
         if req.stream and req.dialect == CHAT:  # Messages streams carry usage by design
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
@@ -109,5 +112,5 @@ class Decider:
             request_id=request_id, workspace_id=caller.workspace_id, billing_mode=decision.mode,
             key_id=caller.key_id, agent_id=req.agent_id, conversation_id=req.conversation_id,
             model=model.id, provider=model.provider, replies=req.n, reason=decision.reason,
-            created_ms=now_ms(self.clock), api=req.dialect,
+            created_ms=now_ms(self.clock), api=req.dialect, requested_model=model.id,
         )

@@ -21,8 +21,10 @@ from gateway.flow import embeddings as embeddings_flow
 from gateway.flow import preview as preview_flow
 from gateway.flow import ratelimit
 from gateway.flow.books import AfterCharge, Books
+from gateway.flow.breaker import Breakers
 from gateway.flow.call import ChatCall
 from gateway.flow.decide import Decider, StoredKey, no_stored_key
+from gateway.flow.fallback import FallbackSeen
 from gateway.flow.inflight import InFlight
 from gateway.flow.outcome import Outcome
 from gateway.flow.responses import RecentResponses, ResponseOwners
@@ -66,6 +68,8 @@ class Pipeline:
         after_charge: AfterCharge | None = None,
         crash: Crash = no_crash,
         responses: ResponseOwners | None = None,
+        breakers: Breakers | None = None,
+        on_fallback: FallbackSeen | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -81,6 +85,10 @@ class Pipeline:
         self.decider = Decider(settings, catalog, clock, stored_byo_key)
         self.books = Books(meter, recorder, after_charge, crash)
         self.inflight = InFlight(settings.max_inflight_per_workspace)
+        # Fallbacks (flow/fallback.py): the models' breakers, and who counts a fallback taken.
+        self.breakers = breakers or Breakers(clock, failures=settings.breaker_failures,
+                                             cooldown=settings.breaker_cooldown)
+        self.on_fallback = on_fallback
 
     async def admit(self, caller: Caller) -> tuple[Caller, dict[str, str]]:
         """The rate-limit verdict, before the body is read (see gateway/flow/ratelimit.py)."""

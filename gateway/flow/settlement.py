@@ -49,6 +49,7 @@ class Settlement:
         self.entry = entry
         self.claim = claim
         self.hold: Hold | None = None  # set once the meter reserved it
+        self.credits: int | None = None  # charge less than the hold: a cheaper fallback answered
         self.resolved = False
         self.charged = False
         self.delivered = False  # a stream's output reached the client
@@ -105,14 +106,16 @@ class Settlement:
         if charge:
             self.books.crash("after_provider")
         if self.claim is None:
-            balance = await self.books.resolve(self.hold, entry, charge=charge)
+            balance = await self.books.resolve(self.hold, entry, charge=charge,
+                                               credits=self.credits)
         else:
             # Only a stream that reached its end is replayable; one whose client left
             # after content is charged and marked done without a response.
             stored = sse_response(self.events, self._replay_headers) \
                 if self.events is not None and completed else None
             balance = await self.books.resolve_claimed(self.claim, self.hold, entry,
-                                                       charge=charge, response=stored)
+                                                       charge=charge, response=stored,
+                                                       credits=self.credits)
         self.charged = charge
         self.books.after(self.hold, charge, balance)
 
@@ -125,10 +128,12 @@ class Settlement:
             return None
         self.resolved = True
         if self.claim is None:
-            balance = await _shielded(self.books.resolve(self.hold, self.entry, charge=True))
+            balance = await _shielded(self.books.resolve(self.hold, self.entry, charge=True,
+                                                         credits=self.credits))
         else:
             balance = await _shielded(self.books.resolve_claimed(
-                self.claim, self.hold, self.entry, charge=True, response=stored))
+                self.claim, self.hold, self.entry, charge=True, response=stored,
+                credits=self.credits))
         self.charged = True
         return balance
 

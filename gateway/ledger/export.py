@@ -36,7 +36,7 @@ COLUMNS = (
     "request_id", "created_ms", "kind", "billing_mode", "credits", "allotment_delta",
     "topup_delta", "period_start", "key_id", "agent_id", "conversation_id", "model", "provider",
     "replies", "prompt_tokens", "completion_tokens", "latency_ms", "reason", "ref", "actor",
-    "api",
+    "api", "requested_model",
 )
 FIELDS = ("request_id", "created_at", *COLUMNS[1:])  # what a client sees, in this order
 FORMATS = {"jsonl": "application/jsonl", "csv": "text/csv; charset=utf-8"}
@@ -163,6 +163,8 @@ def created_at(ms: int) -> str:
 def as_dicts(rows: list[tuple[Any, ...]]) -> Iterator[dict[str, Any]]:
     for row in rows:
         record = dict(zip(COLUMNS, row, strict=False))
+        if record["requested_model"] is None and record["kind"] == "reply":
+            record["requested_model"] = record["model"]  # written before fallbacks (0010)
         yield {"request_id": record.pop("request_id"), "created_at": created_at(record["created_ms"]),
                **record}
 

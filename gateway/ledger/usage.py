@@ -1,4 +1,5 @@
-"""Reading usage: reply credits over a window, grouped by day, agent, model, conversation or billing mode.
+"""Reading usage: reply credits over a window, grouped by day, agent, model, conversation,
+billing mode, key or requested model.
 
 Whole UTC hours are read from a rollup that `storage.database.apply_entry` writes in
 the same transaction as each reply entry, so it always equals the ledger:

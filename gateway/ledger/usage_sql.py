@@ -19,23 +19,28 @@ HOUR_MS = ROLLUP_BUCKET_MS
 QUARTER_MS = 900_000
 # group name -> ledger column (the rollups use the same names)
 COLUMNS = {"agent": "agent_id", "model": "model", "billing_mode": "billing_mode",
-           "conversation": "conversation_id"}
+           "conversation": "conversation_id", "key": "key_id",
+           # rows written before fallbacks (migration 0010) asked for the model that answered
+           "requested_model": "COALESCE(requested_model, model)"}
 GROUPS = ("day", *COLUMNS)
-# table, the groups it holds (both filter by agent and model; a query reads the first that fits),
+# table, the groups it holds (both filter by agent and model; a query reads the first that fits,
+# and a grouping neither holds (key, requested_model) reads the ledger),
 # and whether its rows are summed per group before the union: the hourly rollup has many rows per
 # group (hours x attributions), a conversation a row or two (summing twice costs more than it saves).
 _ROLLUPS = (
     ("usage_rollup", frozenset({"day", "agent", "model", "billing_mode"}), True),
-    ("usage_conversations", frozenset(GROUPS), False),
+    ("usage_conversations", frozenset({"day", "agent", "model", "billing_mode", "conversation"}),
+     False),
 )
 # SQLite allows 500 terms in a compound SELECT: past this many hours to read from the ledger
 # (midnights off the quarter hour: historic offsets), the whole window is read from it.
 _MAX_LEDGER_RANGES = 100
 
 
-def _rollup_for(q: UsageQuery) -> str:
-    """The smallest rollup table that holds the grouping."""
-    return next(table for table, holds, _ in _ROLLUPS if set(q.group_by) <= holds)
+def _rollup_for(q: UsageQuery) -> str | None:
+    """The smallest rollup table that holds the grouping; None: only the ledger does (key,
+    requested_model: read from the ledger's (workspace_id, created_ms, seq) index)."""
+    return next((table for table, holds, _ in _ROLLUPS if set(q.group_by) <= holds), None)
 
 
 @dataclass(slots=True)
@@ -53,7 +58,8 @@ def plan(q: UsageQuery) -> Plan:
     w = q.window
     lo = -(-w.start_ms // HOUR_MS) * HOUR_MS  # the first whole hour
     hi = w.end_ms // HOUR_MS * HOUR_MS
-    if lo >= hi:
+    table = _rollup_for(q)
+    if lo >= hi or table is None:
         return Plan(ledger=((w.start_ms, w.end_ms),))
     split: dict[int, int] = {}
     odd: list[int] = []
@@ -67,7 +73,7 @@ def plan(q: UsageQuery) -> Plan:
     if len(odd) > _MAX_LEDGER_RANGES:
         return Plan(ledger=((w.start_ms, w.end_ms),))
     edges = [(w.start_ms, lo), (hi, w.end_ms)]
-    return Plan(table=_rollup_for(q), hours=(lo, hi), odd=tuple(odd), split=split,
+    return Plan(table=table, hours=(lo, hi), odd=tuple(odd), split=split,
                  ledger=tuple((a, b) for a, b in [*edges, *((h, h + HOUR_MS) for h in odd)] if a < b))
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 from gateway.errors import InsufficientCredits
@@ -43,8 +44,13 @@ class Meter(Protocol):
         """
         ...
 
-    async def settle(self, hold: Hold, entry: LedgerEntry) -> Balance | None:
+    async def settle(self, hold: Hold, entry: LedgerEntry,
+                     credits: int | None = None) -> Balance | None:
         """Charge the hold and write its ledger entry; durable when this returns.
+
+        `credits` (0 < credits <= hold.credits; None: the whole hold) trims the charge: a
+        fallback that answered with a cheaper model. The charge takes the allotment first
+        (`trim`); the rest goes back to its buckets and caps in the same atomic step.
 
         Returns the balance right after the charge when the backend read it in the same
         step (what `balance()` would return then), else None: callers then ask `balance()`.
@@ -165,6 +171,22 @@ def renewal_entry(workspace_id: str, period_start: str, allotment: int, at_ms: i
         actor="gateway:renewal",
         created_ms=at_ms,
     )
+
+
+def trim(hold: Hold, credits: int | None) -> tuple[Hold, Hold | None]:
+    """(what is charged, what goes back) of a hold settled for `credits`: the charge takes
+    the allotment first, as reserve did. `None` or the whole hold: nothing goes back."""
+    if credits is None or credits == hold.credits:
+        return hold, None
+    if not 0 <= credits < hold.credits:
+        raise ValueError(f"a settle may charge 0..{hold.credits} credits, not {credits}")
+    from_allotment = min(credits, hold.from_allotment)
+    charged = replace(hold, credits=credits, from_allotment=from_allotment,
+                      from_topups=credits - from_allotment)
+    rest = replace(hold, credits=hold.credits - credits,
+                   from_allotment=hold.from_allotment - from_allotment,
+                   from_topups=hold.from_topups - charged.from_topups)
+    return charged, rest
 
 
 def charge(entry: LedgerEntry, hold: Hold) -> LedgerEntry:

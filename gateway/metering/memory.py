@@ -24,7 +24,14 @@ from sqlalchemy import Engine
 from gateway.accounts.spend_caps import ledger_cap_used, refusal
 from gateway.clock import Clock, now_ms
 from gateway.ledger.writer import GroupWriter
-from gateway.metering.base import AllotmentOf, charge, insufficient, midnight_utc, renewal_entry
+from gateway.metering.base import (
+    AllotmentOf,
+    charge,
+    insufficient,
+    midnight_utc,
+    renewal_entry,
+    trim,
+)
 from gateway.metering.memory_accounts import (
     Account,
     claim_lease,
@@ -163,16 +170,20 @@ class MemoryMeter:
         account.holds[request_id] = hold
         return hold
 
-    async def settle(self, hold: Hold, entry: LedgerEntry) -> Balance | None:
+    async def settle(self, hold: Hold, entry: LedgerEntry,
+                     credits: int | None = None) -> Balance | None:
         account = self._accounts[hold.workspace_id]
         if account.holds.pop(hold.request_id, None) is None:
             return None  # already settled, voided or expired
         account.reserved -= hold.credits
-        charge(entry, hold)
+        charged, rest = trim(hold, credits)
+        if rest is not None:  # a trimmed settle: the rest goes back in this same step
+            self._give_back(account, rest)
+        charge(entry, charged)
         try:
             await self._writer.submit(lambda cur, sql: apply_entry(cur, sql, entry))
         except BaseException:
-            self._give_back(account, hold)
+            self._give_back(account, charged)
             raise
         return None  # balance() reads memory: no round trip to spare
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from gateway.accounts.spend_caps import ledger_cap_used, refusal
 from gateway.errors import ServiceUnavailable
-from gateway.metering.base import charge, insufficient
+from gateway.metering.base import charge, insufficient, trim
 from gateway.metering.redis_background import RedisBackground
 from gateway.metering.redis_client import advise
 from gateway.metering.redis_keys import SHARDS, encode_entry
@@ -129,13 +129,17 @@ class RedisMeter(RedisBackground):
         return await run_db(ledger_cap_used, self._engine, workspace_id, subject, period,
                             store=BALANCES)
 
-    async def settle(self, hold: Hold, entry: LedgerEntry) -> Balance | None:
-        charge(entry, hold)
+    async def settle(self, hold: Hold, entry: LedgerEntry,
+                     credits: int | None = None) -> Balance | None:
+        charged, rest = trim(hold, credits)
+        charge(entry, charged)
         epoch = self._epochs.pop(hold.request_id, ("", 0.0))
         keys = self._workspace(hold.workspace_id).settle
         stored, _, replid = epoch[0].partition("|")
-        args = [hold.request_id, encode_entry(entry), stored, hold.credits,
-                hold.from_allotment, hold.from_topups, hold.period_start]
+        args: list[Any] = [hold.request_id, encode_entry(entry), stored, hold.credits,
+                           charged.from_allotment, charged.from_topups, hold.period_start]
+        if rest is not None:  # a trimmed settle: the script gives the rest back
+            args += [rest.credits, rest.from_allotment, rest.from_topups]
         for attempt in range(SETTLE_ATTEMPTS):
             try:
                 result = await self._run("settle", keys, args)

@@ -71,8 +71,9 @@ return {1, fa, ft, b[1], redis.call('GET', KEYS[6]) or ''}
 """
 
 # KEYS bal, holds, exp, outbox, epoch, pending
-# ARGV request id, entry JSON, epoch at reserve ('' = unknown), credits, from allotment,
-#      from top-ups, period
+# ARGV request id, entry JSON, epoch at reserve ('' = unknown), credits held, charged from
+#      allotment, charged from top-ups, period[, a trimmed settle's rest: credits, from
+#      allotment, from top-ups -- given back to the buckets and caps in this same step]
 # -> {code, then the balance after it (period, allotment, allot_rem, top_rem, reserved) when
 #    the workspace is in Redis}: 1 charged | 0 already resolved | 2 the hold was lost with
 #    Redis's data: charged anyway. The balance spares the reply a third round trip.
@@ -84,11 +85,24 @@ local function after(code)
   local b = redis.call('HMGET', KEYS[1], 'period', 'allotment', 'allot_rem', 'top_rem', 'reserved')
   return {code, b[1], b[2], b[3], b[4], b[5]}
 end
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if held then
   redis.call('HDEL', KEYS[2], ARGV[1])
   redis.call('ZREM', KEYS[3], ARGV[1])
   if redis.call('EXISTS', KEYS[1]) == 1 then
     redis.call('HINCRBY', KEYS[1], 'reserved', 0 - tonumber(ARGV[4]))
+    local rest = tonumber(ARGV[8] or '0')
+    if rest > 0 then
+      local caps = string.match(held, '^[^|]*|%d+|%d+|%d+|[^|]*|?(.*)$') or ''
+      for subject in string.gmatch(caps, '[^,]+') do
+        local f = 'cap:' .. ARGV[7] .. ':' .. subject
+        if redis.call('HEXISTS', KEYS[1], f) == 1 then redis.call('HINCRBY', KEYS[1], f, 0 - rest) end
+      end
+      if redis.call('HGET', KEYS[1], 'period') == ARGV[7] then
+        redis.call('HINCRBY', KEYS[1], 'allot_rem', tonumber(ARGV[9]))
+      end
+      redis.call('HINCRBY', KEYS[1], 'top_rem', tonumber(ARGV[10]))
+    end
   end
   redis.call('XADD', KEYS[4], '*', 'e', ARGV[2])
   redis.call('HSET', KEYS[6], ARGV[1], 1)

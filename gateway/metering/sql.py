@@ -30,7 +30,14 @@ from gateway.accounts.spend_caps import charged, refusal
 from gateway.clock import Clock, now_ms
 from gateway.errors import GatewayError, ServiceUnavailable
 from gateway.ledger.writer import GroupWriter, WriteOp
-from gateway.metering.base import AllotmentOf, charge, insufficient, plan_at, renewal_entry
+from gateway.metering.base import (
+    AllotmentOf,
+    charge,
+    insufficient,
+    plan_at,
+    renewal_entry,
+    trim,
+)
 from gateway.periods import period_of
 from gateway.storage.database import Cursor, Sql, apply_entry, snapshot, transaction
 from gateway.storage.offload import BALANCES, NOT_OUTAGES, run_db, unavailable
@@ -165,16 +172,21 @@ class SqlMeter:
             cur.execute(sql("INSERT INTO cap_usage (workspace_id, subject, period_start, used) "
                             "VALUES (?, ?, ?, ?)"), (workspace_id, subject, period, credits))
 
-    def _settle(self, hold: Hold, entry: LedgerEntry) -> None:
+    def _settle(self, hold: Hold, entry: LedgerEntry, credits: int | None) -> None:
         with transaction(self._engine) as (cur, sql):
-            self._settle_in(cur, sql, hold, entry)
+            self._settle_in(cur, sql, hold, entry, credits)
 
-    @staticmethod
-    def _settle_in(cur: Cursor, sql: Sql, hold: Hold, entry: LedgerEntry) -> None:
+    def _settle_in(self, cur: Cursor, sql: Sql, hold: Hold, entry: LedgerEntry,
+                   credits: int | None) -> None:
+        charged, rest = trim(hold, credits)
         cur.execute(sql("DELETE FROM holds WHERE request_id = ?"), (hold.request_id,))
         if cur.rowcount != 1:
             return  # voided or expired already: nothing to charge
-        apply_entry(cur, sql, charge(entry, hold), project=False)
+        apply_entry(cur, sql, charge(entry, charged), project=False)
+        if rest is not None:  # a trimmed settle: the rest goes back, as a void would
+            self._give_back(cur, sql, hold.workspace_id, rest.from_allotment,
+                            rest.from_topups, rest.period_start, ",".join(rest.caps),
+                            rest.credits)
 
     def _void(self, request_id: str) -> None:
         with transaction(self._engine) as (cur, sql):
@@ -193,6 +205,12 @@ class SqlMeter:
             return
         workspace_id, from_allotment, from_topups, period, caps, credits = row
         cur.execute(sql("DELETE FROM holds WHERE request_id = ?"), (request_id,))
+        self._give_back(cur, sql, workspace_id, from_allotment, from_topups, period, caps,
+                        int(credits))
+
+    def _give_back(self, cur: Cursor, sql: Sql, workspace_id: str, from_allotment: int,
+                   from_topups: int, period: str, caps: str | None, credits: int) -> None:
+        """A hold's credits (or a trimmed settle's rest) back to the buckets and caps."""
         cur.execute(
             sql(
                 "UPDATE balances SET allotment_remaining = allotment_remaining + "
@@ -203,7 +221,7 @@ class SqlMeter:
         )
         # After the balance row (reserve's lock order): the hold's cap usage goes back.
         for subject in caps.split(",") if caps else ():
-            self._cap_add(cur, sql, workspace_id, subject, period, -int(credits))
+            self._cap_add(cur, sql, workspace_id, subject, period, -credits)
 
     def _balance(self, workspace_id: str) -> Balance:
         """Read without the write lock (a snapshot); a renewal that is due takes it."""
@@ -264,13 +282,14 @@ class SqlMeter:
         held: Hold = result
         return held
 
-    async def settle(self, hold: Hold, entry: LedgerEntry) -> Balance | None:
+    async def settle(self, hold: Hold, entry: LedgerEntry,
+                     credits: int | None = None) -> Balance | None:
         if self._writer is None:
-            await run_db(self._settle, hold, entry, store=BALANCES)
+            await run_db(self._settle, hold, entry, credits, store=BALANCES)
             return None
 
         def op(cur: Cursor, sql: Sql) -> Balance | None:
-            self._settle_in(cur, sql, hold, entry)
+            self._settle_in(cur, sql, hold, entry, credits)
             # The reply's X-Bookbag-Credits-Remaining, read in the same transaction: a read
             # of its own would be one more trip to the database for every JSON reply.
             try:  # only balance() renews a period (the contract)

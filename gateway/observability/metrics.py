@@ -11,6 +11,11 @@
     bookbag_ledger_write_lag_seconds{store}                 queued -> committed (embedded);
                                                             settled -> in SQL (redis outbox)
     bookbag_ledger_writes_total{store}
+    bookbag_fallbacks_total{requested, answering, reason}   replies a fallback model answered;
+                                                            reason: why the requested model
+                                                            did not (flow/fallback.py)
+    bookbag_model_breaker_state{model}                      0 closed, 1 half-open, 2 open
+                                                            (this process; flow/breaker.py)
 
 Labels are bounded: routes are the route table's templates, models the
 catalog's ids; no workspace, key or agent ever becomes a label.
@@ -35,6 +40,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _SLOW = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 HoldsCount = Callable[[], Awaitable[int]]
+BreakerStates = Callable[[], dict[str, str]]  # model id -> closed | half_open | open
+_BREAKER = {"closed": 0, "half_open": 1, "open": 2}
 
 
 def holds_counter(meter: object, engine: Engine) -> HoldsCount:
@@ -61,7 +68,8 @@ def holds_counter(meter: object, engine: Engine) -> HoldsCount:
 
 
 class Metrics:
-    def __init__(self, holds: HoldsCount | None = None) -> None:
+    def __init__(self, holds: HoldsCount | None = None,
+                 breakers: BreakerStates | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("bookbag_requests", "HTTP requests by route, model, billing mode and status.",
@@ -86,7 +94,13 @@ class Metrics:
                                     ["store"], buckets=_FAST, registry=r)
         self.ledger_writes = Counter("bookbag_ledger_writes", "Ledger writes committed.", ["store"],
                                      registry=r)
+        self.fallbacks = Counter("bookbag_fallbacks", "Replies a fallback model answered, by "
+                                 "requested and answering model and why the requested did not.",
+                                 ["requested", "answering", "reason"], registry=r)
+        self.breaker = Gauge("bookbag_model_breaker_state", "A model's circuit breaker in this "
+                             "process: 0 closed, 1 half-open, 2 open.", ["model"], registry=r)
         self._holds = holds
+        self._breakers = breakers
         # `.labels()` validates and locks on every call: each child is looked up once per
         # label tuple and kept (labels are bounded, see above), created when first used.
         # The writer thread uses it too: `.labels()` returns the same child to both threads.
@@ -137,7 +151,14 @@ class Metrics:
         if writer is not None:
             writer.on_commit = lambda writes, lag: self.ledger_write(store, lag, writes)
 
+    def fallback(self, requested: str, answering: str, reason: str) -> None:
+        """A fallback answered (the flow's `on_fallback`); labels are catalog ids and reasons."""
+        self._child(self.fallbacks, requested, answering, reason).inc()
+
     async def render(self) -> bytes:
+        if self._breakers is not None:
+            for model, state in self._breakers().items():
+                self._child(self.breaker, model).set(_BREAKER[state])
         if self._holds is not None:
             try:
                 self.holds.set(await self._holds())

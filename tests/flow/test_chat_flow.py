@@ -161,7 +161,7 @@ async def test_a_stream_reply_carries_its_settlement_unresolved(flow: Flow) -> N
     flow.provider.reply_stream(b'{"choices": []}')
     outcome = await flow.pipeline.chat(flow.caller, flow.call(stream=True))
     assert isinstance(outcome, StreamReply)
-    assert outcome.headers == {"x-bookbag-credits-reserved": str(CREDITS)}
+    assert outcome.headers == {"x-bookbag-credits-reserved": str(CREDITS), "x-bookbag-model": "m1"}
     assert not outcome.settlement.resolved
     assert outcome.settlement.hold is not None
     await outcome.settlement.abandon()

@@ -45,13 +45,16 @@ class LedgerRow(SQLModel, table=True):
     api: str | None = Field(default=None, max_length=16)  # chat | responses | messages
     # Responses: the id returned to the workspace (`previous_response_id` must be its own).
     response_id: str | None = Field(default=None, max_length=128, index=True)
+    # Fallbacks: the model the request named (canonical); `model` is the one that answered.
+    # NULL on rows written before migration 0010: read as `model`.
+    requested_model: str | None = Field(default=None, max_length=128)
 
 
 LEDGER_COLUMNS = (
     "request_id", "workspace_id", "kind", "billing_mode", "credits", "allotment_delta",
     "topup_delta", "period_start", "key_id", "agent_id", "conversation_id", "model", "provider",
     "replies", "prompt_tokens", "completion_tokens", "latency_ms", "reason", "ref", "actor",
-    "created_ms", "api", "response_id",
+    "created_ms", "api", "response_id", "requested_model",
 )
 
 
