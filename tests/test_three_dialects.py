@@ -36,3 +36,25 @@ def test_every_chat_model_answers_on_every_route_and_is_charged_as_chat(
         assert sorted(r["api"] for r in rows) == ["chat", "messages", "responses"]
         assert {(r["model"], r["credits"]) for r in rows} == {(model.id, price)}, model.id
         assert gateway.balance(key)["balance"] == before - 3 * price, model.id
+
+
+def test_usage_groups_replies_by_dialect(gateway: RunningGateway) -> None:
+    """GET /v1/usage?group_by=dialect: one group per API, its replies and credits."""
+    ws, key = gateway.workspace("pro")
+    model = next(m for m in gateway.gw.catalog.models.values()
+                 if m.kind == "chat" and m.metered and m.provider == "openai")
+    oa = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
+    for _ in range(2):
+        oa.chat.completions.create(model=model.id, messages=[{"role": "user", "content": HELLO}])
+    oa.responses.create(model=model.id, input=HELLO)
+    an = anthropic.Anthropic(base_url=gateway.url, api_key=key, max_retries=0)
+    an.messages.create(model="bookbag-local", max_tokens=100,
+                       messages=[{"role": "user", "content": HELLO}])
+    gateway.wait_ledger(ws, 4)
+    with gateway.client(key) as c:
+        usage = c.get("/v1/usage", params={"group_by": "dialect"}).json()
+        both = c.get("/v1/usage", params={"group_by": "dialect,model"}).json()
+    assert {(g["dialect"], g["replies"], g["credits"]) for g in usage["data"]} == {
+        ("chat", 2, 2 * model.credits), ("responses", 1, model.credits), ("messages", 1, 0)}
+    assert {(g["dialect"], g["model"]) for g in both["data"]} == {
+        ("chat", model.id), ("responses", model.id), ("messages", "bookbag-local")}

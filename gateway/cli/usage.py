@@ -84,7 +84,7 @@ def usage(
     tz: Tz = None,
     group_by: Annotated[str, typer.Option(
         "--group-by", help="Up to three of day, agent, model, conversation, billing_mode, "
-        "key, requested_model.")] = "day",
+        "key, requested_model, dialect.")] = "day",
     agent: Agent = None,
     model: Model = None,
     as_json: JsonFlag = False,

@@ -123,7 +123,7 @@ def _v1() -> dict[str, dict[str, Any]]:
             "Reply credits in a window, grouped", "read", security=READ, ok="Usage", errors=(400,),
             params=(*WINDOW,
                     _param("group_by", "query", "Up to three of day, agent, model, conversation, "
-                           "billing_mode, key, requested_model, comma-separated (default "
+                           "billing_mode, key, requested_model, dialect, comma-separated (default "
                            "day).", {"type": "string",
                                                                             "example": "day,agent"}),
                     _param("agent", "query", "Only this agent (an agent-bound key: its own)."),

@@ -21,10 +21,12 @@ QUARTER_MS = 900_000
 COLUMNS = {"agent": "agent_id", "model": "model", "billing_mode": "billing_mode",
            "conversation": "conversation_id", "key": "key_id",
            # rows written before fallbacks (migration 0010) asked for the model that answered
-           "requested_model": "COALESCE(requested_model, model)"}
+           "requested_model": "COALESCE(requested_model, model)",
+           # the API a reply came through; rows older than migration 0009 came through chat
+           "dialect": "COALESCE(api, 'chat')"}
 GROUPS = ("day", *COLUMNS)
 # table, the groups it holds (both filter by agent and model; a query reads the first that fits,
-# and a grouping neither holds (key, requested_model) reads the ledger),
+# and a grouping neither holds (key, requested_model, dialect) reads the ledger),
 # and whether its rows are summed per group before the union: the hourly rollup has many rows per
 # group (hours x attributions), a conversation a row or two (summing twice costs more than it saves).
 _ROLLUPS = (
@@ -39,7 +41,7 @@ _MAX_LEDGER_RANGES = 100
 
 def _rollup_for(q: UsageQuery) -> str | None:
     """The smallest rollup table that holds the grouping; None: only the ledger does (key,
-    requested_model: read from the ledger's (workspace_id, created_ms, seq) index)."""
+    requested_model, dialect: read from the ledger's (workspace_id, created_ms, seq) index)."""
     return next((table for table, holds, _ in _ROLLUPS if set(q.group_by) <= holds), None)
 
 
