@@ -26,7 +26,15 @@ from gateway.metering.redis import RedisMeter
 from gateway.metering.redis_keys import Layout
 from gateway.storage.database import create_schema, make_engine
 from gateway.storage.redis import connect
-from tests.meter_contract import HOLD_TTL, MeterBackend, allotment_for, catalog, dispose, emptied
+from tests.meter_contract import (
+    HOLD_TTL,
+    MeterBackend,
+    allotment_for,
+    catalog,
+    dispose,
+    emptied,
+    reply,
+)
 from tests.redis_server import RedisServer
 
 IDLE = 3600.0  # background sync/sweep: tests call sync() and sweep() themselves
@@ -103,3 +111,17 @@ async def redis_postgres(request: pytest.FixtureRequest, tmp: Path, clock: Manua
     backend = redis_backend("redis-postgres", request.getfixturevalue("postgres_url"), url, clock)
     return await emptied(backend)
 
+
+
+async def settle_while_paused(meter: RedisMeter, workspace_id: str, replica: RedisServer,
+                              credits: int, request_id: str) -> None:
+    """Reserve and settle while `replica` is paused: with WAIT on, the settle stands and is
+    counted unconfirmed once more (no replica acknowledged it in time)."""
+    before = meter.unconfirmed
+    replica.pause()
+    try:
+        hold = await meter.reserve(workspace_id, credits, request_id)
+        await meter.settle(hold, reply(hold))
+        assert meter.unconfirmed == before + 1
+    finally:
+        replica.resume()

@@ -30,7 +30,7 @@ from tests.conftest import GatewayFactory, service_missing
 from tests.fake_provider import FakeProvider
 from tests.harness import RunningGateway
 from tests.meter_contract import HOLD_TTL, START, allotment_for, catalog, reply
-from tests.redis_backend import IDLE, redis_backend
+from tests.redis_backend import IDLE, redis_backend, settle_while_paused
 from tests.redis_cluster import RedisCluster, sync_client
 
 
@@ -355,13 +355,7 @@ async def test_a_settle_no_replica_confirms_in_time_is_counted_unconfirmed(
         replica = own_cluster.replica_of(
             own_cluster.primary_of(key_slot(f"{{s{shard_of(ws):02d}}}".encode())))
         assert replica is not None
-        replica.pause()
-        try:
-            hold = await meter.reserve(ws, 2, "unconfirmed")
-            await meter.settle(hold, reply(hold))
-            assert meter.unconfirmed == 1
-        finally:
-            replica.resume()
+        await settle_while_paused(meter, ws, replica, 2, "unconfirmed")
         hold = await meter.reserve(ws, 3, "confirmed-again")
         await meter.settle(hold, reply(hold))
         assert meter.unconfirmed == 1
@@ -413,13 +407,7 @@ async def test_wait_follows_an_ask_redirect_during_a_slot_migration(
         assert meter.unconfirmed == 0  # the importing node's replica confirmed it
         replica = own_cluster.replica_of(target)
         assert replica is not None
-        replica.pause()
-        try:
-            hold = await meter.reserve(ws, 3, "asked-unconfirmed")
-            await meter.settle(hold, reply(hold))
-            assert meter.unconfirmed == 1
-        finally:
-            replica.resume()
+        await settle_while_paused(meter, ws, replica, 3, "asked-unconfirmed")
         pipe = dst.pipeline(transaction=False)  # read on the importing node itself
         pipe.execute_command("ASKING")  # ASKING lets the next command through
         pipe.hget(layout.bal(ws), "allot_rem")

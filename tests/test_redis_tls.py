@@ -21,7 +21,7 @@ from gateway.metering.resp_cluster import ClusterScripts
 from gateway.storage.redis import connect
 from tests.harness import free_port
 from tests.meter_contract import HOLD_TTL, START, allotment_for, catalog, reply
-from tests.redis_backend import IDLE, redis_backend
+from tests.redis_backend import IDLE, redis_backend, settle_while_paused
 from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer
 from tests.tls_certs import TlsFiles, make_tls
@@ -60,13 +60,7 @@ async def _wait_counted(meter: RedisMeter, ws: str, replica: RedisServer) -> Non
     hold = await meter.reserve(ws, 1, "confirmed")
     await meter.settle(hold, reply(hold))
     assert meter.unconfirmed == 0
-    replica.pause()
-    try:
-        hold = await meter.reserve(ws, 2, "unconfirmed")
-        await meter.settle(hold, reply(hold))
-        assert meter.unconfirmed == 1
-    finally:
-        replica.resume()
+    await settle_while_paused(meter, ws, replica, 2, "unconfirmed")
     assert (await meter.balance(ws)).available == 7
 
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import GatewayError, UpstreamError
+from gateway.errors import GatewayError
 from gateway.flow import billed_features, fallback
 from gateway.flow import responses as responses_flow
 from gateway.flow.call import ChatCall
@@ -42,7 +42,7 @@ from gateway.idempotency.service import (
     json_response,
     key_of,
 )
-from gateway.providers.base import Provider
+from gateway.providers.base import Provider, open_stream
 from gateway.types import CHAT, RESPONSES, Caller, Completion, ModelEntry, ProviderCall
 
 if TYPE_CHECKING:
@@ -198,12 +198,7 @@ async def _stream(p: Pipeline, provider: Provider | None, call: ProviderCall,
     if opened is None:
         assert provider is not None
         provider_started = time.perf_counter()
-        chunks = provider.stream(call)
-        try:
-            first = await anext(chunks)
-        except StopAsyncIteration:
-            raise UpstreamError(
-                "The provider ended the stream without sending anything.") from None
+        first, chunks = await open_stream(provider, call)
     else:  # a fallback chain's answer: its first payload is in (flow/fallback.py)
         first, chunks, provider_started = opened
     if call.dialect == RESPONSES:

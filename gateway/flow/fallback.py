@@ -33,7 +33,6 @@ The answering model is charged n x its own credits: the settle trims the hold.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
@@ -52,6 +51,7 @@ from gateway.errors import (
 from gateway.flow import billed_features
 from gateway.flow import responses as responses_flow
 from gateway.flow.decide import Decision
+from gateway.providers.base import open_stream
 from gateway.types import (
     RESPONSES,
     BillingMode,
@@ -219,23 +219,14 @@ async def attempt(p: Pipeline, found: Chain, req: ChatRequest, decision: Decisio
         provider = p.providers.for_model(model, req.dialect)
         more = i + 1 < len(members)
         budget = model.first_byte_timeout if more and model.first_byte_timeout < left else None
-        chunks: AsyncIterator[bytes] | None = None
         try:
             async with asyncio.timeout(budget):
                 if req.stream:
-                    chunks = provider.stream(call)
-                    try:
-                        first = await anext(chunks)
-                    except StopAsyncIteration:
-                        raise UpstreamError(
-                            "The provider ended the stream without sending anything.") from None
+                    first, chunks = await open_stream(provider, call)  # closed if it fails
                     answer = Answer(call, first=first, rest=chunks)
                 else:
                     answer = Answer(call, completion=await provider.complete(call))
         except (GatewayError, TimeoutError) as exc:
-            if chunks is not None:
-                with contextlib.suppress(Exception):
-                    await chunks.aclose()  # type: ignore[attr-defined]  # async generators
             why = reason_of(exc)
             if why is not None:
                 p.breakers.failed(model.id)

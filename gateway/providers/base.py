@@ -10,9 +10,11 @@ when the provider stops sending. Errors are `gateway.errors` types only.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+from gateway.errors import UpstreamError
 from gateway.types import Completion, ModelEntry, ProviderCall
 
 
@@ -37,3 +39,17 @@ class Provider(Protocol):
     async def close(self) -> None:
         """Release connections."""
         ...
+
+
+async def open_stream(provider: Provider, call: ProviderCall) -> tuple[bytes, AsyncIterator[bytes]]:
+    """A provider's stream and its first payload: whatever fails before that payload (an
+    upstream error, a timeout, a cancellation) closes the stream and is raised here."""
+    chunks = provider.stream(call)
+    try:
+        return await anext(chunks), chunks
+    except StopAsyncIteration:
+        raise UpstreamError("The provider ended the stream without sending anything.") from None
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await chunks.aclose()  # type: ignore[attr-defined]  # async generators
+        raise
