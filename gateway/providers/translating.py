@@ -21,7 +21,8 @@ from typing import Any
 
 import orjson
 
-from gateway.dialects.messages.stream import data_of, frame
+from gateway.dialects.messages.stream import frame
+from gateway.dialects.named_events import data_of
 from gateway.dialects.translate.chat_messages.reply import (
     chat_reply_to_messages,
     messages_reply_to_chat,

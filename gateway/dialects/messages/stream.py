@@ -19,22 +19,12 @@ from typing import Any
 import orjson
 
 from gateway.dialects.messages.errors import error_event
+from gateway.dialects.named_events import data_of
 from gateway.dialects.translate.chat_messages.reply import chat_usage
 from gateway.errors import GatewayError
 
 DELTA = b"event: content_block_delta"
 _USAGE_EVENTS = (b"event: message_start", b"event: message_delta")
-
-
-def data_of(payload: bytes) -> Any:
-    """The JSON of an event's `data:` line (None when there is none or it is not JSON)."""
-    at = payload.find(b"data:")
-    if at < 0:
-        return None
-    try:
-        return orjson.loads(payload[at + 5:])
-    except orjson.JSONDecodeError:
-        return None
 
 
 class MessagesStream:

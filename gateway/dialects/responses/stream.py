@@ -36,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from gateway.dialects.named_events import data_of
 from gateway.dialects.responses.failed import failed_response
 from gateway.errors import GatewayError, UpstreamError
 
@@ -53,17 +54,6 @@ def event_type(payload: bytes) -> bytes:
     """The event's type, from its `event:` line."""
     end = payload.find(b"\n")
     return payload[len(_NAME):end] if payload.startswith(_NAME) and end > 0 else b""
-
-
-def data_of(payload: bytes) -> Any:
-    """The JSON of an event's `data:` line (None when there is none or it is not JSON)."""
-    at = payload.find(b"data:")
-    if at < 0:
-        return None
-    try:
-        return orjson.loads(payload[at + 5:])
-    except orjson.JSONDecodeError:
-        return None
 
 
 def chat_usage(usage: Any) -> dict[str, Any] | None:
