@@ -23,6 +23,7 @@ class Run:
     seconds: float
     machine: dict[str, str]
     rows: dict[Scenario, dict[str, Result]] = field(default_factory=dict)
+    rounds: dict[Scenario, list[dict[str, Result]]] = field(default_factory=dict)  # repeated
     probes: dict[tuple[str, str], Probe] = field(default_factory=dict)
     cold_start: dict[str, float] = field(default_factory=dict)
     memory: dict[str, tuple[float, float]] = field(default_factory=dict)  # (RSS, peak RSS) MB
@@ -35,6 +36,10 @@ class Run:
             "rows": [{"mode": m, "delay_ms": d, "in_flight": c, "variant": name, **asdict(r),
                       "rps": r.rps, "cpu_ms_per_req": r.cpu_ms_per_req}
                      for (m, d, c), row in self.rows.items() for name, r in row.items()],
+            "rounds": [{"mode": m, "delay_ms": d, "in_flight": c, "round": i, "variant": name,
+                        **asdict(r), "rps": r.rps, "cpu_ms_per_req": r.cpu_ms_per_req}
+                       for (m, d, c), each in self.rounds.items()
+                       for i, row in enumerate(each) for name, r in row.items()],
             "probes": [{"variant": v, "mode": m, **asdict(p)} for (v, m), p in self.probes.items()],
             "cold_start_s": self.cold_start, "memory_mb": self.memory, "notes": self.notes,
             "elapsed_s": self.elapsed_s,

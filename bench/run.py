@@ -160,6 +160,9 @@ def main() -> None:
     parser.add_argument("--cluster", action="store_true",
                         help="also run the Redis meter on a Redis Cluster this script starts "
                              "(six redis-server processes: 3 primaries + 1 replica each)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="passes over the dialect scenarios; their ratios are the median "
+                             "of the passes' (default 3)")
     parser.add_argument("--no-dialects", action="store_true",
                         help="skip the dialect scenarios (Messages, Responses, the Claude route)")
     parser.add_argument("--no-litellm", action="store_true",
@@ -238,7 +241,8 @@ def main() -> None:
                 print("dialects ...", flush=True)
                 dialect_gateways = dialects.start(run, workdir, fast, slow, args.source)
                 procs += [g.proc for g in dialect_gateways]
-                dialects.measure_all(run, workdir, dialect_gateways, relay, relay_url, seconds)
+                dialects.measure_all(run, workdir, dialect_gateways, relay, relay_url, seconds,
+                                      max(1, args.rounds))
                 for gw in dialect_gateways:
                     gw.proc.stop()
             if not args.no_litellm:

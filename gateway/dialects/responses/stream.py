@@ -5,8 +5,10 @@ stream of typed Responses events. A payload is one event as SSE frames it, witho
 blank line that ends it: `event: <type>\ndata: <json>` (the relay passes the provider's
 events on as it received them, gateway/providers/relay_common.py `split_named_events`;
 the translator frames its own the same way). It goes out as it came, `\n\n` added: the
-writer reads an event's type from its `event:` line and parses the JSON only while
-nothing was delivered yet and for the terminal event, never re-framing what it relays.
+writer reads an event's type from its `event:` line and parses the JSON of a delta only
+while nothing was delivered yet, and of the terminal event, never re-framing what it
+relays. The events that carry the whole Response (`response.created`, `.in_progress`) are
+kept as bytes, parsed only when a failure must echo that Response.
 
 - Output: any `*.delta` event with a non-empty `delta` (output text, refusal, function call
   arguments, reasoning text and summaries, custom tool input, audio ...).
@@ -46,7 +48,7 @@ _TERMINAL = SUCCESS | FAILURE
 _NAME = b"event: "
 TERMINAL_EVENTS = tuple(_NAME + kind + b"\n" for kind in sorted(_TERMINAL))
 _FAILED = _NAME + b"response.failed\n"
-_READ = _TERMINAL | {b"response.created", b"response.in_progress"}  # parsed by `inspect`
+_ANNOUNCE = frozenset({b"response.created", b"response.in_progress"})  # carry the Response
 _SEQUENCE = b'"sequence_number":'
 
 
@@ -94,11 +96,12 @@ class ResponsesStream:
     done = b""
 
     def __init__(self, *, response_id: str = "resp_unknown", model: str = "") -> None:
-        self._response: dict[str, Any] = {
+        self._unknown: dict[str, Any] = {
             "id": response_id, "object": "response", "created_at": 0, "model": model,
             "status": "in_progress", "output": [], "parallel_tool_calls": True,
             "tool_choice": "auto", "tools": [], "error": None, "incomplete_details": None,
             "instructions": None, "metadata": {}, "temperature": None, "top_p": None}
+        self._announced = b""  # the last event that carried the Response (created/in_progress)
         self._sent = 0  # events sent to the client
         self._tail = b""  # the last of them (its sequence_number is read when needed)
         self.terminal: str | None = None  # the provider's terminal event, once seen
@@ -115,17 +118,17 @@ class ResponsesStream:
 
     def inspect(self, payload: bytes) -> tuple[bool, dict[str, Any] | None]:
         name = event_type(payload)
-        if name and not name.endswith(b".delta") and name not in _READ:
-            return False, None  # no output, no usage, not the Response: not parsed
+        if name in _ANNOUNCE:  # kept as bytes: parsed only if a failure must echo it
+            self._announced = payload
+            return False, None
+        if name and not name.endswith(b".delta") and name not in _TERMINAL:
+            return False, None  # no output, no usage: not parsed
         data = data_of(payload)
         if not isinstance(data, dict):
             return False, None
         kind = data.get("type")
         if not isinstance(kind, str):
             return False, None
-        response = data.get("response")
-        if kind in ("response.created", "response.in_progress") and isinstance(response, dict):
-            self._response = response
         if kind.endswith(".delta"):
             delta = data.get("delta")
             return bool(delta), None
@@ -160,9 +163,16 @@ class ResponsesStream:
                                     "sequence_number": sequence}
         else:
             data = {"type": "response.failed", "sequence_number": sequence,
-                    "response": failed_response(self._response, code=error.code,
+                    "response": failed_response(self._announced_response(), code=error.code,
                                                 message=error.message, status=error.status)}
         return self.event(frame(str(data["type"]).encode(), orjson.dumps(data)))
+
+    def _announced_response(self) -> dict[str, Any]:
+        """The Response as `response.created` / `.in_progress` last showed it (the fallback
+        when the provider said neither, or not in JSON)."""
+        data = data_of(self._announced) if self._announced else None
+        response = data.get("response") if isinstance(data, dict) else None
+        return response if isinstance(response, dict) else self._unknown
 
     # --- how the stream ended ------------------------------------------------------
 
