@@ -1,7 +1,7 @@
 """Benchmark the gateway against a direct call and a bare relay, all in one run.
 
     python bench/run.py            # full matrix (~6 min)
-    python bench/run.py --quick    # the headline scenarios (< 2 min)
+    python bench/run.py --quick    # the headline scenarios (about 3 min)
 
 Layout (2 cores): the gateway, the reference relay and their threads on core 0
 (`taskset -c 0`); wrk, the fake provider and this script on core 1. Variants:
@@ -150,7 +150,7 @@ def start_gateways(run: Run, workdir: Path, fast: int, slow: int, only: set[str]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Bookbag Gateway benchmark")
-    parser.add_argument("--quick", action="store_true", help="headline scenarios, < 2 minutes")
+    parser.add_argument("--quick", action="store_true", help="headline scenarios, about 3 minutes")
     parser.add_argument("--seconds", type=float, help="length of each wrk run (whole seconds)")
     parser.add_argument("--probe", type=int, help="sequential requests per TTFB probe")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
