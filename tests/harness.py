@@ -11,7 +11,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,15 @@ from gateway.edge.protocol import protocol_for
 from gateway.settings import Settings
 from gateway.storage.database import create_schema, make_engine
 from tests.fake_provider import ANTHROPIC_KEY, OPENAI_KEY, FakeProvider
+
+
+async def eventually(cond: Callable[[], bool]) -> None:
+    """Until `cond` holds (state of another party, with no event to wait on); 10 s at most."""
+    for _ in range(1000):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("never happened")
 
 
 def free_port() -> int:

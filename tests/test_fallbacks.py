@@ -51,6 +51,7 @@ def fallback_pricing(fake: FakeProvider) -> str:
         entry("fb-h4", 1),
         entry("fb-small", 1, "max_output_tokens = 100"),
         entry("fb-param", 5, 'fallbacks = ["fb-small", "fb-cheap"]'),
+        entry("fb-slow", 3, 'fallbacks = ["fb-cheap"]\nfirst_byte_timeout = 10.0'),
         "[plans.free]",
     ]))
 
@@ -237,6 +238,40 @@ def test_the_breaker_skips_a_failing_primary_then_half_opens(
     assert (r.headers["x-bookbag-model"], ups(provider, "fb-main")) == ("fb-main", [1])
     with gw.client() as c:
         assert 'bookbag_model_breaker_state{model="fb-main"} 0.0' in c.get("/metrics").text
+
+
+def test_half_open_sends_one_trial_while_the_others_fall_back(
+        make_gateway: GatewayFactory, provider: FakeProvider) -> None:
+    """After the cool-down one request tries the primary (slow: 3 s to answer); the six
+    sent while that trial is out go to the fallback without waiting on the primary."""
+    clock = ManualClock(1_790_000_000.0)
+    gw = make_gateway(clock=clock, BOOKBAG_BREAKER_FAILURES=1, BOOKBAG_BREAKER_COOLDOWN=30,
+                      BOOKBAG_PROVIDER_TIMEOUT="2,6,8")
+    _, key = gw.workspace("free")
+    provider.fail("status", status=500, model="up-fb-slow")
+    assert chat(gw, key, "fb-slow").headers["x-bookbag-model"] == "fb-cheap"  # opens
+    clock.advance(31)  # half-open
+    provider.fail("delay", seconds=3.0, model="up-fb-slow")  # the trial: slow, then fine
+
+    async def scenario() -> list[str]:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=30,
+                                     headers={"Authorization": f"Bearer {key}"}) as c:
+            async def one() -> str:
+                r = await c.post("/v1/chat/completions",
+                                 json={"model": "fb-slow", "messages": MESSAGES})
+                assert r.status_code == 200, r.text
+                return r.headers["x-bookbag-model"]
+            trial = asyncio.create_task(one())
+            await harness.eventually(lambda: ups(provider, "fb-slow") == [2])  # trial is out
+            others = await asyncio.gather(*(one() for _ in range(6)))
+            assert not trial.done()  # they did not wait on it
+            return [await trial, *others]
+
+    answered = asyncio.run(scenario())
+    assert answered == ["fb-slow"] + ["fb-cheap"] * 6
+    assert ups(provider, "fb-slow", "fb-cheap") == [2, 7]
+    r = chat(gw, key, "fb-slow")  # the trial succeeded: closed again
+    assert (r.headers["x-bookbag-model"], ups(provider, "fb-slow")) == ("fb-slow", [3])
 
 
 def test_one_deadline_bounds_the_whole_chain(

@@ -31,6 +31,7 @@ from cryptography.x509.oid import NameOID
 
 from gateway.providers.upstream import Response, UpstreamClient, UpstreamFailure
 from gateway.types import Timeouts
+from tests.harness import eventually
 
 T = Timeouts(connect=5, idle=5, total=10)
 HEADERS = [("Content-Type", "application/json"), ("Authorization", "Bearer sk-secret-1")]
@@ -107,15 +108,6 @@ async def post(client: UpstreamClient, url: str, t: Timeouts = T) -> tuple[int, 
         return resp.status, await resp.read()
     finally:
         resp.release()
-
-
-async def eventually(cond: Callable[[], bool]) -> None:
-    """Until `cond` holds (state of another party, with no event to wait on); 10 s at most."""
-    for _ in range(1000):
-        if cond():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("never happened")
 
 
 def pool_of(client: UpstreamClient) -> Any:

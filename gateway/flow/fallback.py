@@ -14,8 +14,10 @@ path, unchanged). The billing decision is made once, for the requested model (de
                                   never changes model
                    parameters     its own checks refuse the request (billed features,
                                   the route), the error's message saying why
-                   circuit_open   its breaker is open (breaker.py); when every member is
-                                  open, all are tried anyway
+                   circuit_open   its breaker is open, or half-open with another
+                                  request's trial out (breaker.py), at the chain or
+                                  when its turn comes; when no member may be tried,
+                                  all are tried anyway
     2. hold      metered: n x the most expensive member that fits the balance and caps,
                  found by reserving from the most expensive price down to the requested
                  model's (whose refusal is the request's 402); dearer members: `balance`
@@ -50,6 +52,7 @@ from gateway.errors import (
 )
 from gateway.flow import billed_features
 from gateway.flow import responses as responses_flow
+from gateway.flow.breaker import HALF_OPEN, OPEN
 from gateway.flow.decide import Decision
 from gateway.providers.base import open_stream
 from gateway.types import (
@@ -218,6 +221,12 @@ async def attempt(p: Pipeline, found: Chain, req: ChatRequest, decision: Decisio
         call = replace(call, timeouts=replace(timeouts, total=left), api_key=key)
         provider = p.providers.for_model(model, req.dialect)
         more = i + 1 < len(members)
+        admitted = p.breakers.trial(model.id)
+        if admitted == OPEN and any(p.breakers.allows(m.model.id) for m in members[i + 1:]):
+            # Opened, or another request took its half-open trial, since the chain was
+            # made; a model is still tried when nothing after it may be.
+            first_reason = first_reason or "circuit_open"
+            continue
         budget = model.first_byte_timeout if more and model.first_byte_timeout < left else None
         try:
             async with asyncio.timeout(budget):
@@ -230,6 +239,8 @@ async def attempt(p: Pipeline, found: Chain, req: ChatRequest, decision: Decisio
             why = reason_of(exc)
             if why is not None:
                 p.breakers.failed(model.id)
+            elif admitted == HALF_OPEN:  # the client's error: no verdict on the model
+                p.breakers.release(model.id)
             failure = exc if isinstance(exc, GatewayError) else UpstreamTimeout(
                 f"`{model.id}` sent nothing within its first-byte budget "
                 f"({model.first_byte_timeout:g} s).")
@@ -239,6 +250,10 @@ async def attempt(p: Pipeline, found: Chain, req: ChatRequest, decision: Decisio
             first_reason = first_reason or why
             error = failure
             continue
+        except asyncio.CancelledError:
+            if admitted == HALF_OPEN:
+                p.breakers.release(model.id)
+            raise
         p.breakers.succeeded(model.id)
         if model is not requested and p.on_fallback is not None:
             p.on_fallback(requested.id, model.id, first_reason or "upstream_error")
