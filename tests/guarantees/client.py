@@ -107,11 +107,19 @@ async def run_op(client: httpx.AsyncClient, op: Op, account: Account, *,
         await asyncio.sleep(pause if result.outcome != BUSY else max(pause, 0.5))
 
 
+# The guarantees catalog's fallback chain (conftest.py `pricing`): what each of its models
+# charges. The primary is the cheaper, so every one of its replies settles a trimmed hold
+# (the hold is the dearest member's), and a provider fault makes the fallback answer.
+CHAIN = "chain-mini"
+CHAINS: dict[str, dict[str, int]] = {CHAIN: {CHAIN: 1, "gpt-4o": 5}}
+
+
 def new_op(history: History, account: Account, model: str, cost: int, *, stream: bool = False,
            keyed: bool = True, prefix: str = "op") -> Op:
     op_id = f"{prefix}-{uuid.uuid4().hex[:16]}"
     return history.op(op_id, account.workspace_id, cost, stream=stream,
-                      key=f"key-{op_id}" if keyed else None, model=model)
+                      key=f"key-{op_id}" if keyed else None, model=model,
+                      prices=CHAINS.get(model))
 
 
 def make_client(url: str, timeout: float = 10.0) -> httpx.AsyncClient:

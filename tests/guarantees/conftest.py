@@ -13,16 +13,20 @@ from gateway.catalog import load
 from gateway.clock import SystemClock
 from gateway.storage.database import create_schema, make_engine
 from tests.fake_provider import FakeProvider
-from tests.guarantees.client import Account
+from tests.guarantees.client import CHAIN, CHAINS, Account
 from tests.guarantees.history import emitted
 from tests.relay_pricing import relay_only_pricing
 
 
 @pytest.fixture
 def pricing(tmp_path: Path, provider: FakeProvider) -> Path:
-    """No litellm route: subprocess gateways start (and restart) without importing it."""
+    """No litellm route: subprocess gateways start (and restart) without importing it.
+    One fallback chain (client.py `CHAINS`): `chain-mini` (1 credit) -> gpt-4o (5)."""
     path = tmp_path / "pricing.toml"
-    path.write_text(relay_only_pricing(provider))
+    chain = (f'[models."{CHAIN}"]\nprovider = "openai"\ncredits = {CHAINS[CHAIN][CHAIN]}\n'
+             f'upstream = "up-{CHAIN}"\napi_base = "{provider.openai_base}"\n'
+             f'fallbacks = ["gpt-4o"]\n\n')
+    path.write_text(relay_only_pricing(provider).replace("[plans.free]", chain + "[plans.free]"))
     return path
 
 

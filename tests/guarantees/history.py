@@ -17,7 +17,9 @@ ledger, the balance store's view, the holds). Each operation sends its id as
 attempts whose response never arrived.
 
 Violations (each a string in `Figures.violations`):
-  - an ok operation without exactly one entry, or with a different request id or cost
+  - an ok operation without exactly one entry, or with a different request id or cost (for
+    a model with fallbacks: the price of the model that answered, which must be one of its
+    chain)
   - a failed attempt whose request id has an entry; a failed operation with any entry
   - an indeterminate operation with more than one entry; an entry no operation explains
   - an overdraft (a bucket recomputed from the ledger below zero), or a cap overdraft (a
@@ -63,6 +65,9 @@ class Op:
     key: str | None = None
     model: str = ""
     attempts: list[Attempt] = field(default_factory=list)
+    # A model with fallbacks: the credits of each model that may answer (the requested
+    # one's is `cost`); its entry is charged the answering model's.
+    prices: dict[str, int] | None = None
 
     @property
     def outcome(self) -> str:
@@ -91,8 +96,9 @@ class History:
         self.started = time.monotonic()
 
     def op(self, op_id: str, workspace_id: str, cost: int, *, stream: bool = False,
-           key: str | None = None, model: str = "") -> Op:
-        op = Op(op_id, workspace_id, cost, stream, key, model)
+           key: str | None = None, model: str = "",
+           prices: dict[str, int] | None = None) -> Op:
+        op = Op(op_id, workspace_id, cost, stream, key, model, prices=prices)
         with self._lock:
             self.ops.append(op)
         return op
@@ -227,9 +233,13 @@ def check(name: str, history: History, observed: Observed, **extra: Any) -> Figu
             figures.duplicates += len(entries) - 1
             bad.append(f"{op.id}: indeterminate with {len(entries)} entries")
         for row in entries:
-            if row["credits"] != op.cost:
-                bad.append(f"{op.id}: entry {row['request_id']} charged {row['credits']}, "
-                           f"the operation costs {op.cost}")
+            cost = op.cost if op.prices is None else op.prices.get(row["model"])
+            if cost is None:
+                bad.append(f"{op.id}: entry {row['request_id']} answered by {row['model']}, "
+                           f"not a model of its chain {sorted(op.prices or {})}")
+            elif row["credits"] != cost:
+                bad.append(f"{op.id}: entry {row['request_id']} ({row['model']}) charged "
+                           f"{row['credits']}, the operation costs {cost}")
     workspaces = {op.workspace_id for op in history.ops}
     for conversation, rows in by_conversation.items():
         for row in rows:

@@ -32,14 +32,15 @@ from redis.crc import key_slot
 
 from gateway.metering.redis_keys import SHARDS, Layout, shard_of
 from tests.fake_provider import FakeProvider
-from tests.guarantees.client import Mix, load, make_client, new_op, resolve, run_op
+from tests.guarantees.client import CHAIN, Mix, load, make_client, new_op, resolve, run_op
 from tests.guarantees.deployment import Deployment, deployment
 from tests.guarantees.history import FAIL, OK, History
 from tests.guarantees.process import GatewayProcess
 from tests.redis_cluster import RedisCluster, sync_client
 
-METERED: Mix = [("gpt-4o-mini", 1)]
-MIXED: Mix = [("gpt-4o-mini", 1), ("bookbag-local", 0)]
+# Each mix carries fallback traffic: chain-mini's replies settle trimmed holds (client.py).
+METERED: Mix = [("gpt-4o-mini", 1), (CHAIN, 1)]
+MIXED: Mix = [("gpt-4o-mini", 1), ("bookbag-local", 0), (CHAIN, 1)]
 
 
 async def start(dep: Deployment) -> None:
@@ -275,6 +276,10 @@ PROVIDER_FAULTS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+CHAIN_FAULTS: list[tuple[str, dict[str, Any]]] = [
+    ("status", {"status": 500}), ("status", {"status": 429}), ("drop", {})]
+
+
 async def provider_run(dep: Deployment, provider: FakeProvider, name: str) -> None:
     await start(dep)
     history = History()
@@ -285,6 +290,16 @@ async def provider_run(dep: Deployment, provider: FakeProvider, name: str) -> No
                 provider.fail(mode, times=1, path="/v1/chat/completions", **opts)
                 op = new_op(history, account, "gpt-4o-mini", 1, stream=stream, prefix=mode)
                 await run_op(client, op, account, deadline=time.monotonic() + 30)
+            provider.reset()
+        # The chain's primary failing before its first byte: the fallback answers, charged
+        # at its own price out of the hold (the dearest member's), never both.
+        fell_back = []
+        for mode, opts in CHAIN_FAULTS:
+            for stream in (False, True):
+                provider.fail(mode, times=1, model=f"up-{CHAIN}", **opts)
+                op = new_op(history, account, CHAIN, 1, stream=stream, prefix=f"chain-{mode}")
+                fell_back.append(await run_op(client, op, account,
+                                              deadline=time.monotonic() + 30))
             provider.reset()
         provider.delay = 0.5  # slow but within the timeouts: charged
         ok = [new_op(history, account, "gpt-4o-mini", 1, stream=s, prefix="slow")
@@ -298,6 +313,9 @@ async def provider_run(dep: Deployment, provider: FakeProvider, name: str) -> No
                                                    for a in op.attempts]
     failed = [op for op in history.ops if op.outcome == FAIL]
     assert len(failed) >= 2 * len(PROVIDER_FAULTS) - 2, [(o.id, o.attempts) for o in history.ops]
+    assert [op.outcome for op in fell_back] == [OK] * len(fell_back), [
+        (op.id, [(a.status, a.code) for a in op.attempts]) for op in fell_back]
+    assert figures.charged >= 5 * len(fell_back)  # each at the fallback's price (the checker)
 
 
 def test_provider_faults_are_never_charged(tmp_path: Path, pricing: Path,
