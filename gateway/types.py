@@ -42,6 +42,7 @@ class Caller:
     rate_unchecked: bool = False  # the shared limit store was down: metered requests fail closed
     expires_ms: int | None = None  # spend controls: the key's expiry (401 key_expired from then)
     caps: tuple[Cap, ...] = ()  # spend controls: the key's cap and its bound agent's cap
+    responses_store: bool = False  # the workspace opted in to the Responses API's `store`
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,6 +171,10 @@ def test_the_cli_runs_the_lifecycle(gateway: RunningGateway, run: Any) -> None:
     settings = run("workspace", "set", ws, "--rate-limit", "3/60s", "--low-fractions", "0.3,0.05",
                    "--json")
     assert (settings["rate_limit"], settings["low_fractions"]) == ("3/60s", "0.3,0.05")
+    assert settings["responses_store"] is False
+    assert run("workspace", "set", ws, "--responses-store", "--json")["responses_store"] is True
+    assert run("workspace", "show", ws, "--json")["responses_store"] is True
+    assert run("workspace", "set", ws, "--no-responses-store", "--json")["responses_store"] is False
     limited = run("key", "create", "--workspace", ws, "--rate-limit", "1/60s", "--json")["key"]
     assert [chat(gateway, limited, "bookbag-local").status_code for _ in range(2)] == [200, 429]
 

@@ -165,8 +165,10 @@ class Accounts:
     def update_workspace(
         self, workspace_id: str, *, name: str | None = None, suspended: bool | None = None,
         rate_limit: str | None = None, clear_rate_limit: bool = False,
+        responses_store: bool | None = None,
     ) -> Workspace:
-        """Rename, suspend or resume, or set the workspace-wide rate limit (keys may override)."""
+        """Rename, suspend or resume, set the workspace-wide rate limit (keys may override),
+        or opt in to (or out of) the Responses API's `store` on the house's keys."""
         _check_rate_limit(rate_limit)
         with Session(self._engine, expire_on_commit=False) as session:
             workspace = session.get(Workspace, workspace_id)
@@ -178,6 +180,8 @@ class Accounts:
                 workspace.suspended = suspended
             if rate_limit is not None or clear_rate_limit:
                 workspace.rate_limit = rate_limit
+            if responses_store is not None:
+                workspace.responses_store = responses_store
             session.add(workspace)
             session.commit()
             session.refresh(workspace)
@@ -211,6 +215,7 @@ class Accounts:
                     "SELECT k.id, k.workspace_id, k.agent_id, k.scopes, CASE WHEN "
                     "w.pending_plan IS NOT NULL AND w.pending_from <= ? THEN w.pending_plan "
                     "ELSE w.plan END, w.suspended, COALESCE(k.rate_limit, w.rate_limit), k.expires_ms, "
+                    "w.responses_store, "
                     + CAP_COLUMNS +
                     "FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id "
                     "WHERE k.key_hash = ? AND k.revoked_ms IS NULL"
@@ -220,10 +225,11 @@ class Accounts:
             row = cur.fetchone()
         if row is None:
             return None
-        key_id, ws_id, agent, scopes, plan, suspended, rate_limit, expires_ms, *caps = row
+        key_id, ws_id, agent, scopes, plan, suspended, rate_limit, expires_ms, stores, *caps = row
         return Caller(ws_id, key_id, agent, frozenset(scopes.split(",")), plan,
                       suspended=bool(suspended), rate_limit=rate_limit, expires_ms=expires_ms,
-                      caps=caps_of(key_id, agent, caps[0], caps[1]))
+                      caps=caps_of(key_id, agent, caps[0], caps[1]),
+                      responses_store=bool(stores))
 
     def set_cap(self, workspace_id: str, kind: str, ident: str, credits: int | None) -> None:
         """Spend controls: set, change or (None) remove a key's or agent's cap per period."""

@@ -22,8 +22,9 @@ console = Console()  # the CLI's stdout (tests narrow or widen it)
 
 FIRST = ("id", "workspace_id", "name")
 WORKSPACE_FIELDS = ("id", "name", "plan", "custom_allotment", "suspended", "anchor_date",
-                    "rate_limit", "byo_enabled", "low_fractions", "alert_thresholds", "pending_plan",
-                    "pending_custom_allotment", "pending_from", "created_ms")
+                    "rate_limit", "byo_enabled", "responses_store", "low_fractions",
+                    "alert_thresholds", "pending_plan", "pending_custom_allotment",
+                    "pending_from", "created_ms")
 # `workspace list` as a table: what tells workspaces apart (`--json` and `show` have every field)
 WORKSPACE_COLUMNS = ("id", "name", "plan", "suspended", "anchor_date", "pending_plan",
                      "created_ms")

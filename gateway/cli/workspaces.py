@@ -92,14 +92,20 @@ def set_(
     alerts: Annotated[str | None, typer.Option(
         help='credits.threshold alerts: credits left or % used, e.g. "500,80%"; "" clears.')
     ] = None,
+    responses_store: Annotated[bool | None, typer.Option(
+        "--responses-store/--no-responses-store",
+        help="Pass the Responses API's `store` on to the provider on the house's keys "
+             "(stored responses then live in the house's provider account).")] = None,
     as_json: JsonFlag = False, database_url: DbFlag = None,
 ) -> None:
-    """Rename a workspace, set its rate limit or its low-balance fractions."""
+    """Rename a workspace, set its rate limit, its low-balance fractions, its alerts, or
+    whether its Responses requests may be stored by the provider."""
     o = open_operations(database_url)
     if alerts is not None:
         attempt(lambda: parse_alerts(alerts))  # before any change
     ws = attempt(lambda: o.accounts.update_workspace(
-        workspace, name=name, rate_limit=rate_limit, clear_rate_limit=clear_rate_limit))
+        workspace, name=name, rate_limit=rate_limit, clear_rate_limit=clear_rate_limit,
+        responses_store=responses_store))
     if low_fractions is not None:
         attempt(lambda: store_low_fractions(o.engine, workspace, low_fractions))
     if alerts is not None:

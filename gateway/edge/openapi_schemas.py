@@ -79,8 +79,9 @@ SCHEMAS: dict[str, Any] = {
          "instructions": STR, "stream": BOOL,
          "tools": {"type": "array", "items": {"type": "object"}, "description": BILLED_TOOLS},
          "max_output_tokens": {**BUDGET, "minimum": 16},
-         "store": {**BOOL, "description": "Forced false on the house's key unless the operator "
-                   "sets BOOKBAG_RESPONSES_STORE=1."},
+         "store": {**BOOL, "description": "Forced false on the house's key unless the "
+                   "workspace opted in (`responses_store`) or the operator sets "
+                   "BOOKBAG_RESPONSES_STORE=1."},
          "previous_response_id": {**STR, "description": "Only an id this gateway returned to "
                                   "the same workspace (else 400 previous_response_not_found); "
                                   "relayed routes only."},
@@ -165,7 +166,8 @@ SCHEMAS: dict[str, Any] = {
                             "create_key": BOOL, "agent_id": STR}, ["name"]),
     "WorkspaceUpdate": obj({"name": STR, "suspended": BOOL, "rate_limit": NSTR,
                             "low_fractions": {"type": ["array", "string"]},
-                            "alert_thresholds": {"type": ["array", "string", "null"]}}),
+                            "alert_thresholds": {"type": ["array", "string", "null"]},
+                            "responses_store": BOOL}),
     "PlanChange": obj({"plan": STR, "credits": INT}, ["plan"]),
     "KeyCreate": obj({"agent_id": STR, "scopes": {"type": "array",
                                                   "items": {"enum": ["inference", "read"]}},

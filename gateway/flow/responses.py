@@ -1,7 +1,8 @@
 """The Responses route's own steps in the flow, once the billing decision is known.
 
 - Tenancy (gateway/dialects/responses/tenancy.py): on the house's keys `store` is forced
-  off unless the operator opted in (BOOKBAG_RESPONSES_STORE), `prompt` / `conversation` /
+  off unless the workspace opted in (its `responses_store`), or the operator for every
+  workspace (BOOKBAG_RESPONSES_STORE, `stores` below), `prompt` / `conversation` /
   item references are refused, and a `previous_response_id` is accepted only when the
   gateway returned that id to the same workspace. That last rule needs a look-up of
   what the gateway recorded (`ResponseOwners`), made before anything is reserved.
@@ -57,14 +58,16 @@ class RecentResponses:
 
 async def prepare(owners: ResponseOwners, model: ModelEntry, caller: Caller,
                   body: dict[str, Any], *, house_pays: bool, stores: bool) -> None:
-    """Tenancy, then the billed features: 400s before anything is reserved."""
+    """Tenancy, then the billed features: 400s before anything is reserved. `stores`: the
+    operator passes `store` on for every workspace (else the caller's workspace decides)."""
     refuse_shared_state(body, house_pays=house_pays)  # before any look-up
     previous = body.get("previous_response_id")
     owned = False
     if house_pays and isinstance(previous, str):
         owned = await owners.owns(caller.workspace_id, previous)
     apply_tenancy(body, workspace_id=caller.workspace_id, house_pays=house_pays,
-                  workspace_stores=stores, owns=lambda _ws, _id: owned)
+                  workspace_stores=stores or caller.responses_store,
+                  owns=lambda _ws, _id: owned)
     billed_responses.check(model, body, house_pays=house_pays)
 
 

@@ -1,5 +1,6 @@
-"""No state crosses tenants on the house's keys: `store` forced off (unless the operator
-opts in with BOOKBAG_RESPONSES_STORE=1), `previous_response_id` only for an id the
+"""No state crosses tenants on the house's keys: `store` forced off (unless the workspace
+opts in, or the operator for all with BOOKBAG_RESPONSES_STORE=1), `previous_response_id`
+only for an id the
 gateway returned to the same workspace (looked up in the ledger), `prompt` and
 `conversation` refused. A caller's own provider key runs on its own account: passed on."""
 
@@ -15,6 +16,7 @@ import pytest
 
 from tests.fake_provider import OPENAI_KEY, FakeProvider
 from tests.harness import RunningGateway, running, sqlite_settings
+from tests.lifecycle_support import admin, wait_for
 from tests.responses.conftest import RELAYED, pricing_text, sdk
 
 
@@ -112,3 +114,39 @@ def test_a_translated_route_refuses_previous_response_id(gateway: RunningGateway
                             "previous_response_id": first.id})
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "previous_response_id"
+
+
+def test_a_workspace_that_opts_in_keeps_its_responses_stored(
+        gateway: RunningGateway, provider: FakeProvider) -> None:
+    """The opt-in is per workspace (`responses_store`, PATCH /admin/workspaces/{id} or
+    `workspace set --responses-store`): only that workspace's `store` reaches the provider,
+    and its stored response still serves only itself."""
+    ws, key = gateway.workspace("free")
+    _, other = gateway.workspace("free")
+    with admin(gateway) as c:
+        r = c.patch(f"/admin/workspaces/{ws}", json={"responses_store": True})
+        assert r.status_code == 200 and r.json()["responses_store"] is True, r.text
+        bad = c.patch(f"/admin/workspaces/{ws}", json={"responses_store": "yes"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "responses_store"
+
+    def stored() -> bool:  # the key cache sees the change within its TTL
+        assert post(gateway, key, {"model": RELAYED, "input": "hi", "store": True}
+                    ).status_code == 200
+        return bool(provider.received[-1].body["store"])
+
+    wait_for(stored, what="the workspace's opt-in")
+    first = sdk(gateway, key).responses.create(model=RELAYED, input="remember 42", store=True)
+    assert provider.received[-1].body["store"] is True
+    sdk(gateway, key).responses.create(model=RELAYED, input="what number?",
+                                       previous_response_id=first.id)
+    assert provider.received[-1].body["previous_response_id"] == first.id
+    assert post(gateway, other, {"model": RELAYED, "input": "hi", "store": True}
+                ).status_code == 200
+    assert provider.received[-1].body["store"] is False  # the others: still forced off
+    with pytest.raises(openai.BadRequestError):
+        sdk(gateway, other).responses.create(model=RELAYED, input="x",
+                                             previous_response_id=first.id)
+    with admin(gateway) as c:
+        assert c.patch(f"/admin/workspaces/{ws}", json={"responses_store": False}
+                       ).json()["responses_store"] is False
+    wait_for(lambda: not stored(), what="the workspace's opt-out")

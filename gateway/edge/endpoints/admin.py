@@ -155,7 +155,8 @@ async def update_workspace(request: Request) -> Any:
     parse_alerts(alerts)  # spend controls: a bad threshold is a 400 before anything changes
     await run_sync(svc.admin.accounts.update_workspace, workspace_id, name=field(data, "name", str),
                    suspended=field(data, "suspended", bool), rate_limit=rate_limit,
-                   clear_rate_limit="rate_limit" in data and rate_limit is None)
+                   clear_rate_limit="rate_limit" in data and rate_limit is None,
+                   responses_store=field(data, "responses_store", bool))
     if "low_fractions" in data:
         await run_sync(svc.admin.thresholds.set_low_fractions, workspace_id,
                        field(data, "low_fractions", (list, str)))

@@ -18,6 +18,9 @@ class Workspace(SQLModel, table=True):
     anchor_date: str = Field(max_length=10)  # billing periods renew monthly from this date
     suspended: bool = False
     byo_enabled: bool = False
+    # The Responses API's `store` on the house's provider keys: passed on (True) or forced
+    # off (gateway/dialects/responses/tenancy.py; BOOKBAG_RESPONSES_STORE turns it on for all).
+    responses_store: bool = False
     rate_limit: str | None = Field(default=None, max_length=40)
     created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     # A downgrade waits for the next period: from `pending_from` (a period start) the
