@@ -5,8 +5,9 @@ it costs nothing, so it runs when the rate-limit store is down. Its own rate-lim
 buckets, per key and per workspace (agents call it dozens of times at startup and
 every tenant shares the house's provider limit), are taken at admission
 (`admit`). A model whose upstream speaks Messages is asked (its count_tokens, in
-the in-flight cap like any provider call); any other is estimated off the event
-loop (gateway/dialects/messages/tokens.py), and the reply says so.
+the in-flight cap like any provider call); any other, and an upstream without the
+route (404 / 405), is estimated off the event loop
+(gateway/dialects/messages/tokens.py), and the reply says so.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ async def count_tokens(p: Pipeline, caller: Caller, req: ChatRequest,
         raw = await counter(call)
     finally:
         release()
+    if raw is None:  # the upstream has no count_tokens route
+        return {"input_tokens": await estimate_off_loop(req.body), "estimated": True}
     try:
         tokens = orjson.loads(raw)["input_tokens"]
         if isinstance(tokens, bool) or not isinstance(tokens, int):

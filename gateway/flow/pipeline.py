@@ -36,7 +36,7 @@ from gateway.ratelimit.limiter import RateLimiter
 from gateway.settings import Settings
 from gateway.types import CHAT, Caller, ChatRequest, ModelEntry, ProviderCall
 
-TokenCounter = Callable[[ProviderCall], Awaitable[bytes]]
+TokenCounter = Callable[[ProviderCall], Awaitable[bytes | None]]
 
 
 class ProviderRoutes(Protocol):

@@ -37,6 +37,7 @@ from gateway.types import Completion, ModelEntry, ProviderCall
 
 ANTHROPIC_BASE = "https://api.anthropic.com"
 DEFAULT_VERSION = "2023-06-01"  # the one version of the Messages API (what clients send)
+NO_COUNT_ROUTE = (404, 405)  # an upstream without /v1/messages/count_tokens
 _STOP = b"event: message_stop"
 _ERROR = b"event: error"
 
@@ -72,7 +73,8 @@ class AnthropicProvider:
             headers.append(("Accept", "text/event-stream"))
         return headers
 
-    async def _post(self, call: ProviderCall, url: str, body: dict[str, Any]) -> bytes:
+    async def _send(self, call: ProviderCall, url: str, body: dict[str, Any]
+                    ) -> tuple[int, bytes]:
         try:
             resp = await self._upstream.post(url, orjson.dumps(body), self._headers(call),
                                              call.timeouts)
@@ -86,8 +88,12 @@ class AnthropicProvider:
         except OSError as exc:
             raise UpstreamError(
                 f"Could not reach the provider for `{call.model.id}`: {reason(exc)}") from exc
-        if resp.status != 200:
-            raise upstream_status_error(resp.status, raw, call)
+        return resp.status, raw
+
+    async def _post(self, call: ProviderCall, url: str, body: dict[str, Any]) -> bytes:
+        status, raw = await self._send(call, url, body)
+        if status != 200:
+            raise upstream_status_error(status, raw, call)
         return raw
 
     async def complete(self, call: ProviderCall) -> Completion:
@@ -101,9 +107,17 @@ class AnthropicProvider:
             raise UpstreamError("The provider sent a reply that is not a message.") from exc
         return Completion(body, 1, usage["prompt_tokens"], usage["completion_tokens"])
 
-    async def count_tokens(self, call: ProviderCall) -> bytes:
-        """The provider's `/v1/messages/count_tokens` reply, `{"input_tokens": N}`."""
-        return await self._post(call, messages_url(call.model, "/count_tokens"), call.body)
+    async def count_tokens(self, call: ProviderCall) -> bytes | None:
+        """The provider's `/v1/messages/count_tokens` reply, `{"input_tokens": N}`; None
+        when the upstream has no such route (404 / 405: an Anthropic-compatible server
+        serving /v1/messages only), for the caller to estimate (SPEC "Three dialects")."""
+        status, raw = await self._send(call, messages_url(call.model, "/count_tokens"),
+                                       call.body)
+        if status in NO_COUNT_ROUTE:
+            return None
+        if status != 200:
+            raise upstream_status_error(status, raw, call)
+        return raw
 
     async def embed(self, call: ProviderCall) -> bytes:
         raise InvalidRequest(f"the model '{call.model.id}' does not provide embeddings",

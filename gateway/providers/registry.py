@@ -83,7 +83,8 @@ class Providers:
             found = self._translating[key] = TranslatingProvider(inner, dialect, upstream)
         return found
 
-    def token_counter(self, model: ModelEntry) -> Callable[[ProviderCall], Awaitable[bytes]] | None:
+    def token_counter(self, model: ModelEntry
+                      ) -> Callable[[ProviderCall], Awaitable[bytes | None]] | None:
         """Anthropic's count_tokens when the upstream speaks Messages; else None (estimated)."""
         if model.provider == "local" or MESSAGES not in self.speaks(model):
             return None

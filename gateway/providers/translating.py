@@ -38,7 +38,7 @@ from gateway.dialects.translate.chat_messages.stream import (
 )
 from gateway.dialects.translate.common import Untranslatable
 from gateway.dialects.translate.responses_chat.request import responses_request_to_chat
-from gateway.errors import InvalidRequest, UnsupportedParameter, UpstreamError
+from gateway.errors import GatewayError, InvalidRequest, UnsupportedParameter, UpstreamError
 from gateway.providers.base import Provider
 from gateway.providers.responses_via_chat import (
     RESPONSES_TO_CHAT,
@@ -66,6 +66,16 @@ MESSAGES_TO_CHAT = frozenset({
     "stop_sequences", "metadata", "tools", "tool_choice", "thinking",
 })
 _MESSAGES_NEUTRAL: dict[str, Any] = {"service_tier": "auto"}
+# What the upstream's own checks call a field, as the client named it: a refusal names
+# the field the client sent, not the translation's (Responses `text.format`, not chat's
+# `response_format`).
+_CLIENT_NAMES: dict[str, dict[str, str]] = {
+    RESPONSES: {"response_format": "text.format", "reasoning_effort": "reasoning.effort",
+                "max_tokens": "max_output_tokens", "max_completion_tokens": "max_output_tokens",
+                "messages": "input"},
+    MESSAGES: {"max_completion_tokens": "max_tokens", "stop": "stop_sequences",
+               "user": "metadata.user_id"},
+}
 _CLIENT_TOOL_TYPES = (None, "custom")
 
 
@@ -127,7 +137,15 @@ class TranslatingProvider:
         return _max_tokens(model, _translated(lambda: messages_request_to_chat(body)))
 
     async def check(self, model: ModelEntry, body: Json) -> None:
-        await self.inner.check(model, self.request(model, body))
+        translated = self.request(model, body)  # its refusals use the client's names
+        try:
+            await self.inner.check(model, translated)
+        except GatewayError as exc:
+            name = _CLIENT_NAMES.get(self.client, {}).get(exc.param or "")
+            if name is not None:
+                exc.message = exc.message.replace(f"'{exc.param}'", f"'{name}'")
+                exc.param = name
+            raise
 
     def _call(self, call: ProviderCall) -> ProviderCall:
         return replace(call, body=self.request(call.model, call.body), dialect=self.upstream)
