@@ -477,6 +477,9 @@ def _an_blocks(content: Any, where: str, allowed: tuple[str, ...]) -> list[dict[
                 raise _an(f"{b}.{btype}.{key}: Field required")
         if btype == "text" and not isinstance(block["text"], str):
             raise _an(f"{b}.text.text: Input should be a valid string")
+        for key in {"tool_use": ("id", "name"), "tool_result": ("tool_use_id",)}.get(btype, ()):
+            if not isinstance(block[key], str):
+                raise _an(f"{b}.{btype}.{key}: Input should be a valid string")
         if btype == "tool_use" and not isinstance(block["input"], dict):
             raise _an(f"{b}.tool_use.input: Input should be a valid dictionary")
     return content

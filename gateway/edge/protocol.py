@@ -4,8 +4,9 @@ the OpenAI error shape, and bounding request heads.
 A request that is not valid HTTP (a bare CR or LF in a header, a NUL, a
 folded header line, a non-numeric Content-Length...) never reaches the app:
 the parser refuses it. uvicorn answers those with a plain-text 400; this
-answers with the same status in the shape every other error has
-(`400 invalid_request`), then closes the connection, as uvicorn does.
+answers with the same status in the shape every other error on that path has
+(`400 invalid_request`; Anthropic's shape under /v1/messages, as far as the request
+line was read), then closes the connection, as uvicorn does.
 
 Request heads are bounded (issue 12 point 5): more than `max_header_bytes`
 of head or more than `max_headers` header lines is a 431, a head not
@@ -21,11 +22,13 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.dialects.messages.errors import error_body
 from gateway.errors import GatewayError, InvalidRequest, RequestTimeout, render
 from gateway.settings import Settings
 
-_BODY = render(InvalidRequest(
-    "The request is not valid HTTP/1.1 (malformed request line, header or framing)."))
+_MALFORMED = InvalidRequest(
+    "The request is not valid HTTP/1.1 (malformed request line, header or framing).")
+_MESSAGES_PREFIX = b"/v1/messages"  # as gateway/edge/failures.py: Anthropic's shape there
 
 
 class HeadersTooLarge(GatewayError):
@@ -50,8 +53,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     _head_timer: asyncio.TimerHandle | None = None
 
     def send_400_response(self, msg: str) -> None:
-        refusal = self._refusal
-        status, body = (400, _BODY) if refusal is None else (refusal.status, render(refusal))
+        refusal = self._refusal or _MALFORMED
+        url: bytes = getattr(self, "url", b"")  # what the parser read of the request line
+        body = error_body(refusal) if url.startswith(_MESSAGES_PREFIX) else render(refusal)
+        status = refusal.status
         content = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status])]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])

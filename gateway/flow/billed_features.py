@@ -69,11 +69,11 @@ def _tools(model: ModelEntry, body: dict[str, Any]) -> None:
 
 def _service_tier(model: ModelEntry, body: dict[str, Any]) -> None:
     tier = body.get("service_tier")
-    if tier is None or tier in STANDARD_TIERS:
+    if tier is None:
         return
-    if not isinstance(tier, str):
+    if not isinstance(tier, str):  # before any set lookup: a list or an object is unhashable
         raise InvalidRequest("`service_tier` must be a string.", param="service_tier")
-    if tier not in model.service_tiers:
+    if tier not in STANDARD_TIERS and tier not in model.service_tiers:
         raise UnsupportedParameter(
             f"The service tier `{tier[:64]}` is not enabled for `{model.id}` (auto and default "
             "are); " + _enable_hint("service_tiers") + ".", param="service_tier")
@@ -153,10 +153,12 @@ def _betas(model: ModelEntry, betas: tuple[str, ...]) -> None:
 def _messages(model: ModelEntry, body: dict[str, Any], betas: tuple[str, ...]) -> None:
     _server_tools(model, body)
     tier = body.get("service_tier")
-    if tier is not None and tier not in MESSAGES_TIERS and (
-            not isinstance(tier, str) or tier not in model.service_tiers):
+    if tier is not None and not isinstance(tier, str):  # unhashable: no set lookup
+        raise InvalidRequest("service_tier: Input should be a valid string",
+                             param="service_tier")
+    if tier is not None and tier not in MESSAGES_TIERS and tier not in model.service_tiers:
         raise UnsupportedParameter(
-            f"The service tier `{str(tier)[:64]}` is not enabled for `{model.id}` (auto "
+            f"The service tier `{tier[:64]}` is not enabled for `{model.id}` (auto "
             "and standard_only are); " + _enable_hint("service_tiers") + ".",
             param="service_tier")
     cap, given = model.max_output_tokens, body.get("max_tokens")

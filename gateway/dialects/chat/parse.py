@@ -69,7 +69,7 @@ def _messages(value: Any) -> None:
         if not isinstance(message, dict):
             raise InvalidRequest(f"`{where}` must be an object.", param=where)
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or object is unhashable
             raise InvalidRequest(
                 f"`{where}.role` must be one of {', '.join(sorted(ROLES))}.", param=f"{where}.role"
             )

@@ -1,9 +1,10 @@
 """Parsing a Messages request (`POST /v1/messages`, `/v1/messages/count_tokens`) into a
 `ChatRequest` of the `messages` dialect, with Bookbag's attribution taken out.
 
-Only what the gateway relies on is checked here (model, the turns' shape,
-`max_tokens`, `stream`, `system`, `metadata`); the rest goes to the route,
-which honours it or refuses it with 400 (billed_features, the provider's check).
+Only what the gateway relies on is checked here (model, the turns' shape and their
+text blocks' text, `max_tokens`, `stream`, `system` as text blocks, `metadata`); the rest
+goes to the route, which honours it or refuses it with 400 (billed_features, the
+provider's check).
 """
 
 from __future__ import annotations
@@ -27,13 +28,23 @@ def _model(body: Mapping[str, Any]) -> str:
     return model
 
 
-def _blocks(value: Any, where: str) -> None:
+def _blocks(value: Any, where: str, *, text_only: bool = False) -> None:
+    """Content blocks: each an object with a string `type`; a `text` block's text a string
+    (a translator carries it as is). `system` takes text blocks only (as the API says):
+    a translator would otherwise drop the others silently."""
     if not isinstance(value, list):
         raise InvalidRequest(f"{where}: Input should be a valid string or list", param=where)
     for j, block in enumerate(value):
+        at = f"{where}.{j}"
         if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-            raise InvalidRequest(f"{where}.{j}: each content block needs a string `type`",
-                                 param=f"{where}.{j}")
+            raise InvalidRequest(f"{at}: each content block needs a string `type`", param=at)
+        kind = block["type"]
+        if text_only and kind != "text":
+            raise InvalidRequest(f"{at}: Input tag '{kind[:64]}' found using 'type' does not "
+                                 "match any of the expected tags: 'text'", param=at)
+        if kind == "text" and not isinstance(block.get("text"), str):
+            raise InvalidRequest(f"{at}.text: Input should be a valid string",
+                                 param=f"{at}.text")
 
 
 def _messages(value: Any) -> None:
@@ -87,7 +98,7 @@ def messages_request(body: dict[str, Any], headers: Mapping[str, str], caller: C
     _messages(body.get("messages"))
     system = body.get("system")
     if system is not None and not isinstance(system, str):
-        _blocks(system, "system")
+        _blocks(system, "system", text_only=True)
     stream = False
     if not count_tokens:
         _whole(body, "max_tokens", required=True)
@@ -98,6 +109,9 @@ def messages_request(body: dict[str, Any], headers: Mapping[str, str], caller: C
     for name in ("tools", "stop_sequences"):
         if body.get(name) is not None and not isinstance(body[name], list):
             raise InvalidRequest(f"{name}: Input should be a valid list", param=name)
+    for i, tool in enumerate(body.get("tools") or ()):
+        if not isinstance(tool, dict):  # every route reads its fields
+            raise InvalidRequest(f"tools.{i}: Input should be an object", param=f"tools.{i}")
     thinking = body.get("thinking")
     if thinking is not None and not isinstance(thinking, dict):
         raise InvalidRequest("thinking: Input should be an object", param="thinking")

@@ -97,12 +97,17 @@ def _parts(parts: list[Any], where: str, allowed: frozenset[str]) -> None:
         kind = part.get("type")
         if kind is None:
             raise missing(f"{at}.type")
+        if not isinstance(kind, str):  # before the set lookup: a list or object is unhashable
+            raise invalid_type(f"{at}.type", "a string", kind)
         if kind not in allowed:
             raise invalid_value(f"{at}.type", kind, sorted(allowed))
         if kind in ("input_text", "output_text"):
             string(part, "text", at, required=True)
         elif kind == "refusal":
             string(part, "refusal", at, required=True)
+        elif kind == "input_image":  # a translator makes a URL of it
+            for key in ("image_url", "file_id", "detail"):
+                string(part, key, at)
 
 
 def check_tools(value: Any) -> None:
