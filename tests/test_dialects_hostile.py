@@ -117,13 +117,16 @@ def openai_error(r: httpx.Response, status: int) -> dict[str, Any]:
 
 
 class Books:
-    """A fresh workspace, and what must hold after a refused request: no ledger entry, the
-    balance unmoved, nothing logged at ERROR by the gateway."""
+    """The workspace every refused request of this module is sent with, and what must hold
+    after each: still no ledger entry, the balance never moved, nothing logged at ERROR by
+    the gateway during the test. (One workspace for the module: a fresh one per test cost
+    half the file's time; a request wrongly charged is still caught, by the first test
+    after it at the latest.)"""
 
-    def __init__(self, gateway: RunningGateway, errors: list[logging.LogRecord]) -> None:
+    def __init__(self, gateway: RunningGateway, account: tuple[str, str, int],
+                 errors: list[logging.LogRecord]) -> None:
         self.gateway, self.errors = gateway, errors
-        self.ws, self.key = gateway.workspace("free")
-        self.balance = gateway.balance(self.key)["balance"]
+        self.ws, self.key, self.balance = account
 
     def unmoved(self) -> None:
         assert self.gateway.ledger(self.ws) == []
@@ -132,10 +135,17 @@ class Books:
         assert without_fake(self.errors) == []
 
 
+@pytest.fixture(scope="module")
+def refused_account(gateway: RunningGateway) -> tuple[str, str, int]:
+    ws, key = gateway.workspace("free")
+    return ws, key, gateway.balance(key)["balance"]
+
+
 @pytest.fixture
 def books(gateway: RunningGateway, provider: FakeProvider,
+          refused_account: tuple[str, str, int],
           logged_errors: list[logging.LogRecord]) -> Books:
-    return Books(gateway, logged_errors)
+    return Books(gateway, refused_account, logged_errors)
 
 
 _DROP = object()  # a field taken out of the body
