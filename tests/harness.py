@@ -7,6 +7,7 @@ pricing.toml, exactly as it would reach the real APIs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sqlite3
 import threading
@@ -36,6 +37,23 @@ async def eventually(cond: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("never happened")
+
+
+def exchange(port: int, data: bytes) -> bytes:
+    """Send `data`, then read until the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        with contextlib.suppress(OSError):  # the server may answer and close first
+            sock.sendall(data)
+        received = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                return received
+            received += chunk
+        return received
 
 
 def free_port() -> int:
@@ -216,6 +234,24 @@ def running(settings: Settings, clock: Clock | None = None) -> Iterator[RunningG
         yield gw
     finally:
         gw.stop()
+
+
+@contextmanager
+def running_catalog(tmp: Path, pricing_text: str, **overrides: Any) -> Iterator[RunningGateway]:
+    """A gateway on the embedded default whose pricing.toml (in `tmp`) is `pricing_text`;
+    keyword arguments are BOOKBAG_* overrides."""
+    pricing = tmp / "pricing.toml"
+    pricing.write_text(pricing_text)
+    with running(sqlite_settings(tmp, pricing, **overrides)) as gw:
+        yield gw
+
+
+def speaks_responses(text: str) -> str:
+    """The test catalog with gpt-4o-mini marked as OpenAI itself: it speaks Responses too
+    (relayed), where a custom `api_base` would speak chat only."""
+    mini = 'aliases = ["GPT-4o mini", "gpt-4o-mini-2024-07-18"]\n'
+    assert mini in text
+    return text.replace(mini, mini + 'dialects = ["chat", "responses"]\n')
 
 
 def db_rows(path: Path, query: str) -> list[tuple[Any, ...]]:

@@ -17,10 +17,8 @@ HTTP parser under /v1/messages got OpenAI's error shape.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import logging
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,7 +27,7 @@ import orjson
 import pytest
 
 from tests.fake_provider import FakeProvider
-from tests.harness import RunningGateway, running, sqlite_settings
+from tests.harness import RunningGateway, exchange, running_catalog, speaks_responses
 from tests.messages.conftest import pricing_text as messages_pricing
 
 LOCAL, OPENAI, ANTHROPIC, CHAT_ONLY = "bookbag-local", "gpt-4o-mini", "claude-haiku-4-5", "custom-llm"
@@ -44,19 +42,14 @@ ANTHROPIC_TYPES = {"invalid_request_error", "authentication_error", "permission_
 def pricing_text(fake: FakeProvider) -> str:
     """The Messages tests' catalog (two betas and a thinking cap on Claude), with
     gpt-4o-mini marked as OpenAI itself: Responses relayed to it."""
-    text = messages_pricing(fake)
-    mini = 'aliases = ["GPT-4o mini", "gpt-4o-mini-2024-07-18"]\n'
-    assert mini in text
-    return text.replace(mini, mini + 'dialects = ["chat", "responses"]\n')
+    return speaks_responses(messages_pricing(fake))
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, fake: FakeProvider
             ) -> Iterator[RunningGateway]:
-    tmp = tmp_path_factory.mktemp("dialects-hostile")
-    pricing = tmp / "pricing.toml"
-    pricing.write_text(pricing_text(fake))
-    with running(sqlite_settings(tmp, pricing)) as gw:
+    with running_catalog(tmp_path_factory.mktemp("dialects-hostile"),
+                         pricing_text(fake)) as gw:
         yield gw
 
 
@@ -146,6 +139,17 @@ def books(gateway: RunningGateway, provider: FakeProvider,
           refused_account: tuple[str, str, int],
           logged_errors: list[logging.LogRecord]) -> Books:
     return Books(gateway, refused_account, logged_errors)
+
+
+def refused_in_the_routes_shape(r: httpx.Response, path: str, provider: FakeProvider,
+                                books: Books) -> None:
+    """A 400 in the route's error shape; nothing reached a provider or the books."""
+    if path == RESPONSES:
+        openai_error(r, 400)
+    else:
+        anthropic_error(r, 400)
+    assert provider.count() == 0
+    books.unmoved()
 
 
 _DROP = object()  # a field taken out of the body
@@ -412,12 +416,7 @@ def test_a_malformed_body_is_a_400_in_the_routes_shape(
         gateway: RunningGateway, provider: FakeProvider, books: Books, model: str, path: str,
         raw: bytes) -> None:
     r = send(gateway, path, books.key, content=raw.replace(b"%s", model.encode()))
-    if path == RESPONSES:
-        openai_error(r, 400)
-    else:
-        anthropic_error(r, 400)
-    assert provider.count() == 0
-    books.unmoved()
+    refused_in_the_routes_shape(r, path, provider, books)
 
 
 @pytest.mark.parametrize("path", [MESSAGES, COUNT, RESPONSES])
@@ -427,28 +426,7 @@ def test_a_gzipped_body_is_refused_not_guessed(gateway: RunningGateway, provider
     body = orjson.dumps(messages_body(OPENAI, input="hi"))
     r = send(gateway, path, books.key, content=gzip.compress(body),
              headers={"content-encoding": "gzip"})
-    if path == RESPONSES:
-        openai_error(r, 400)
-    else:
-        anthropic_error(r, 400)
-    assert provider.count() == 0
-    books.unmoved()
-
-
-def _exchange(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
-        with contextlib.suppress(OSError):
-            sock.sendall(data)
-        received = b""
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            received += chunk
-        return received
+    refused_in_the_routes_shape(r, path, provider, books)
 
 
 @pytest.mark.parametrize("path", [MESSAGES, COUNT, RESPONSES])
@@ -462,7 +440,7 @@ def test_a_request_the_http_parser_refuses_gets_the_routes_shape(
         gateway: RunningGateway, provider: FakeProvider, books: Books, path: str,
         header: bytes) -> None:
     body = orjson.dumps(messages_body(OPENAI, input="hi"))
-    raw = _exchange(gateway.port, b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+    raw = exchange(gateway.port, b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n"
                     b"Authorization: Bearer " + books.key.encode() + b"\r\n" + header
                     + b"Content-Type: application/json\r\nContent-Length: "
                     + str(len(body)).encode() + b"\r\n\r\n" + body)

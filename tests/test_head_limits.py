@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
-
 import httpx
 import orjson
 import pytest
 
 from tests.conftest import GatewayFactory
 from tests.fake_provider import FakeProvider
-from tests.harness import RunningGateway
+from tests.harness import RunningGateway, exchange
 
 LIMITS = {"BOOKBAG_MAX_HEADER_BYTES": 8192, "BOOKBAG_MAX_HEADERS": 20,
           "BOOKBAG_HEADER_TIMEOUT": 1}
@@ -22,21 +19,7 @@ def gw(make_gateway: GatewayFactory, provider: FakeProvider) -> RunningGateway:
     return make_gateway(**LIMITS)
 
 
-def exchange(port: int, data: bytes) -> bytes:
-    """Send `data`, then read until the server closes the connection."""
-    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
-        with contextlib.suppress(OSError):  # the server may answer and close first
-            sock.sendall(data)
-        received = b""
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                return received
-            received += chunk
-        return received
+
 
 
 def status_and_error(raw: bytes) -> tuple[int, dict[str, object], bytes]:

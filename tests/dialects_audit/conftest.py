@@ -12,17 +12,14 @@ import pytest
 
 from tests import harness
 from tests.fake_provider import FakeProvider
-from tests.harness import RunningGateway, running, sqlite_settings
+from tests.harness import RunningGateway
 
 HELLO: list[Any] = [{"role": "user", "content": "hello there"}]
 RELAYED = "gpt-4o-mini"
 
 
 def pricing_text(fake: FakeProvider) -> str:
-    text = harness.test_pricing(fake)
-    mini = 'aliases = ["GPT-4o mini", "gpt-4o-mini-2024-07-18"]\n'
-    assert mini in text
-    text = text.replace(mini, mini + 'dialects = ["chat", "responses"]\n')
+    text = harness.speaks_responses(harness.test_pricing(fake))
     pair = (f'[models."st-main"]\nprovider = "openai"\ncredits = 5\nupstream = "up-st-main"\n'
             f'api_base = "{fake.openai_base}"\ndialects = ["chat", "responses"]\n'
             f'fallbacks = ["st-cheap"]\n\n'
@@ -35,10 +32,8 @@ def pricing_text(fake: FakeProvider) -> str:
 def gateway(tmp_path_factory: pytest.TempPathFactory, fake: FakeProvider
             ) -> Iterator[RunningGateway]:
     """One gateway for the package: every test works in its own workspace."""
-    tmp = tmp_path_factory.mktemp("dialects-audit")
-    pricing = tmp / "pricing.toml"
-    pricing.write_text(pricing_text(fake))
-    with running(sqlite_settings(tmp, pricing)) as gw:
+    with harness.running_catalog(tmp_path_factory.mktemp("dialects-audit"),
+                                 pricing_text(fake)) as gw:
         yield gw
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests import harness
 from tests.fake_provider import FakeProvider
-from tests.harness import RunningGateway, running, sqlite_settings
+from tests.harness import RunningGateway
 
 BETAS = ("interleaved-thinking-2025-05-14", "fine-grained-tool-streaming-2025-05-14")
 THINKING_CAP = 2048
@@ -36,10 +36,8 @@ def pricing_text(fake: FakeProvider) -> str:
 def gateway(tmp_path_factory: pytest.TempPathFactory, fake: FakeProvider
             ) -> Iterator[RunningGateway]:
     """One gateway for the package: every test works in its own workspace."""
-    tmp = tmp_path_factory.mktemp("messages-api")
-    pricing = tmp / "pricing.toml"
-    pricing.write_text(pricing_text(fake))
-    with running(sqlite_settings(tmp, pricing)) as gw:
+    with harness.running_catalog(tmp_path_factory.mktemp("messages-api"),
+                                 pricing_text(fake)) as gw:
         yield gw
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests import harness
 from tests.fake_provider import FakeProvider
-from tests.harness import RunningGateway, running, sqlite_settings
+from tests.harness import RunningGateway
 
 COST = {"gpt-4o-mini": 1, "claude-haiku-4-5": 2, "custom-llm": 3, "bookbag-local": 1}
 RELAYED = "gpt-4o-mini"
@@ -22,20 +22,15 @@ TOOLS: list[Any] = [{"type": "function", "name": "lookup", "description": "Look 
 
 
 def pricing_text(fake: FakeProvider) -> str:
-    text = harness.test_pricing(fake)
-    mini = 'aliases = ["GPT-4o mini", "gpt-4o-mini-2024-07-18"]\n'
-    assert mini in text
-    return text.replace(mini, mini + 'dialects = ["chat", "responses"]\n')
+    return harness.speaks_responses(harness.test_pricing(fake))
 
 
 @pytest.fixture(scope="package")
 def gateway(tmp_path_factory: pytest.TempPathFactory, fake: FakeProvider
             ) -> Iterator[RunningGateway]:
     """One gateway for the package: every test works in its own workspace."""
-    tmp = tmp_path_factory.mktemp("responses-api")
-    pricing = tmp / "pricing.toml"
-    pricing.write_text(pricing_text(fake))
-    with running(sqlite_settings(tmp, pricing)) as gw:
+    with harness.running_catalog(tmp_path_factory.mktemp("responses-api"),
+                                 pricing_text(fake)) as gw:
         yield gw
 
 
