@@ -47,6 +47,26 @@ def _blocks(value: Any, where: str, *, text_only: bool = False) -> None:
                                  param=f"{at}.text")
 
 
+TOOL_CHOICE_TYPES = ("auto", "any", "tool", "none")
+
+
+def _tool_choice(value: Any) -> None:
+    """`tool_choice` as the API takes it (every route reads it: a translator maps its type,
+    so a string or an unknown type would otherwise be a vague refusal, or a 500)."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise InvalidRequest("tool_choice: Input should be an object", param="tool_choice")
+    kind = value.get("type")
+    if not isinstance(kind, str) or kind not in TOOL_CHOICE_TYPES:
+        raise InvalidRequest("tool_choice.type: Input should be "
+                             + ", ".join(f"'{t}'" for t in TOOL_CHOICE_TYPES),
+                             param="tool_choice.type")
+    if kind == "tool" and not isinstance(value.get("name"), str):
+        raise InvalidRequest("tool_choice.name: Input should be a valid string",
+                             param="tool_choice.name")
+
+
 def _messages(value: Any) -> None:
     if not isinstance(value, list) or not value:
         raise InvalidRequest("messages: Field required (a non-empty list)", param="messages")
@@ -112,6 +132,7 @@ def messages_request(body: dict[str, Any], headers: Mapping[str, str], caller: C
     for i, tool in enumerate(body.get("tools") or ()):
         if not isinstance(tool, dict):  # every route reads its fields
             raise InvalidRequest(f"tools.{i}: Input should be an object", param=f"tools.{i}")
+    _tool_choice(body.get("tool_choice"))
     thinking = body.get("thinking")
     if thinking is not None and not isinstance(thinking, dict):
         raise InvalidRequest("thinking: Input should be an object", param="thinking")
