@@ -118,13 +118,19 @@ class RedisCluster:
                 return False
         primaries = self.primaries()  # every node's view: a replica of each primary, in sync
         return len(primaries) == len(SLOT_RANGES) and all(
-            self._replica_synced(self.replica_of(p)) for p in primaries)
+            self._replica_synced(p, self.replica_of(p)) for p in primaries)
 
-    def _replica_synced(self, replica: RedisServer | None) -> bool:
+    def _replica_synced(self, primary: RedisServer, replica: RedisServer | None) -> bool:
+        """The replica's link is up, and its primary counts it online: WAIT only counts
+        online replicas, and a primary marks one online at its first ACK after the sync
+        (up to a second after the replica says its link is up)."""
         if replica is None or replica.proc is None:
             return False
-        info = self._client(replica).info("replication")
-        return info.get("master_link_status") == "up"
+        if self._client(replica).info("replication").get("master_link_status") != "up":
+            return False
+        seen = self._client(primary).info("replication")
+        return any(name.startswith("slave") and isinstance(value, dict)
+                   and value.get("state") == "online" for name, value in seen.items())
 
     def _until(self, check: object, timeout: float, what: str) -> None:
         assert callable(check)
