@@ -46,8 +46,7 @@ class Books:
             return None
         try:
             if charge:
-                balance = await (self.meter.settle(hold, entry) if credits is None
-                                 else self.meter.settle(hold, entry, credits))
+                balance = await self.meter.settle(hold, entry, credits)
                 self.crash("after_settle")
                 return balance
             await self.meter.void(hold)

@@ -87,6 +87,16 @@ class Chain:
     def skip(self, model_id: str, reason: str) -> None:
         self.skipped.append((model_id, reason))
 
+    def within(self, price: int) -> None:
+        """Keep the members of at most `price` credits, the others skipped (`balance`).
+        When none is left (the requested model skipped by its breaker, the others too
+        dear), the requested model is tried anyway."""
+        for m in self.members:
+            if m.model.credits > price:
+                self.skip(m.model.id, "balance")
+        self.members = [m for m in self.members if m.model.credits <= price] \
+            or [self.requested]
+
 
 @dataclass(slots=True)
 class Answer:
@@ -168,12 +178,7 @@ async def reserve(p: Pipeline, caller: Caller, request_id: str, requested: Model
             if price == requested.credits:
                 raise  # the requested model does not fit: the request's 402
             continue
-        fits = [m for m in found.members if m.model.credits <= price]
-        for m in found.members:
-            if m.model.credits > price:
-                found.skip(m.model.id, "balance")
-        # The requested model skipped by its breaker, the others too dear: try it anyway.
-        found.members = fits or [found.requested]
+        found.within(price)
         return hold
     raise AssertionError("unreachable: the requested model's price is tried last")
 

@@ -57,10 +57,7 @@ async def _chain(p: Pipeline, caller: Caller, req: ChatRequest, model: ModelEntr
                 pass
         price = max([model.credits, *(m.model.credits for m in found.members
                                       if room is None or req.n * m.model.credits <= room)])
-        for m in found.members:
-            if m.model.credits > price:
-                found.skip(m.model.id, "balance")
-        found.members = [m for m in found.members if m.model.credits <= price] or [found.requested]
+        found.within(price)
         worst = req.n * price
     return {"chain": [m.model.id for m in found.members], "worst_case_credits": worst,
             "skipped": [{"model": model_id, "reason": why} for model_id, why in found.skipped]}

@@ -132,10 +132,10 @@ async def test_a_settle_cancelled_midway_still_completes_once(flow: Flow) -> Non
     entered, go_on = asyncio.Event(), asyncio.Event()
     real_settle = flow.meter.settle
 
-    async def slow_settle(hold, entry):  # type: ignore[no-untyped-def]
+    async def slow_settle(hold, entry, credits=None):  # type: ignore[no-untyped-def]
         entered.set()
         await go_on.wait()
-        return await real_settle(hold, entry)
+        return await real_settle(hold, entry, credits)
 
     flow.meter.settle = slow_settle  # type: ignore[method-assign]
     flow.provider.reply_json()

@@ -106,10 +106,10 @@ async def test_a_cancelled_writer_still_settles_once_shielded(flow: Flow) -> Non
     entered, go_on = asyncio.Event(), asyncio.Event()
     real_settle = flow.meter.settle
 
-    async def slow_settle(hold, entry):  # type: ignore[no-untyped-def]
+    async def slow_settle(hold, entry, credits=None):  # type: ignore[no-untyped-def]
         entered.set()
         await go_on.wait()
-        return await real_settle(hold, entry)
+        return await real_settle(hold, entry, credits)
 
     flow.meter.settle = slow_settle  # type: ignore[method-assign]
     reply, rid = await _stream(flow, chunk("all"), chunk(finish="stop"))
