@@ -251,9 +251,7 @@ async def test_a_hold_lost_in_a_failover_is_charged_at_settle(
         hold = await meter.reserve(ws, 3, "lost-in-failover")
         primary.kill()
         replica.resume()
-        redis.Redis(port=replica.port, socket_timeout=5).execute_command(
-            "CLUSTER", "FAILOVER", "TAKEOVER")
-        assert own_cluster.wait_for_failover(slot, primary) is replica
+        assert own_cluster.take_over(replica, slot, primary) is replica
 
         await meter.settle(hold, reply(hold))
         await backend.flush()
@@ -304,9 +302,7 @@ async def test_after_a_failover_the_shard_is_rebuilt_from_sql(
         rebuilt = meter.outbox.rebuilder.rebuilt
         primary.kill()
         replica.resume()
-        redis.Redis(port=replica.port, socket_timeout=5).execute_command(
-            "CLUSTER", "FAILOVER", "TAKEOVER")
-        assert own_cluster.wait_for_failover(slot, primary) is replica
+        assert own_cluster.take_over(replica, slot, primary) is replica
         deadline = time.monotonic() + 30
         while meter.outbox.rebuilder.rebuilt == rebuilt:  # the consumer saw the new epoch
             assert time.monotonic() < deadline, "the shard was not rebuilt"
