@@ -29,6 +29,7 @@ from gateway.storage.redis import connect
 from tests.conftest import GatewayFactory, service_missing
 from tests.fake_provider import FakeProvider
 from tests.harness import RunningGateway
+from tests.lifecycle_support import wait_for
 from tests.meter_contract import HOLD_TTL, START, allotment_for, catalog, reply
 from tests.redis_backend import IDLE, redis_backend, settle_while_paused
 from tests.redis_cluster import RedisCluster, sync_client
@@ -114,7 +115,11 @@ def test_a_shard_down_stops_only_its_own_workspaces_metered_requests(
         assert gw.accounts.apply(gw.accounts.topup_entry(ws, 50, ref=f"cli-{ws}"))
     with pytest.raises(ServiceUnavailable):
         gw.run(gw.gw.meter.sync())
-    assert gw.balance(elsewhere[0][1])["topups_remaining"] == 50
+    # What is promised is that it arrives (within the sync interval), not that this one call
+    # applies it: the gateway's own sync loop runs beside it, and once in a CI run the
+    # balance read right after this call still showed 0 (cause not pinned down).
+    wait_for(lambda: gw.balance(elsewhere[0][1])["topups_remaining"] == 50,
+             what="the other shard's top-up")
     # Their charges still reach SQL: the outbox consumer goes on with the other shards.
     assert len(gw.wait_ledger(elsewhere[0][0], 3, timeout=15)) == 3  # 2 metered + 1 local
     charged_down = [row for row in gw.ledger(on_down[0][0]) if row["billing_mode"] == "metered"]
