@@ -5,12 +5,16 @@ test_after_a_failover_the_shard_is_rebuilt_from_sql."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
+from typing import Any
 
+import pytest
 import redis
 
 from gateway.clock import ManualClock
+from gateway.metering import redis_rebuild
 from gateway.metering.redis import RedisMeter
 from gateway.metering.redis_keys import Layout
 from gateway.metering.redis_rebuild import Rebuilder
@@ -69,6 +73,55 @@ async def test_a_rebuild_restores_balance_cap_usage_and_grants_seen_from_sql_and
         await meter.void(held)  # the rebuilt hold still resolves as it was taken
         assert (await meter.balance(ws)).available == 58
         assert await meter.cap_usage(ws, (cap,)) == {"key:k1": 2}
+    finally:
+        direct.close()
+        await rebuilder._redis.aclose()
+        await meter.close()
+        await backend.close()
+        server.stop()
+
+
+async def test_a_grant_the_sync_applies_while_the_shard_is_rebuilt_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A top-up written straight to SQL (the CLI) after the rebuild read SQL, and applied by
+    the sync before the rebuild's script ran: the script wipes the sync's work and the sync
+    counts the grant done, so the rebuild itself must apply it. Without that the top-up is
+    gone from Redis until the workspace is next rebuilt."""
+    server = RedisServer(tmp_path / "redis").start()
+    clock = ManualClock(START)
+    backend = redis_backend("rebuild-late", f"sqlite:///{tmp_path / 'meter.db'}", server.url,
+                            clock)
+    layout = Layout(prefix="t" + uuid.uuid4().hex[:12])
+    meter = RedisMeter(connect(server.url, timeout=2.0), backend.engine, clock,
+                       allotment_for(catalog()), hold_ttl=HOLD_TTL, sync_interval=IDLE,
+                       sweep_interval=IDLE, layout=layout, sync_lag=0.0)
+    rebuilder = Rebuilder(connect(server.url, timeout=2.0), backend.engine, layout)
+    direct = redis.Redis(port=server.port, socket_timeout=5, decode_responses=True)
+    loop = asyncio.get_running_loop()
+    real_snapshot = redis_rebuild.load_snapshot
+    late: list[str] = []
+
+    def snapshot_then_a_cli_topup(*args: Any) -> Any:
+        snap = real_snapshot(*args)  # the rebuild has read SQL ...
+        entry = backend.topup(args[1], 50, ref="late-topup")
+        assert backend.accounts.apply(entry)  # ... then the CLI writes a top-up to SQL ...
+        asyncio.run_coroutine_threadsafe(meter.sync(), loop).result(10)  # ... the sync applies it
+        late.append(entry.request_id)
+        return snap
+
+    try:
+        ws = await backend.workspace(allotment=10)
+        assert (await meter.balance(ws)).available == 10
+        await meter.sync()
+        assert not await rebuilder.check(layout.of(ws))  # the first epoch: only recorded
+        direct.set(layout.of(ws).rebuilt, "another-primary")  # as after a failover
+        monkeypatch.setattr(redis_rebuild, "load_snapshot", snapshot_then_a_cli_topup)
+        assert await rebuilder.check(layout.of(ws))
+        assert late and direct.sismember(layout.applied(ws), late[0])
+        assert (await meter.balance(ws)).available == 60
+        await meter.sync()  # and later rounds do not apply it again
+        assert (await meter.balance(ws)).available == 60
     finally:
         direct.close()
         await rebuilder._redis.aclose()

@@ -80,7 +80,12 @@ class RedisBackground(RedisCore):
         """Apply the grants written straight to SQL since the last poll, once each. Shard by
         shard: each shard's watermark lives on it, so a shard that is down (or whose mark is
         not known yet) holds back only its own workspaces' grants; the others are applied
-        and their watermarks move, and the failure is reported afterwards."""
+        and their watermarks move, and the failure is reported afterwards. One round at a
+        time (a call during a round waits for it, then runs its own)."""
+        async with self._sync_lock:
+            await self._sync_round()
+
+    async def _sync_round(self) -> None:
         if self._feed is None:
             self._feed = GrantFeed(self._engine, lag=self._sync_lag)
         feed = self._feed

@@ -96,6 +96,10 @@ class RedisCore:
         self._cluster = is_cluster(client)
         self._down_until: dict[str, float] = {}
         self._feed: GrantFeed | None = None
+        # One sync round at a time: a round moves the watermarks by what the feed has read,
+        # so a round overlapping another could move a shard's mark past a grant that only
+        # the other round read, and whose apply then failed (the grant would be skipped).
+        self._sync_lock = asyncio.Lock()
         # How long a seq may take to commit (the sync rereads that much, `redis_sync.py`).
         self._sync_lag = max(5.0, 3 * sync_interval) if sync_lag is None else sync_lag
         self._legacy_mark: int | None = None  # the untagged watermark, read once (upgrade)

@@ -25,8 +25,11 @@ rebuild between its own steps, so no entry of the shard reaches SQL between the 
 snapshot and the script; an entry appended after the snapshot is not in SQL and is
 applied on top; the script reads the holds, and the outbox entries appended since the
 consumer read the stream (once per shard, in pages), atomically with its write. A
-grant written to SQL after the snapshot is not in the rebuilt `applied` set: the sync
-applies it (its shard's watermark is on the same shard, `redis_sync.py`). Not recovered:
+grant written to SQL after the snapshot is not in the rebuilt `applied` set, and the script
+wipes what a sync (or `grant`) applied of it before the script ran, a sync that counts it
+done and will not read it again: so after the script the rebuild reads the workspace's
+grants SQL has now and applies those the snapshot lacked (`APPLY`, once per request id:
+one the sync applies after the script is not applied twice). Not recovered:
 a settle that reached neither the replica nor SQL (its hold, if it replicated, is voided
 by the sweep after the hold TTL; docs/guarantees.md bounds it).
 """
@@ -42,7 +45,7 @@ from sqlalchemy import Engine
 
 from gateway.accounts.spend_caps import charged
 from gateway.metering.redis_keys import Layout, ShardKeys
-from gateway.metering.redis_scripts import REBUILD
+from gateway.metering.redis_scripts import APPLY, REBUILD
 from gateway.storage.database import snapshot
 from gateway.storage.redis import ERRORS, Redis, is_cluster, transient
 
@@ -89,6 +92,19 @@ def load_snapshot(engine: Engine, workspace_id: str, ids: list[str], cap_fields:
     return Snapshot(str(row[0]), int(row[1]), int(row[2]), int(row[3]), known, applied, caps)
 
 
+def load_late_grants(engine: Engine, workspace_id: str, seen: list[str]
+                     ) -> list[tuple[str, str, int, int, str]]:
+    """(Blocking.) The workspace's grants and renewals in SQL whose ids are not in `seen`
+    (the snapshot's): (request id, kind, allotment delta, top-up delta, period or '')."""
+    skip = set(seen)
+    with snapshot(engine) as (cur, sql):
+        cur.execute(sql("SELECT request_id, kind, allotment_delta, topup_delta, period_start "
+                        "FROM ledger WHERE workspace_id = ? AND kind <> 'reply' ORDER BY seq"),
+                    (workspace_id,))
+        return [(str(r[0]), str(r[1]), int(r[2]), int(r[3]), "" if r[4] is None else str(r[4]))
+                for r in cur.fetchall() if str(r[0]) not in skip]
+
+
 class Rebuilder:
     """Checks shards' epochs and rebuilds the balances of the shards whose epoch changed."""
 
@@ -97,6 +113,7 @@ class Rebuilder:
         self._engine = engine
         self.layout = layout
         self._script = client.register_script(REBUILD)
+        self._apply = client.register_script(APPLY)
         self.rebuilt = 0  # workspaces rebuilt (tests and logs read it)
 
     async def checked(self, shard: ShardKeys) -> bool:
@@ -204,6 +221,10 @@ class Rebuilder:
                   *(x for c in snap.caps for x in c)])
         if not result:
             return 0
+        for request_id, kind, allotment_delta, topup_delta, period in await asyncio.to_thread(
+                load_late_grants, self._engine, workspace_id, snap.applied):
+            await self._apply(keys=[bal, applied, shard.outbox], args=[
+                request_id, kind, allotment_delta, topup_delta, period, "", "", "", ""])
         if int(result[4]):
             log.warning("%s: %s hold(s) already charged in SQL dropped (their settle was "
                         "lost with the old primary)", workspace_id, result[4])
