@@ -510,6 +510,35 @@ def test_two_different_keys_are_a_401(gateway: RunningGateway, provider: FakePro
     books.unmoved()
 
 
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/chat/completions", {"model": OPENAI, "messages": HI}),
+    (RESPONSES, {"model": OPENAI, "input": "hi"}),
+])
+def test_two_different_keys_are_a_401_on_the_openai_routes_too(
+    gateway: RunningGateway, provider: FakeProvider, books: Books, path: str,
+    body: dict[str, Any],
+) -> None:
+    """The SPEC's rule holds on every route: the same key in both headers is fine, two keys
+    are a 401 (in the route's shape), and an x-api-key alone is no key on OpenAI's routes."""
+    r = send(gateway, path, books.key, body=body, headers={"x-api-key": "bk_someone_else"})
+    assert openai_error(r, 401)["code"] == "invalid_api_key"
+    with gateway.client(books.key) as c:
+        r = c.get("/v1/models", headers={"x-api-key": "bk_someone_else"})
+        assert openai_error(r, 401)["code"] == "invalid_api_key"
+        r = c.get("/v1/models", headers={"x-api-key": "bk_someone_else",
+                                         "anthropic-version": "2023-06-01"})
+        anthropic_error(r, 401, "authentication_error")
+        r = c.get("/v1/balance", headers={"x-api-key": "bk_someone_else"})
+        assert openai_error(r, 401)["code"] == "invalid_api_key"
+    assert provider.count() == 0
+    books.unmoved()
+    with gateway.client(None) as c:
+        r = c.post(path, json=body, headers={"x-api-key": books.key})
+    assert openai_error(r, 401)["code"] in {"missing_api_key", "invalid_api_key"}
+    _, key = gateway.workspace()  # the same key in both: served (elsewhere: the books stay)
+    assert send(gateway, path, key, body=body, headers={"x-api-key": key}).status_code == 200
+
+
 @pytest.mark.parametrize("path", [MESSAGES, RESPONSES])
 @pytest.mark.parametrize("idempotency_key", ["k" * 256, "a\tb"])
 def test_a_bad_idempotency_key_is_a_400(gateway: RunningGateway, provider: FakeProvider,

@@ -13,7 +13,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.accounts.auth import is_admin_token, require_scope
+from gateway.accounts.auth import bearer, is_admin_token, require_scope
 from gateway.dashboard.sessions import COOKIE as SESSION_COOKIE
 from gateway.errors import (
     GatewayError,
@@ -124,6 +124,26 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+API_KEY_HEADER = "x-api-key"
+
+
+def credential(given: dict[str, str], *, api_key: bool = False) -> str | None:
+    """The key as an Authorization value. `api_key`: an `x-api-key` alone is taken too (the
+    Messages routes; Anthropic's SDKs send either). On every route a request that carries
+    both headers naming different keys is a 401: which one was meant cannot be known."""
+    authorization = given.get("authorization")
+    other = given.get(API_KEY_HEADER)
+    if other is None:
+        return authorization
+    other = other.strip()
+    if authorization is not None:
+        if bearer(authorization) != other:
+            raise InvalidApiKey("The request carries two different keys, in x-api-key and in "
+                                "Authorization; send one.")
+        return authorization
+    return "Bearer " + other if api_key and other else None
+
+
 async def authenticate(request: Request, scope: str, *, header: str | None = None,
                        admission: Admission | None = None) -> Caller:
     """The caller of a Bearer key; for `read`, without a header, a dashboard session cookie.
@@ -132,7 +152,7 @@ async def authenticate(request: Request, scope: str, *, header: str | None = Non
     (Messages: `x-api-key`); `admission`: a route's own rate-limit buckets instead of the
     key's (count_tokens)."""
     if header is None:
-        header = headers_of(request).get("authorization")
+        header = credential(headers_of(request))
     svc = services(request)
     session = request.cookies.get(SESSION_COOKIE) if header is None and scope == "read" else None
     if session is not None:
@@ -156,7 +176,7 @@ async def authenticate(request: Request, scope: str, *, header: str | None = Non
 async def resolve_key(request: Request, scope: str) -> Caller:
     """The admission dry-run's caller: the key resolved, nothing admitted or counted (expiry,
     suspension and the rate limit become verdicts, see gateway/flow/admission.py)."""
-    header = headers_of(request).get("authorization")
+    header = credential(headers_of(request))
     svc = services(request)
     if is_admin_token(header, svc.settings.admin_token):
         raise InvalidApiKey("The admin token is not accepted on /v1 routes; use a workspace key.")

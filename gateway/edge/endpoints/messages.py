@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.accounts.auth import bearer
 from gateway.dialects.chat.parse import parse_json
 from gateway.dialects.messages.errors import error_body
 from gateway.dialects.messages.parse import messages_request
@@ -27,18 +26,17 @@ from gateway.edge.completion import complete
 from gateway.edge.request import (
     Handler,
     authenticate,
+    credential,
     endpoint,
     headers_of,
     json_response,
     read_body,
     services,
 )
-from gateway.errors import GatewayError, InvalidApiKey
+from gateway.errors import GatewayError
 from gateway.flow.decide import PROVIDER_KEY_HEADER
 from gateway.observability.logs import record_of
 from gateway.types import Caller
-
-API_KEY_HEADER = "x-api-key"
 
 
 def anthropic_error(error: GatewayError, headers: dict[str, str]) -> Response:
@@ -51,23 +49,9 @@ def messages_endpoint(handler: Handler) -> Callable[[Request], Awaitable[Respons
     return endpoint(handler, anthropic_error)
 
 
-def credential(given: dict[str, str]) -> str | None:
-    """The key as an Authorization value: `x-api-key`, or the Bearer token; 401 when the
-    two are both given and differ (which one was meant cannot be known)."""
-    api_key = given.get(API_KEY_HEADER)
-    authorization = given.get("authorization")
-    if api_key is None:
-        return authorization
-    api_key = api_key.strip()
-    if authorization is not None and bearer(authorization) != api_key:
-        raise InvalidApiKey("The request carries two different keys, in x-api-key and in "
-                            "Authorization; send one.")
-    return "Bearer " + api_key if api_key else None
-
-
 async def anthropic_caller(request: Request, *, count_tokens: bool = False) -> Caller:
     svc = services(request)
-    return await authenticate(request, "inference", header=credential(headers_of(request)),
+    return await authenticate(request, "inference", header=credential(headers_of(request), api_key=True),
                               admission=svc.inference.pipeline.admit_count_tokens if count_tokens else None)
 
 
