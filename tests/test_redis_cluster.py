@@ -257,6 +257,48 @@ async def test_with_a_shard_down_the_other_shards_grants_arrive_and_their_marks_
         await backend.close()
 
 
+async def test_a_gateway_that_starts_with_the_old_marks_shard_down_still_syncs_the_others(
+    own_cluster: RedisCluster, tmp_path: Path,
+) -> None:
+    """A shard without a mark of its own starts from the old untagged mark (the upgrade),
+    which lives on one shard. With that shard down when a gateway's first sync runs, the
+    other shards' grants must still arrive: they start from the ledger's beginning instead
+    (each grant is applied once all the same, by its request id)."""
+    clock = ManualClock(START)
+    backend = redis_backend("cluster-legacy", f"sqlite:///{tmp_path / 'meter.db'}",
+                            own_cluster.url, clock)
+    layout = Layout(prefix="t" + uuid.uuid4().hex[:12])
+    meter = RedisMeter(connect(own_cluster.url, timeout=2.0), backend.engine, clock,
+                       allotment_for(catalog()), hold_ttl=HOLD_TTL, sync_interval=IDLE,
+                       sweep_interval=IDLE, breaker=0.1, layout=layout, sync_lag=0.0)
+    try:
+        down = own_cluster.primary_of(key_slot(layout.legacy_sync_mark.encode()))
+        tag_primary = {i: own_cluster.primary_of(key_slot(f"{{s{i:02d}}}".encode()))
+                       for i in range(SHARDS)}
+        workspaces = [await backend.workspace(allotment=10) for _ in range(12)]
+        elsewhere = [ws for ws in workspaces if tag_primary[shard_of(ws)] is not down]
+        assert elsewhere
+        for ws in elsewhere:
+            await meter.balance(ws)  # seeded; no sync has run yet
+        replica = own_cluster.replica_of(down)
+        assert replica is not None
+        replica.kill()
+        down.kill()
+        for ws in elsewhere:
+            assert backend.accounts.apply(backend.accounts.topup_entry(ws, 50, ref=f"cli-{ws}"))
+        with pytest.raises(ServiceUnavailable):
+            await meter.sync()  # the dead shard's own marks cannot be read: reported
+        for ws in elsewhere:
+            assert (await meter.balance(ws)).available == 60, ws
+        with pytest.raises(ServiceUnavailable):
+            await meter.sync()  # a second round applies nothing twice
+        for ws in elsewhere:
+            assert (await meter.balance(ws)).available == 60, ws
+    finally:
+        await meter.close()
+        await backend.close()
+
+
 # --- failover: a new epoch ----------------------------------------------------------------
 
 

@@ -132,14 +132,29 @@ class RedisBackground(RedisCore):
         gateways before per-shard marks (the upgrade), else from the start of the ledger."""
         try:
             mark = await self._redis.get(shard.sync)
-            if mark is None:
-                if self._legacy_mark is None:
-                    self._legacy_mark = int(await self._redis.get(
-                        self.layout.legacy_sync_mark) or 0)
-                return self._legacy_mark, False
         except ERRORS as exc:
             raise unavailable(exc) from exc
+        if mark is None:
+            return await self._legacy_low(), False
         return int(mark), True
+
+    async def _legacy_low(self) -> int:
+        """The untagged mark, read once. It lives on one shard: on a Cluster with that shard
+        down, the shards asking start from the ledger's beginning instead (every grant is
+        applied once all the same, by its request id; only the rescan costs more), rather
+        than waiting on that one shard (the other shards' grants would not arrive)."""
+        if self._legacy_mark is None:
+            try:
+                self._legacy_mark = int(await self._redis.get(self.layout.legacy_sync_mark)
+                                        or 0)
+            except ERRORS as exc:
+                if not self._cluster:
+                    raise unavailable(exc) from exc
+                log.warning("the old sync mark %s is unreadable (%s): shards without a mark "
+                            "start from the ledger's beginning", self.layout.legacy_sync_mark,
+                            exc)
+                return 0
+        return self._legacy_mark
 
     async def _apply_grant(self, grant: Grant) -> int:
         applied = await self._apply(grant.request_id, grant.workspace_id, grant.kind,
