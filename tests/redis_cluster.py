@@ -92,9 +92,16 @@ class RedisCluster:
             raise
 
     def _start(self, timeout: float) -> RedisCluster:
-        for node in self.nodes:
+        for epoch, node in enumerate(self.nodes, start=1):
             node.start()
             self._ids[node.port] = str(self._call(node, "CLUSTER", "MYID"))
+            # A config epoch of its own for each node, before it meets the others (as
+            # `redis-cli --cluster create` does). Left at 0, the nodes settle their
+            # collisions only while they are primaries: a node made a replica before its
+            # own was settled can keep a primary's epoch, and its TAKEOVER then claims the
+            # slots at an epoch no higher than the dead primary's, which the others refuse
+            # for good (seen in a failover test: promoted in its own view only).
+            self._call(node, "CLUSTER", "SET-CONFIG-EPOCH", epoch)
         primaries, replicas = self.nodes[:len(SLOT_RANGES)], self.nodes[len(SLOT_RANGES):]
         for node in self.nodes[1:]:
             self._call(node, "CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port)
