@@ -32,7 +32,7 @@ from tests.fake_provider import FakeProvider
 from tests.harness import RunningGateway
 from tests.lifecycle_support import wait_for
 from tests.meter_contract import HOLD_TTL, START, allotment_for, catalog, reply
-from tests.redis_backend import IDLE, redis_backend, settle_while_paused
+from tests.redis_backend import IDLE, WAIT_WINDOW, redis_backend, settle_while_paused
 from tests.redis_cluster import RedisCluster, sync_client
 
 
@@ -199,6 +199,18 @@ async def test_with_a_shard_down_the_others_are_swept_counted_and_asked(
         await backend.close()
 
 
+def sync_rig(cluster: RedisCluster, tmp_path: Path, name: str) -> tuple[Any, RedisMeter, Layout]:
+    """A meter of the grant sync's tests: its own key prefix, no background loops, no lag
+    (each `sync()` call moves the marks as far as it read)."""
+    clock = ManualClock(START)
+    backend = redis_backend(name, f"sqlite:///{tmp_path / 'meter.db'}", cluster.url, clock)
+    layout = Layout(prefix="t" + uuid.uuid4().hex[:12])
+    meter = RedisMeter(connect(cluster.url, timeout=2.0), backend.engine, clock,
+                       allotment_for(catalog()), hold_ttl=HOLD_TTL, sync_interval=IDLE,
+                       sweep_interval=IDLE, breaker=0.1, layout=layout, sync_lag=0.0)
+    return backend, meter, layout
+
+
 async def test_with_a_shard_down_the_other_shards_grants_arrive_and_their_marks_move(
     own_cluster: RedisCluster, tmp_path: Path,
 ) -> None:
@@ -206,13 +218,7 @@ async def test_with_a_shard_down_the_other_shards_grants_arrive_and_their_marks_
     and replica) gone, grants written straight to SQL (the CLI) still reach the other
     shards' workspaces and those shards' watermarks move; the dead shard's grants wait. A
     shard without a mark of its own starts from the old untagged `bk:sync:seq` (upgrade)."""
-    clock = ManualClock(START)
-    backend = redis_backend("cluster-sync", f"sqlite:///{tmp_path / 'meter.db'}",
-                            own_cluster.url, clock)
-    layout = Layout(prefix="t" + uuid.uuid4().hex[:12])
-    meter = RedisMeter(connect(own_cluster.url, timeout=2.0), backend.engine, clock,
-                       allotment_for(catalog()), hold_ttl=HOLD_TTL, sync_interval=IDLE,
-                       sweep_interval=IDLE, breaker=0.1, layout=layout, sync_lag=0.0)
+    backend, meter, layout = sync_rig(own_cluster, tmp_path, "cluster-sync")
     direct = sync_client(own_cluster.url)
 
     def newest() -> int:
@@ -264,13 +270,7 @@ async def test_a_gateway_that_starts_with_the_old_marks_shard_down_still_syncs_t
     which lives on one shard. With that shard down when a gateway's first sync runs, the
     other shards' grants must still arrive: they start from the ledger's beginning instead
     (each grant is applied once all the same, by its request id)."""
-    clock = ManualClock(START)
-    backend = redis_backend("cluster-legacy", f"sqlite:///{tmp_path / 'meter.db'}",
-                            own_cluster.url, clock)
-    layout = Layout(prefix="t" + uuid.uuid4().hex[:12])
-    meter = RedisMeter(connect(own_cluster.url, timeout=2.0), backend.engine, clock,
-                       allotment_for(catalog()), hold_ttl=HOLD_TTL, sync_interval=IDLE,
-                       sweep_interval=IDLE, breaker=0.1, layout=layout, sync_lag=0.0)
+    backend, meter, layout = sync_rig(own_cluster, tmp_path, "cluster-legacy")
     try:
         down = own_cluster.primary_of(key_slot(layout.legacy_sync_mark.encode()))
         tag_primary = {i: own_cluster.primary_of(key_slot(f"{{s{i:02d}}}".encode()))
@@ -417,7 +417,7 @@ async def test_a_settle_no_replica_confirms_in_time_is_counted_unconfirmed(
                             own_cluster.url, clock)
     meter = RedisMeter(connect(own_cluster.url, timeout=2.0), backend.engine, clock,
                        allotment_for(catalog()), hold_ttl=HOLD_TTL, sync_interval=IDLE,
-                       sweep_interval=IDLE, breaker=2.0, wait_replicas=1, wait_timeout=0.2)
+                       sweep_interval=IDLE, breaker=2.0, wait_replicas=1, wait_timeout=WAIT_WINDOW)
     try:
         ws = await backend.workspace(allotment=10)
         hold = await meter.reserve(ws, 1, "confirmed")
@@ -451,7 +451,7 @@ async def test_wait_follows_an_ask_redirect_during_a_slot_migration(
     meter = RedisMeter(connect(own_cluster.url, timeout=2.0), backend.engine, clock,
                        allotment_for(catalog()), hold_ttl=HOLD_TTL, sync_interval=IDLE,
                        sweep_interval=IDLE, breaker=0.1, layout=layout, wait_replicas=1,
-                       wait_timeout=0.2)
+                       wait_timeout=WAIT_WINDOW)
     try:
         ws = await backend.workspace(allotment=10)
         hold = await meter.reserve(ws, 1, "before-migration")  # seeded on the source

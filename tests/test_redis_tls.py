@@ -21,7 +21,7 @@ from gateway.metering.resp_cluster import ClusterScripts
 from gateway.storage.redis import connect
 from tests.harness import free_port
 from tests.meter_contract import HOLD_TTL, START, allotment_for, catalog, reply
-from tests.redis_backend import IDLE, redis_backend, settle_while_paused
+from tests.redis_backend import IDLE, WAIT_WINDOW, redis_backend, settle_while_paused
 from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer
 from tests.tls_certs import TlsFiles, make_tls
@@ -87,7 +87,7 @@ async def test_wait_after_a_settle_over_tls(tls_node: tuple[str, RedisServer],
     backend = redis_backend("tls", f"sqlite:///{tmp_path / 'meter.db'}", url, clock)
     meter = RedisMeter(connect(url, timeout=2.0), backend.engine, clock,
                        allotment_for(catalog()), hold_ttl=HOLD_TTL, sync_interval=IDLE,
-                       sweep_interval=IDLE, breaker=0.1, wait_replicas=1, wait_timeout=0.2)
+                       sweep_interval=IDLE, breaker=0.1, wait_replicas=1, wait_timeout=WAIT_WINDOW)
     try:
         assert isinstance(meter._fast, RespClient)  # the pipelined client, over TLS
         await _wait_counted(meter, await backend.workspace(allotment=10), replica)
@@ -108,7 +108,7 @@ async def test_wait_after_a_settle_on_a_tls_cluster(tls: TlsFiles, tmp_path: Pat
                             clock)
     meter = RedisMeter(connect(cluster.url, timeout=2.0), backend.engine, clock,
                        allotment_for(catalog()), hold_ttl=HOLD_TTL, sync_interval=IDLE,
-                       sweep_interval=IDLE, breaker=0.1, wait_replicas=1, wait_timeout=0.2)
+                       sweep_interval=IDLE, breaker=0.1, wait_replicas=1, wait_timeout=WAIT_WINDOW)
     try:
         assert cluster.url.startswith("rediss+cluster://")
         assert isinstance(meter._fast, ClusterScripts)
