@@ -48,3 +48,16 @@ def post(gateway: RunningGateway, path: str, body: Any, key: str | None = None,
         sent = {"authorization": f"Bearer {key}", **sent}
     with httpx.Client(base_url=gateway.url, timeout=10) as c:
         return c.post(path, json=body, headers=sent)
+
+
+def responses_refused(gateway: RunningGateway, provider: FakeProvider, model: str,
+                      extra: dict[str, Any], param: str) -> dict[str, Any]:
+    """A Responses request with `extra` is a 400 `unsupported_parameter` naming `param`, and
+    nothing reached the provider or the ledger; the error, for more checks."""
+    ws, key = gateway.workspace("free")
+    r = post(gateway, "/v1/responses", {"model": model, "input": "hi", **extra}, key)
+    assert r.status_code == 400, r.text
+    error: dict[str, Any] = r.json()["error"]
+    assert (error["param"], error["code"]) == (param, "unsupported_parameter")
+    assert provider.count() == 0 and gateway.ledger(ws) == []
+    return error

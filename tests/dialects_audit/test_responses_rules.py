@@ -13,7 +13,7 @@ import pytest
 
 from gateway.errors import UpstreamError
 from gateway.providers import relay
-from tests.dialects_audit.conftest import RELAYED, post
+from tests.dialects_audit.conftest import RELAYED, post, responses_refused
 from tests.fake_provider import FakeProvider
 from tests.harness import RunningGateway
 
@@ -91,12 +91,7 @@ def test_previous_response_id_never_falls_back(gateway: RunningGateway,
 def test_billed_features_are_refused_on_every_responses_route(
         gateway: RunningGateway, provider: FakeProvider, model: str, extra: dict[str, Any],
         param: str) -> None:
-    ws, key = gateway.workspace("free")
-    r = post(gateway, "/v1/responses", {"model": model, "input": "hi", **extra}, key)
-    assert r.status_code == 400, r.text
-    assert (r.json()["error"]["param"], r.json()["error"]["code"]) == (
-        param, "unsupported_parameter")
-    assert provider.count() == 0 and gateway.ledger(ws) == []
+    responses_refused(gateway, provider, model, extra, param)
 
 
 def test_background_is_refused_with_the_callers_own_key_too(
