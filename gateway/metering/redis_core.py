@@ -27,7 +27,17 @@ from gateway.metering.base import AllotmentOf, midnight_utc, renewal_entry
 from gateway.metering.outbox import OutboxConsumer
 from gateway.metering.redis_client import script_client
 from gateway.metering.redis_keys import Layout, WorkspaceKeys, encode_entry
-from gateway.metering.redis_scripts import APPLY, BALANCE, CAPS, MARK, RESERVE, SEED, SETTLE, VOID
+from gateway.metering.redis_scripts import (
+    APPLY,
+    BALANCE,
+    CAPS,
+    MARK,
+    RESERVE,
+    SEED,
+    SETTLE,
+    VOID,
+    apply_args,
+)
 from gateway.metering.redis_sync import Facts, GrantFeed, load_facts, load_seed
 from gateway.metering.resp import Script
 from gateway.metering.resp_cluster import ClusterScripts
@@ -235,7 +245,6 @@ class RedisCore:
         """-1: the workspace is not in Redis (a seed will include the entry); 0: applied before."""
         shard = self.layout.of(workspace_id)
         result = await self._run("apply", [
-            self.layout.bal(workspace_id), self.layout.applied(workspace_id), shard.outbox], [
-            request_id, kind, allotment_delta, topup_delta, period or "",
-            *(renewal or ["", "", "", ""])])
+            self.layout.bal(workspace_id), self.layout.applied(workspace_id), shard.outbox],
+            apply_args(request_id, kind, allotment_delta, topup_delta, period, renewal))
         return int(result)

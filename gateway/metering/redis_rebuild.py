@@ -45,7 +45,7 @@ from sqlalchemy import Engine
 
 from gateway.accounts.spend_caps import charged
 from gateway.metering.redis_keys import Layout, ShardKeys
-from gateway.metering.redis_scripts import APPLY, REBUILD
+from gateway.metering.redis_scripts import APPLY, REBUILD, apply_args
 from gateway.storage.database import snapshot
 from gateway.storage.redis import ERRORS, Redis, is_cluster, transient
 
@@ -223,8 +223,8 @@ class Rebuilder:
             return 0
         for request_id, kind, allotment_delta, topup_delta, period in await asyncio.to_thread(
                 load_late_grants, self._engine, workspace_id, snap.applied):
-            await self._apply(keys=[bal, applied, shard.outbox], args=[
-                request_id, kind, allotment_delta, topup_delta, period, "", "", "", ""])
+            await self._apply(keys=[bal, applied, shard.outbox], args=apply_args(
+                request_id, kind, allotment_delta, topup_delta, period))
         if int(result[4]):
             log.warning("%s: %s hold(s) already charged in SQL dropped (their settle was "
                         "lost with the old primary)", workspace_id, result[4])

@@ -3,6 +3,8 @@ explains the shard tags and epochs the scripts rely on)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 # --- scripts --------------------------------------------------------------------
 # Every script does all its reads and checks before its first write, so a
 # refusal leaves nothing behind. A renewal is its own idempotent step (the
@@ -181,6 +183,14 @@ end
 redis.call('HINCRBY', KEYS[1], 'top_rem', td)
 return 1
 """
+
+
+def apply_args(request_id: str, kind: str, allotment_delta: int, topup_delta: int,
+               period: str | None, renewal: list[Any] | None = None) -> list[Any]:
+    """`APPLY`'s ARGV: the grant, then the renewal due now (4 values) or four blanks."""
+    return [request_id, kind, allotment_delta, topup_delta, period or "",
+            *(renewal or ["", "", "", ""])]
+
 
 # Create a workspace's balance from SQL's settled projection, only if absent (never adds).
 # KEYS bal, applied, epoch; ARGV period, allotment, allot_rem, top_rem, new epoch, applied ids...
